@@ -1,0 +1,102 @@
+"""The experiment config: the sphere_core configs plus data, run length, scaling and tracking.
+
+YAML is loaded strictly into `ExperimentConfig` (orchestrator/config/loader.py); Ray receives
+`to_dict()` at its boundary and workers rebuild the typed object with `from_dict` on their first line.
+Dotted paths into this tree ("noise.alpha_max_deg", "loss.latent_con") are what sweeps vary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sphere_core.config import (
+    ConfigError,
+    LossWeights,
+    ModelConfig,
+    NoiseConfig,
+    OptimConfig,
+    SamplingConfig,
+    SphereConfig,
+    from_dict,
+    to_dict,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    url: str = "s3://sphere/datasets/mnist/train"  # fsspec URL of a folder holding manifest.json + shards
+    batch_size: int = 32  # per worker; the global batch is batch_size * workers
+    loader_workers: int = 1  # DataLoader processes per Ray worker
+    shuffle_buffer: int = 1000  # samples held by each reader's shuffle buffer
+    random_flip: bool = False  # horizontal flips (off for digits: a flipped 3 is not a 3)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("data.batch_size: must be >= 1")
+        if self.loader_workers < 0:
+            raise ConfigError("data.loader_workers: must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    steps: int = 200  # optimiser steps per trial
+    log_every: int = 10
+    eval_every: int = 100  # sample grids / proxy metrics cadence
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    seed: int = 0  # per-rank seed = seed * world_size + rank
+    storage_path: str = "s3://sphere/ray-results"  # Ray Train/Tune storage (local path or s3://)
+    max_failures: int = 2  # worker-group restarts from the latest checkpoint
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"run.{name}: must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalingSpec:
+    workers_per_trial: int = 2
+    cpus_per_worker: float = 0.49  # Tune's driver takes 0.01, so 2 trials x 2 workers fit 2 cores
+    use_gpu: bool = False
+
+    def __post_init__(self) -> None:
+        if self.workers_per_trial < 1:
+            raise ConfigError("scaling.workers_per_trial: must be >= 1")
+        if self.cpus_per_worker <= 0:
+            raise ConfigError("scaling.cpus_per_worker: must be > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingConfig:
+    experiment: str = "sphere-smoke"  # one MLflow experiment per sweep
+    registered_model: str = "sphere-encoder"
+    alias: str = "champion"
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI from the environment
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+    name: str = "smoke"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # used for eval grids
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunSpec = field(default_factory=RunSpec)
+    scaling: ScalingSpec = field(default_factory=ScalingSpec)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def sphere(self) -> SphereConfig:
+        return SphereConfig(model=self.model, noise=self.noise, loss=self.loss, optim=self.optim)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        return from_dict(cls, data)
