@@ -1,0 +1,3 @@
+"""Test-run-wide fixtures live in tests/fixtures/ and are registered here."""
+
+pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.services"]
