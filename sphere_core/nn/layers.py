@@ -1,0 +1,87 @@
+"""Norms, the SwiGLU FFN and the AdaLN pieces shared by the encoder and decoder (spec section 2).
+
+AdaLN-Zero: a condition c (a label embedding) goes through SiLU -> Linear(width, k*width) whose
+weights start at zero, so every modulated layer starts as the unmodulated one. Unconditional models
+build no AdaLN module at all (`cond_width=None`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NORM_EPS = 1e-6  # every RMSNorm in the official model
+
+
+def rms_norm(dim: int, *, affine: bool = True) -> nn.RMSNorm:
+    return nn.RMSNorm(dim, eps=NORM_EPS, elementwise_affine=affine)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x: (B, N, D); shift, scale: (B, D). scale is a residual (1 + scale) so zero means identity."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def label_embedding(num_classes: int, width: int) -> nn.Embedding:
+    """(num_classes + 1) x width table; row num_classes is the null class used for CFG."""
+    table = nn.Embedding(num_classes + 1, width)
+    nn.init.normal_(table.weight, std=0.02)  # DiT's label-embedding init
+    return table
+
+
+class AdaLN(nn.Module):
+    """SiLU -> Linear(cond_width, chunks*width), zero-initialised; returns `chunks` tensors (B, width)."""
+
+    def __init__(self, cond_width: int, width: int, chunks: int) -> None:
+        super().__init__()
+        self.chunks = chunks
+        self.proj = nn.Linear(cond_width, chunks * width)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.proj(nn.functional.silu(c)).chunk(self.chunks, dim=-1)
+
+
+class SwiGLU(nn.Module):
+    """w2(silu(w1 x) * w3 x) with hidden = int(width * 8/3) (spec section 2)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        hidden = int(width * 8 / 3)
+        self.w1 = nn.Linear(width, hidden)
+        self.w3 = nn.Linear(width, hidden)
+        self.w2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(nn.functional.silu(self.w1(x)) * self.w3(x))
+
+
+class ModulatedLinear(nn.Module):
+    """The output head of either network.
+
+    Conditional: RMSNorm -> AdaLN shift/scale (zero-init) -> Linear.
+    Unconditional: a plain Linear, zero-initialised (spec section 2, encoder head).
+    """
+
+    def __init__(self, width: int, out_features: int, *, cond_width: int | None) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, out_features)
+        self.norm: nn.Module | None = None
+        self.adaln: AdaLN | None = None
+        if cond_width is not None:
+            # AdaLN supplies the scale, so the norm carries no gain of its own (as in DiT's final layer).
+            self.norm = rms_norm(width, affine=False)
+            self.adaln = AdaLN(cond_width, width, chunks=2)
+        else:
+            nn.init.zeros_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, N, width); c: (B, cond_width) or None -> (B, N, out_features)."""
+        if self.adaln is not None and self.norm is not None:
+            if c is None:
+                raise ValueError("a conditional ModulatedLinear needs a condition c")
+            shift, scale = self.adaln(c)
+            x = modulate(self.norm(x), shift, scale)
+        return self.linear(x)
