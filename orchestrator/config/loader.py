@@ -1,0 +1,146 @@
+"""Strict YAML -> ExperimentConfig / SweepSpec, and the resolved config back to YAML.
+
+Every failure is a ConfigError whose one-line message starts with the file and names the dotted field
+and what is allowed; entry points print it and exit 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.config.schema import ExperimentConfig
+from orchestrator.config.search_space import apply_trial_params, check_path, validate_search
+from orchestrator.config.sweep_spec import SweepFile, SweepSpec
+from sphere_core.config import ConfigError, from_dict, to_dict
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # becomes a directory and an MLflow experiment name
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{where}: {problem}") from None
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """A YAML file holding one ExperimentConfig tree (missing fields take their defaults)."""
+    path = Path(path)
+    data = read_yaml(path)
+    try:
+        return from_dict(ExperimentConfig, {} if data is None else data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Reads, resolves and validates a sweep file; nothing is started."""
+    path = Path(path)
+    try:
+        data = read_yaml(path)
+        return _resolve(from_dict(SweepFile, {} if data is None else data), path)
+    except ConfigError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+
+
+def _resolve(raw: SweepFile, path: Path) -> SweepSpec:
+    name = raw.name or path.stem
+    if not _NAME.match(name):
+        raise ConfigError(
+            f"name: {name!r} is not allowed (lowercase letters, digits, '-' and '_', <= 63 chars)"
+        )
+    base = _base_experiment(raw, path)
+    for dotted in raw.overrides:
+        check_path(dotted, "overrides")
+    try:
+        experiment = apply_trial_params(base, raw.overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"overrides.{exc}") from None
+    _check_kind(raw)
+    validate_search(experiment, raw.search, raw.tune.search_alg)
+    if raw.tune.scheduler == "asha" and raw.tune.grace_period > experiment.run.steps:
+        raise ConfigError(
+            f"tune.grace_period: {raw.tune.grace_period} steps exceeds run.steps "
+            f"{experiment.run.steps} (allowed: 1..{experiment.run.steps})"
+        )
+    if raw.tune.search_alg == "optuna" and importlib.util.find_spec("optuna") is None:
+        raise ConfigError(
+            "tune.search_alg: optuna is not installed (run `.venv/bin/pip install optuna`, "
+            "or use search_alg: basic)"
+        )
+    content = {
+        "name": name,
+        "kind": raw.kind,
+        "experiment": experiment.to_dict(),
+        "search": to_dict(raw.search),
+        "tune": to_dict(raw.tune),
+        "evaluate": to_dict(raw.evaluate) if raw.evaluate else None,
+    }
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
+    return SweepSpec(
+        name=name,
+        kind=raw.kind,
+        experiment=experiment,
+        search=dict(raw.search),
+        tune=raw.tune,
+        evaluate=raw.evaluate,
+        digest=digest,
+    )
+
+
+def _base_experiment(raw: SweepFile, path: Path) -> ExperimentConfig:
+    if (raw.base is None) == (raw.experiment is None):
+        raise ConfigError(
+            "base: give exactly one of base (a YAML path relative to the sweep file) or experiment"
+        )
+    if raw.base is not None:
+        return load_experiment(path.parent / raw.base)
+    return from_dict(ExperimentConfig, raw.experiment, "experiment")
+
+
+def _check_kind(raw: SweepFile) -> None:
+    """Training sweeps vary training knobs; inference-time knobs are swept on a frozen model."""
+    if raw.kind == "train":
+        if not raw.search:
+            raise ConfigError(
+                "search: empty search space (give at least one dotted path -> grid/choice/uniform/"
+                "loguniform/randint)"
+            )
+        if raw.evaluate is not None:
+            raise ConfigError("evaluate: only allowed with kind: evaluate")
+        for dotted in raw.search:
+            if dotted.startswith("sampling."):
+                raise ConfigError(
+                    f"search.{dotted}: inference-time knob, not retrained (sweep it in a kind: evaluate file)"
+                )
+        return
+    if raw.evaluate is None:
+        raise ConfigError("evaluate: required with kind: evaluate (model: models:/NAME@ALIAS)")
+    if not raw.search:
+        raise ConfigError(
+            "search: empty search space (give sampling.steps / sampling.cfg / sampling.cfg_position)"
+        )
+    for dotted, dist in raw.search.items():
+        if not dotted.startswith("sampling."):
+            raise ConfigError(f"search.{dotted}: kind: evaluate only varies sampling.* (the model is frozen)")
+        if dist.kind != "grid":
+            raise ConfigError(f"search.{dotted}.{dist.kind}: kind: evaluate takes grid only")
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)

@@ -1,0 +1,116 @@
+"""The typed shape of a sweep file (`sweeps/*.yaml`), loaded strictly with `sphere_core.config.from_dict`.
+
+A sweep file is an overlay on an ExperimentConfig:
+
+    name: noise                 # optional; the file stem by default
+    kind: train                 # train: Tune retrains per trial; evaluate: sample a frozen registered model
+    base: base/mnist.yaml       # a YAML ExperimentConfig, relative to this file (or `experiment:` inline)
+    overrides: {run.steps: 40}  # dotted path -> value
+    search:                     # dotted path -> exactly one distribution
+      noise.alpha_max_deg: {grid: [75.0, 85.0]}
+    tune: {metric: loss, mode: min, scheduler: asha, grace_period: 10}
+    evaluate: {model: "models:/sphere-encoder@champion", num_images: 64}   # kind: evaluate only
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from orchestrator.config.schema import ExperimentConfig
+from sphere_core.config import ConfigError
+
+DIST_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchDist:
+    """One search dimension: exactly one of the fields is set (randint's high is exclusive, as in Tune)."""
+
+    grid: list[Any] | None = None  # every value, crossed with the other grids
+    choice: list[Any] | None = None  # one value drawn per sample
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in DIST_KINDS if getattr(self, k) is not None)
+
+    @property
+    def spec(self) -> Any:
+        return getattr(self, self.kind)
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind != "grid"
+
+    def describe(self) -> str:
+        if self.kind == "grid":
+            return f"grid{list(self.spec)}"
+        return f"{self.kind}({', '.join(map(str, self.spec))})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuneSpec:
+    metric: str = "loss"  # a metric the training loop reports at each checkpoint (see orchestrator.loop)
+    mode: Literal["min", "max"] = "min"
+    search_alg: Literal["basic", "optuna"] = "basic"  # basic = Tune's grid/random variant generator
+    scheduler: Literal["fifo", "asha"] = "fifo"
+    grace_period: int = 10  # ASHA: optimiser steps before a trial may be stopped
+    num_samples: int = 1  # basic: repeats of the grid; optuna: total trials
+    max_concurrent_trials: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("grace_period", "num_samples", "max_concurrent_trials"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"tune.{name}: must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateSpec:
+    """Inference-time sweep on a frozen registered model: each setting becomes a child run."""
+
+    model: str  # models:/NAME@ALIAS
+    num_images: int = 64  # samples per setting, for the grid and the proxy metric
+    seed: int = 0  # the same noise for every setting, so settings differ only by their knobs
+
+    def __post_init__(self) -> None:
+        if not self.model.startswith("models:/") or "@" not in self.model:
+            raise ConfigError(
+                f"evaluate.model: {self.model!r} is not a registry alias (allowed: models:/NAME@ALIAS)"
+            )
+        if self.num_images < 1:
+            raise ConfigError("evaluate.num_images: must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepFile:
+    """A sweep file as written, before the base is read and the overrides applied."""
+
+    name: str | None = None
+    kind: Literal["train", "evaluate"] = "train"
+    base: str | None = None
+    experiment: dict[str, Any] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, SearchDist] = field(default_factory=dict)
+    tune: TuneSpec = field(default_factory=TuneSpec)
+    evaluate: EvaluateSpec | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSpec:
+    """A resolved sweep: the base experiment with overrides applied, and what varies around it."""
+
+    name: str
+    kind: Literal["train", "evaluate"]
+    experiment: ExperimentConfig
+    search: dict[str, SearchDist]
+    tune: TuneSpec
+    evaluate: EvaluateSpec | None
+    digest: str  # sha256 prefix of the resolved content: names the Tune experiment, tags the parent run
+
+    @property
+    def experiment_name(self) -> str:
+        """Deterministic Tune experiment name: resubmitting the same resolved sweep restores it."""
+        return f"{self.name}-{self.digest}"

@@ -1,0 +1,95 @@
+"""The framework-free training loop: cadence only (log every N, sample every M, checkpoint every K).
+
+It imports neither Ray nor MLflow. The worker hands it a step function (one sphere_core train step on a
+batch), a batch iterator, and two small protocols:
+- Reporter: where metrics and sample grids go (MLflow on rank 0, nothing elsewhere);
+- Checkpointer: Ray's contract, called on every rank at the same steps (rank 0 writes, all report).
+Every checkpoint step is also a log step and carries that window's metrics, so Tune sees one result per
+checkpoint; the final step is always logged, sampled and checkpointed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from orchestrator.config.schema import RunSpec
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], Mapping[str, float]]  # (images, labels) -> metrics
+SampleFn = Callable[[], Mapping[str, torch.Tensor]]  # name -> images [B, C, H, W] in [0, 1]
+
+# Always in a checkpoint's metrics besides the step function's own (e.g. "loss", "lr").
+LOOP_METRICS = ("step", "images_per_s", "data_wait_s", "skipped_samples")
+
+
+class Reporter(Protocol):
+    def log(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_images(self, render: SampleFn, step: int) -> None:
+        """Calls `render` only if the grids are kept, so ranks that log nothing never sample."""
+        ...
+
+
+class Checkpointer(Protocol):
+    def save(self, step: int, metrics: Mapping[str, float]) -> None: ...
+
+
+@dataclass
+class _Window:
+    """Sums since the last log line."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    images: int = 0
+    data_wait_s: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, metrics: Mapping[str, float], batch_size: int, wait_s: float) -> None:
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.steps += 1
+        self.images += batch_size
+        self.data_wait_s += wait_s
+
+    def means(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        means = {key: total / self.steps for key, total in self.sums.items()}
+        return {**means, "images_per_s": self.images / elapsed, "data_wait_s": self.data_wait_s / self.steps}
+
+
+def run_loop(
+    step_fn: StepFn,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    run: RunSpec,
+    start_step: int,
+    reporter: Reporter,
+    checkpointer: Checkpointer,
+    sample_fn: SampleFn,
+    skipped_samples: Callable[[], int] = lambda: 0,
+) -> dict[str, float]:
+    """Trains from `start_step` (steps already done) to `run.steps`; returns the last checkpoint's metrics.
+
+    images_per_s counts this worker's images; data_wait_s is the mean time per step spent waiting on
+    the iterator; skipped_samples is the stream's running count of undecodable samples.
+    """
+    window, latest = _Window(), {"step": float(start_step)}
+    for step in range(start_step + 1, run.steps + 1):
+        waited = time.perf_counter()
+        images, labels = next(batches)
+        window.add(step_fn(images, labels), images.shape[0], time.perf_counter() - waited)
+        last = step == run.steps
+        checkpoint = step % run.checkpoint_every == 0 or last
+        if step % run.log_every == 0 or checkpoint:  # a checkpoint always carries this step's window
+            latest = {**window.means(), "step": float(step), "skipped_samples": float(skipped_samples())}
+            reporter.log(latest, step)
+            window = _Window()
+        if step % run.eval_every == 0 or last:
+            reporter.log_images(sample_fn, step)
+        if checkpoint:
+            checkpointer.save(step, latest)
+    return latest

@@ -1,0 +1,214 @@
+"""Sweep files load strictly: every malformed file fails with one stderr line naming the field, exit 2."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config.loader import load_experiment, load_sweep
+from sphere_core.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[3]
+BASE = REPO / "sweeps" / "base" / "mnist.yaml"
+GOOD_SEARCH = "search:\n  noise.alpha_max_deg: {grid: [75.0, 85.0]}\n"
+
+# (sweep body after `base:`, text the one-line error must contain)
+MALFORMED = {
+    "unknown top-level key": (GOOD_SEARCH + "serach: {}\n", "serach: unknown key (allowed: name, kind, base"),
+    "wrong type in tune": (GOOD_SEARCH + "tune: {num_samples: two}\n", "tune.num_samples: expected int"),
+    "empty search space": ("search: {}\n", "search: empty search space"),
+    "search path does not exist": (
+        "search:\n  noise.alpha_max: {grid: [80.0]}\n",
+        "search.noise.alpha_max: unknown field noise.alpha_max (allowed: alpha_max_deg",
+    ),
+    "override path does not exist": (
+        GOOD_SEARCH + "overrides: {run.stepz: 3}\n",
+        "overrides.run.stepz: unknown field run.stepz (allowed: steps",
+    ),
+    "override wrong type": (
+        GOOD_SEARCH + "overrides: {run.steps: ten}\n",
+        "overrides.run.steps: expected int",
+    ),
+    "override names a section": (GOOD_SEARCH + "overrides: {noise: 3}\n", "overrides.noise: is a section"),
+    "unknown distribution": (
+        "search:\n  noise.alpha_max_deg: {gird: [80.0]}\n",
+        "search.noise.alpha_max_deg.gird: unknown key (allowed: grid, choice, uniform",
+    ),
+    "two distributions": (
+        "search:\n  noise.alpha_max_deg: {grid: [80.0], choice: [75.0]}\n",
+        "search.noise.alpha_max_deg: give exactly one of grid, choice",
+    ),
+    "empty grid": (
+        "search:\n  noise.alpha_max_deg: {grid: []}\n",
+        "search.noise.alpha_max_deg.grid: empty list",
+    ),
+    "value out of range": (
+        "search:\n  noise.alpha_max_deg: {grid: [80.0, 95.0]}\n",
+        "noise.alpha_max_deg: 95.0 must be in (0, 90)",
+    ),
+    "value of the wrong type": (
+        "search:\n  run.steps: {choice: [10, many]}\n",
+        "run.steps: expected int, got 'many'",
+    ),
+    "uniform on an int field": (
+        "search:\n  run.steps: {uniform: [10, 20]}\n",
+        "run.steps: expected int, got 10.0",
+    ),
+    "inverted range": (
+        "search:\n  optim.lr: {loguniform: [0.01, 0.001]}\n",
+        "search.optim.lr.loguniform: [0.01, 0.001] needs 0 < low < high",
+    ),
+    "bad literal": (
+        GOOD_SEARCH + "tune: {mode: minimize}\n",
+        "tune.mode: 'minimize' is not allowed (allowed: 'min'",
+    ),
+    "bad scheduler": (
+        GOOD_SEARCH + "tune: {scheduler: hyperband}\n",
+        "tune.scheduler: 'hyperband' is not allowed",
+    ),
+    "asha grace beyond the run": (
+        GOOD_SEARCH + "tune: {scheduler: asha, grace_period: 100000}\n",
+        "tune.grace_period: 100000 steps exceeds run.steps",
+    ),
+    "inference knob in a training sweep": (
+        "search:\n  sampling.steps: {grid: [1, 4]}\n",
+        "search.sampling.steps: inference-time knob",
+    ),
+    "literal value not allowed": (
+        "search:\n  model.encoder_size: {grid: [nano, enormous]}\n",
+        "model.encoder_size: 'enormous' is not allowed (allowed: 'nano'",
+    ),
+    "optuna with a grid": (
+        GOOD_SEARCH + "tune: {search_alg: optuna}\n",
+        "search.noise.alpha_max_deg.grid: optuna",
+    ),
+}
+
+
+def write_sweep(tmp_path: Path, body: str, name: str = "case.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(f"base: {BASE}\n" + textwrap.dedent(body))
+    return path
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_sweep_fails_with_one_line(tmp_path: Path, case: str) -> None:
+    body, expected = MALFORMED[case]
+    path = write_sweep(tmp_path, body)
+    result = run_cli(str(path), "--dry-run")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {path}: ")
+    assert expected in lines[0]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("base: missing.yaml\n" + GOOD_SEARCH, "missing.yaml: cannot read"),
+        ("experiment: {}\nbase: x.yaml\n" + GOOD_SEARCH, "base: give exactly one of base"),
+        (GOOD_SEARCH + "search: [oops\n", "line"),
+        (
+            "experiment: {noise: {alpha_max_deg: 80.0, colour: red}}\n" + GOOD_SEARCH,
+            "experiment.noise.colour: unknown key",
+        ),
+        ("kind: evaluate\nexperiment: {}\nsearch:\n  sampling.steps: {grid: [1]}\n", "evaluate: required"),
+        (
+            "kind: evaluate\nexperiment: {}\nevaluate: {model: runs:/abc/model}\n"
+            "search:\n  sampling.steps: {grid: [1]}\n",
+            "evaluate.model: 'runs:/abc/model' is not a registry alias",
+        ),
+        (
+            "kind: evaluate\nexperiment: {}\nevaluate: {model: 'models:/m@a'}\n"
+            "search:\n  noise.alpha_max_deg: {grid: [1.0]}\n",
+            "search.noise.alpha_max_deg: kind: evaluate only varies sampling.*",
+        ),
+        ("name: Bad Name\nexperiment: {}\n" + GOOD_SEARCH, "name: 'Bad Name' is not allowed"),
+    ],
+)
+def test_file_level_errors_name_the_field(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_sweep(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(path)) and expected in message
+
+
+@pytest.mark.skipif(importlib.util.find_spec("optuna") is not None, reason="optuna is installed here")
+def test_optuna_missing_says_how_to_install(tmp_path: Path) -> None:
+    path = write_sweep(
+        tmp_path, "search:\n  noise.alpha_max_deg: {uniform: [70.0, 85.0]}\ntune: {search_alg: optuna}\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"tune.search_alg: optuna is not installed \(run `.venv/bin/pip install"
+    ):
+        load_sweep(path)
+
+
+def test_overrides_apply_and_digest_tracks_resolved_content(tmp_path: Path) -> None:
+    a = load_sweep(
+        write_sweep(
+            tmp_path, GOOD_SEARCH + "overrides: {run.steps: 7, noise.mix_hard_cases: false}\n", "a.yaml"
+        )
+    )
+    assert a.experiment.run.steps == 7 and a.experiment.noise.mix_hard_cases is False
+    assert a.experiment.model == load_experiment(BASE).model
+    assert a.name == "a" and a.experiment_name == f"a-{a.digest}"
+    same = load_sweep(
+        write_sweep(
+            tmp_path, GOOD_SEARCH + "overrides: {noise.mix_hard_cases: false, run.steps: 7}\n", "a2.yaml"
+        )
+    )
+    other = load_sweep(write_sweep(tmp_path, GOOD_SEARCH + "overrides: {run.steps: 8}\n", "a3.yaml"))
+    assert same.name == "a2" and other.name == "a3"
+    renamed_same = load_sweep(
+        write_sweep(
+            tmp_path,
+            "name: a\n" + GOOD_SEARCH + "overrides: {noise.mix_hard_cases: false, run.steps: 7}\n",
+            "a4.yaml",
+        )
+    )
+    assert renamed_same.digest == a.digest  # key order in the file does not matter, content does
+    assert other.digest != a.digest
+
+
+def test_impossible_resources_fail_before_anything_starts(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, GOOD_SEARCH + "overrides: {scaling.cpus_per_worker: 64.0}\n")
+    env_free = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }  # no RAY_ADDRESS, no MLflow: local check first
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env_free,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert (
+        "scaling.cpus_per_worker: a trial needs 128.01 CPUs (2 workers x 64 + 0.01 trial driver)" in lines[0]
+    )
+    assert "this machine (local Ray)" in lines[0]

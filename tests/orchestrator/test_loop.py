@@ -1,0 +1,125 @@
+"""Cadence of the framework-free loop, driven with fake Reporter/Checkpointer (no Ray, no MLflow)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from orchestrator.config.schema import RunSpec
+from orchestrator.loop import LOOP_METRICS, SampleFn, run_loop
+
+
+class FakeReporter:
+    def __init__(self, keeps_images: bool = True) -> None:
+        self.logged: dict[int, dict[str, float]] = {}
+        self.image_steps: list[int] = []
+        self.keeps_images = keeps_images
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        self.logged[step] = dict(metrics)
+
+    def log_images(self, render: SampleFn, step: int) -> None:
+        if self.keeps_images:
+            grids = render()
+            assert grids["one_step"].shape == (4, 1, 8, 8)
+            self.image_steps.append(step)
+
+
+class FakeCheckpointer:
+    def __init__(self) -> None:
+        self.saved: dict[int, dict[str, float]] = {}
+
+    def save(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.saved[step] = dict(metrics)
+
+
+class Counter:
+    """A step function whose loss is the number of steps it has taken (1, 2, 3, ...)."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.calls = start
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> Mapping[str, float]:
+        self.calls += 1
+        return {"loss": float(self.calls), "lr": 0.1}
+
+
+def batches(batch_size: int = 4) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    while True:
+        yield torch.zeros(batch_size, 1, 8, 8), torch.zeros(batch_size, dtype=torch.long)
+
+
+def sample() -> dict[str, torch.Tensor]:
+    return {"one_step": torch.rand(4, 1, 8, 8)}
+
+
+RUN = RunSpec(steps=10, log_every=3, eval_every=4, checkpoint_every=5)
+
+
+def test_cadence_logs_samples_and_checkpoints_on_schedule() -> None:
+    reporter, checkpointer, step_fn = FakeReporter(), FakeCheckpointer(), Counter()
+    final = run_loop(
+        step_fn,
+        batches(),
+        run=RUN,
+        start_step=0,
+        reporter=reporter,
+        checkpointer=checkpointer,
+        sample_fn=sample,
+        skipped_samples=lambda: 7,
+    )
+    assert step_fn.calls == 10
+    assert sorted(reporter.logged) == [3, 5, 6, 9, 10]  # every 3, plus each checkpoint step and the last
+    assert reporter.image_steps == [4, 8, 10]
+    assert sorted(checkpointer.saved) == [5, 10]
+    assert reporter.logged[3]["loss"] == 2.0  # mean of steps 1..3
+    assert reporter.logged[5]["loss"] == 4.5  # the window restarts after each log
+    assert checkpointer.saved[5] == reporter.logged[5]  # a checkpoint carries its step's metrics
+    assert final == checkpointer.saved[10] and final["step"] == 10.0
+    for metrics in reporter.logged.values():
+        assert set(LOOP_METRICS) <= set(metrics) and metrics["skipped_samples"] == 7.0
+        assert metrics["images_per_s"] > 0 and metrics["data_wait_s"] >= 0
+
+
+def test_resume_continues_from_the_checkpointed_step() -> None:
+    reporter, checkpointer, step_fn = FakeReporter(), FakeCheckpointer(), Counter(start=5)
+    run_loop(
+        step_fn,
+        batches(),
+        run=RUN,
+        start_step=5,
+        reporter=reporter,
+        checkpointer=checkpointer,
+        sample_fn=sample,
+    )
+    assert step_fn.calls == 10  # steps 6..10 only
+    assert sorted(reporter.logged) == [6, 9, 10] and sorted(checkpointer.saved) == [10]
+    assert reporter.logged[6]["loss"] == 6.0
+
+
+def test_a_reporter_that_keeps_no_images_never_samples() -> None:
+    calls = []
+
+    def counting_sample() -> dict[str, torch.Tensor]:
+        calls.append(1)
+        return sample()
+
+    run_loop(
+        Counter(),
+        batches(),
+        run=RUN,
+        start_step=0,
+        reporter=FakeReporter(keeps_images=False),
+        checkpointer=FakeCheckpointer(),
+        sample_fn=counting_sample,
+    )
+    assert calls == []
+
+
+def test_loop_imports_neither_ray_nor_mlflow() -> None:
+    code = "import sys, orchestrator.loop; print(sorted(m for m in ('ray', 'mlflow') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
