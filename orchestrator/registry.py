@@ -1,0 +1,97 @@
+"""The end of a sweep: a summary table on the parent run, and the best trial's checkpoint registered.
+
+The registered version's source is a plain sphere_core checkpoint directory logged as artifacts of the
+parent run (state_dicts + config.json + step.json: no pickled classes, no pyfunc), so
+`models:/NAME@ALIAS` downloads to something `sphere_core.checkpoint` loads. Aliases, never stages.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.config.schema import TrackingConfig
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+CHECKPOINT_ARTIFACT = "best_checkpoint"
+
+
+def best_row(rows: Sequence[Mapping[str, Any]], metric: str, mode: str) -> Mapping[str, Any] | None:
+    """The finished trial with the best finite `metric` and a checkpoint, or None."""
+    scored = [r for r in rows if _finite(r.get(metric)) and r.get("checkpoint_path")]
+    if not scored:
+        return None
+    pick = min if mode == "min" else max
+    return pick(scored, key=lambda r: float(r[metric]))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def summary_tables(rows: Sequence[Mapping[str, Any]], metric: str, mode: str) -> tuple[str, str]:
+    """(CSV, markdown) of every trial, best first; comparison does not need to load each child run."""
+    worst = math.inf if mode == "min" else -math.inf
+    ordered = sorted(
+        rows, key=lambda r: float(r[metric]) if _finite(r.get(metric)) else worst, reverse=mode == "max"
+    )
+    columns = list(dict.fromkeys(key for row in ordered for key in row if key != "checkpoint_path"))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(ordered)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in ordered]
+    return buffer.getvalue(), "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+def log_summary(
+    client: MlflowClient, parent_run_id: str, rows: Sequence[Mapping[str, Any]], metric: str, mode: str
+) -> None:
+    table_csv, table_md = summary_tables(rows, metric, mode)
+    client.log_text(parent_run_id, table_csv, "summary.csv")
+    client.log_text(parent_run_id, table_md, "summary.md")
+
+
+def register_checkpoint(
+    client: MlflowClient,
+    tracking: TrackingConfig,
+    *,
+    parent_run_id: str,
+    checkpoint_dir: Path,
+    key: Mapping[str, str],
+    tags: Mapping[str, str],
+) -> ModelVersion:
+    """Logs the directory on the parent run, registers it as a new version and points the alias at it.
+
+    A sweep resumed after it had registered finds its version by the `key` tags and only re-points the alias.
+    """
+    name = tracking.registered_model
+    existing: list[ModelVersion] = []
+    if client.search_registered_models(filter_string=f"name = '{name}'"):
+        query = " and ".join([f"name = '{name}'", *(f"tags.`{k}` = '{v}'" for k, v in key.items())])
+        existing = client.search_model_versions(query)
+    else:
+        client.create_registered_model(name)
+    if existing:
+        version = existing[0]
+    else:
+        client.log_artifacts(parent_run_id, str(checkpoint_dir), CHECKPOINT_ARTIFACT)
+        version = client.create_model_version(
+            name, f"runs:/{parent_run_id}/{CHECKPOINT_ARTIFACT}", run_id=parent_run_id, tags={**key, **tags}
+        )
+    client.set_registered_model_alias(name, tracking.alias, version.version)
+    return version

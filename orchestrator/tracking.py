@@ -1,0 +1,192 @@
+"""MLflow tracking: metric sinks for the training loop, and the sweep's parent and trial runs.
+
+Rank gating happens once, in `make_sink`: rank 0 gets an MLflowSink on the trial's run (created by the
+trial driver, so its id is known before the workers start); every other rank gets a NullSink.
+All MLflow traffic is HTTP to one tracking server; `resolve_tracking_uri` fails fast when there is none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from PIL import Image
+
+from orchestrator.config.loader import dump_yaml
+from orchestrator.config.schema import ExperimentConfig
+from sphere_core.config import ConfigError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+# Telemetry off and no server-side jobs: set in the driver, the Tune trial actors and the Train workers.
+QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+PARENT_TAG = "sweep.digest"  # on the parent run: finds it again when a sweep is resubmitted
+TRIAL_TAG = "sweep.trial"  # on a child run: the deterministic trial name
+
+
+class MetricSink(Protocol):
+    """The loop's Reporter: metrics as plain dicts; sample grids rendered only by a sink that keeps them."""
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_images(self, render: Callable[[], Mapping[str, torch.Tensor]], step: int) -> None: ...
+
+
+class NullSink:
+    """What ranks other than 0 log to: nothing."""
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_images(self, render: Callable[[], Mapping[str, torch.Tensor]], step: int) -> None:
+        pass  # never renders: ranks other than 0 spend no time sampling
+
+
+class MLflowSink:
+    """Logs into an existing run; metrics go in one batch per call."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(v), now, step) for key, v in metrics.items() if math.isfinite(v)]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_images(self, render: Callable[[], Mapping[str, torch.Tensor]], step: int) -> None:
+        """render() -> name -> images [B, C, H, W] in [0, 1], written as samples/<name>_step<step>.png."""
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, images in render().items():
+                path = Path(tmp) / f"{name}_step{step:06d}.png"
+                grid_image(images).save(path)
+            self.client.log_artifacts(self.run_id, tmp, "samples")
+
+
+def make_sink(rank: int, tracking_uri: str, run_id: str) -> MetricSink:
+    if rank != 0:
+        return NullSink()
+    from mlflow import MlflowClient
+
+    return MLflowSink(MlflowClient(tracking_uri), run_id)
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+def grid_image(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> Image.Image:
+    """images [B, C, H, W] in [0, 1] (C = 1 or 3) -> one PIL image, nrow per row (default ~square)."""
+    b, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(b))
+    rows = math.ceil(b / nrow)
+    canvas = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    for i, image in enumerate(images.clamp(0, 1)):
+        top, left = pad + (i // nrow) * (h + pad), pad + (i % nrow) * (w + pad)
+        canvas[:, top : top + h, left : left + w] = image
+    pixels = (canvas * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (H, W, C)
+    return Image.fromarray(pixels[..., 0] if c == 1 else pixels)
+
+
+# --- server, tags ---------------------------------------------------------------------------------
+
+
+def resolve_tracking_uri(cfg: ExperimentConfig, timeout_s: float = 5.0) -> str:
+    """tracking.tracking_uri or MLFLOW_TRACKING_URI, checked to answer /health over HTTP."""
+    uri = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise ConfigError(
+            "tracking.tracking_uri: unset and MLFLOW_TRACKING_URI is not exported (start the "
+            "server with `make cluster-up`, then export MLFLOW_TRACKING_URI=http://127.0.0.1:5000)"
+        )
+    if not uri.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"tracking.tracking_uri: {uri!r} is not a tracking server (allowed: http(s)://HOST:PORT; "
+            "trials on many processes must not share a database file)"
+        )
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            if response.status != 200:
+                raise OSError(f"HTTP {response.status}")
+    except (OSError, urllib.error.URLError) as exc:
+        raise ConfigError(
+            f"tracking.tracking_uri: {uri} does not answer /health ({exc}); is the MLflow "
+            "server up (`make cluster-up`)?"
+        ) from None
+    return uri
+
+
+def git_commit() -> str:
+    """SPHERE_GIT_COMMIT when set (a `ray job` working dir has no .git), else `git rev-parse HEAD`."""
+    if commit := os.environ.get("SPHERE_GIT_COMMIT"):
+        return commit
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# --- runs -----------------------------------------------------------------------------------------
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found is not None else client.create_experiment(name)
+
+
+def find_run(client: MlflowClient, exp_id: str, tags: Mapping[str, str]) -> str | None:
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([exp_id], filter_string=query, max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def open_run(
+    client: MlflowClient, exp_id: str, *, name: str, tags: Mapping[str, str], key: Mapping[str, str]
+) -> tuple[str, bool]:
+    """The run tagged `key` (reused, set RUNNING again) or a new one; returns (run_id, created)."""
+    run_id = find_run(client, exp_id, key)
+    if run_id is not None:
+        client.update_run(run_id, status="RUNNING")
+        return run_id, False
+    run = client.create_run(exp_id, run_name=name, tags={**tags, **key})
+    return run.info.run_id, True
+
+
+def log_config(client: MlflowClient, run_id: str, cfg: ExperimentConfig, params: Mapping[str, Any]) -> None:
+    """The varied knobs as params (once per run), the resolved config as config.yaml."""
+    from mlflow.entities import Param
+
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    client.log_text(run_id, dump_yaml(cfg.to_dict()), "config.yaml")
+
+
+def log_dataset(
+    client: MlflowClient, run_id: str, *, url: str, name: str, digest: str, profile: Mapping[str, Any]
+) -> None:
+    """The training shards as the run's input, identified by the manifest digest."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    fields = MetaDataset(resolve_dataset_source(url), name=name, digest=digest).to_dict()  # type: ignore[abstract]  # concrete at run time
+    dataset = Dataset(**fields, profile=json.dumps(dict(profile)))
+    client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])

@@ -1,0 +1,84 @@
+"""Best-trial choice, summary tables, and registration under an alias on a throwaway registry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+
+from orchestrator import registry, tracking
+from orchestrator.config.schema import TrackingConfig
+
+os.environ.update(tracking.QUIET_ENV)
+
+ROWS = [
+    {"trial": "t0", "status": "ok", "noise.alpha_max_deg": 75.0, "loss": 0.30, "checkpoint_path": "/c/0"},
+    {"trial": "t1", "status": "ok", "noise.alpha_max_deg": 85.0, "loss": 0.20, "checkpoint_path": "/c/1"},
+    {"trial": "t2", "status": "error", "noise.alpha_max_deg": 80.0, "loss": None, "checkpoint_path": None},
+    {
+        "trial": "t3",
+        "status": "ok",
+        "noise.alpha_max_deg": 70.0,
+        "loss": float("nan"),
+        "checkpoint_path": "/c/3",
+    },
+    {"trial": "t4", "status": "ok", "noise.alpha_max_deg": 65.0, "loss": 0.10, "checkpoint_path": None},
+]
+
+
+def test_best_row_needs_a_finite_metric_and_a_checkpoint() -> None:
+    assert registry.best_row(ROWS, "loss", "min")["trial"] == "t1"  # t4 is lower but has no checkpoint
+    assert registry.best_row(ROWS, "loss", "max")["trial"] == "t0"
+    assert registry.best_row(ROWS[2:3], "loss", "min") is None
+
+
+def test_summary_tables_sort_best_first_and_hide_storage_paths() -> None:
+    table_csv, table_md = registry.summary_tables(ROWS, "loss", "min")
+    lines = table_csv.strip().splitlines()
+    assert lines[0] == "trial,status,noise.alpha_max_deg,loss"
+    assert [line.split(",")[0] for line in lines[1:]] == ["t4", "t1", "t0", "t2", "t3"]
+    md = table_md.splitlines()
+    assert md[0] == "| trial | status | noise.alpha_max_deg | loss |" and md[2].startswith(
+        "| t4 | ok | 65 | 0.1 |"
+    )
+
+
+def test_register_checkpoint_sets_the_alias_and_resolves_from_the_registry(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    exp = client.create_experiment("sweep", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(exp).info.run_id
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text('{"model": {}}')
+    (checkpoint / "step.json").write_text('{"step": 20}')
+    settings = TrackingConfig(registered_model="sphere-test", alias="champion")
+    key, lineage = {"sweep.digest": "d1"}, {"sweep.trial": "t1", "data.digest": "abc"}
+    version = registry.register_checkpoint(
+        client, settings, parent_run_id=parent, checkpoint_dir=checkpoint, key=key, tags=lineage
+    )
+    assert client.get_model_version_by_alias("sphere-test", "champion").version == version.version
+    assert client.get_model_version("sphere-test", version.version).tags == {**key, **lineage}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    local = Path(
+        mlflow.artifacts.download_artifacts("models:/sphere-test@champion", dst_path=str(tmp_path / "dl"))
+    )
+    assert sorted(p.name for p in local.iterdir()) == ["config.json", "step.json"]
+    again = registry.register_checkpoint(
+        client, settings, parent_run_id=parent, checkpoint_dir=checkpoint, key=key, tags=lineage
+    )
+    assert again.version == version.version  # a resumed sweep re-points the alias, no duplicate version
+    other = registry.register_checkpoint(
+        client,
+        settings,
+        parent_run_id=parent,
+        checkpoint_dir=checkpoint,
+        key={"sweep.digest": "d2"},
+        tags=lineage,
+    )
+    assert int(other.version) == int(version.version) + 1
+    assert client.get_model_version_by_alias("sphere-test", "champion").version == other.version
+    stages = {v.current_stage for v in client.search_model_versions("name = 'sphere-test'")}
+    assert stages == {"None"}  # aliases only, never stages

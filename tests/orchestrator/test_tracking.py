@@ -1,0 +1,116 @@
+"""Sinks, runs and inputs on a throwaway MLflow store: rank != 0 logs nothing, rank 0 logs everything."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator import tracking
+from orchestrator.config.schema import ExperimentConfig, TrackingConfig
+from sphere_core.config import ConfigError
+
+os.environ.update(tracking.QUIET_ENV)
+from mlflow import MlflowClient  # after QUIET_ENV: telemetry off before mlflow is imported
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowClient]:
+    root = tmp_path_factory.mktemp("mlflow")
+    yield MlflowClient(f"sqlite:///{root}/mlflow.db")
+
+
+@pytest.fixture
+def run_id(client: MlflowClient, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    exp = client.create_experiment(request.node.name, artifact_location=str(tmp_path / "artifacts"))
+    return client.create_run(exp).info.run_id
+
+
+def render() -> dict[str, torch.Tensor]:
+    return {"one_step": torch.rand(5, 1, 8, 8), "four_step": torch.rand(5, 3, 8, 8)}
+
+
+def test_rank_nonzero_logs_nothing_and_never_renders(client: MlflowClient, run_id: str) -> None:
+    sink = tracking.make_sink(1, "http://unused:1", run_id)
+    assert isinstance(sink, tracking.NullSink)
+
+    def must_not_render() -> dict[str, torch.Tensor]:
+        raise AssertionError("a rank that keeps no images rendered them")
+
+    sink.log({"loss": 1.0}, step=1)
+    sink.log_images(must_not_render, step=1)
+    run = client.get_run(run_id)
+    assert run.data.metrics == {} and client.list_artifacts(run_id) == []
+
+
+def test_rank_zero_logs_metrics_and_sample_grids(client: MlflowClient, run_id: str) -> None:
+    sink = tracking.MLflowSink(client, run_id)
+    sink.log({"loss": 2.0, "lr": 1e-3, "nan_is_dropped": float("nan")}, step=5)
+    sink.log({"loss": 1.5, "lr": 1e-3}, step=10)
+    sink.log_images(render, step=10)
+    history = client.get_metric_history(run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(5, 2.0), (10, 1.5)]
+    assert "nan_is_dropped" not in client.get_run(run_id).data.metrics
+    pngs = sorted(f.path for f in client.list_artifacts(run_id, "samples"))
+    assert pngs == ["samples/four_step_step000010.png", "samples/one_step_step000010.png"]
+
+
+def test_grid_image_tiles_images_row_major() -> None:
+    images = torch.zeros(5, 1, 4, 4)
+    images[4] = 1.0  # the fifth image is white: second row, second column of a 3-wide grid
+    grid = tracking.grid_image(images, pad=1)
+    assert grid.size == (3 * 5 + 1, 2 * 5 + 1) and grid.mode == "L"
+    assert grid.getpixel((1 + 5 + 1, 1 + 5 + 1)) == 255 and grid.getpixel((1, 1)) == 0
+    assert tracking.grid_image(torch.rand(4, 3, 4, 4)).mode == "RGB"
+
+
+def test_open_run_reuses_the_tagged_run(client: MlflowClient, tmp_path: Path) -> None:
+    exp = tracking.experiment_id(client, "reuse")
+    assert tracking.experiment_id(client, "reuse") == exp
+    first, created = tracking.open_run(
+        client, exp, name="t0", tags={"a": "1"}, key={tracking.TRIAL_TAG: "t0"}
+    )
+    client.set_terminated(first, "FAILED")
+    again, created_again = tracking.open_run(
+        client, exp, name="t0", tags={"a": "1"}, key={tracking.TRIAL_TAG: "t0"}
+    )
+    other, _ = tracking.open_run(client, exp, name="t1", tags={}, key={tracking.TRIAL_TAG: "t1"})
+    assert created and not created_again and again == first and other != first
+    assert client.get_run(first).info.status == "RUNNING"
+
+
+def test_config_params_and_dataset_input(client: MlflowClient, run_id: str, tmp_path: Path) -> None:
+    cfg = ExperimentConfig(tracking=TrackingConfig(experiment="x"))
+    tracking.log_config(client, run_id, cfg, {"noise.alpha_max_deg": 80.0})
+    tracking.log_dataset(
+        client,
+        run_id,
+        url="s3://sphere/datasets/mnist/train",
+        name="builtin:mnist/train",
+        digest="abc123",
+        profile={"num_samples": 10},
+    )
+    run = client.get_run(run_id)
+    assert run.data.params == {"noise.alpha_max_deg": "80.0"}
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == "abc123" and dataset_input.dataset.source_type == "s3"
+    assert [(t.key, t.value) for t in dataset_input.tags] == [("mlflow.data.context", "training")]
+    text = Path(client.download_artifacts(run_id, "config.yaml", str(tmp_path))).read_text()
+    assert text.startswith("name: smoke") and "alpha_max_deg: 85.0" in text
+
+
+def test_tracking_uri_preflight_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(
+        ConfigError, match=r"tracking\.tracking_uri: unset and MLFLOW_TRACKING_URI is not exported"
+    ):
+        tracking.resolve_tracking_uri(ExperimentConfig())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///x.db")
+    with pytest.raises(ConfigError, match="is not a tracking server"):
+        tracking.resolve_tracking_uri(ExperimentConfig())
+    closed = ExperimentConfig(tracking=TrackingConfig(tracking_uri="http://127.0.0.1:9"))
+    with pytest.raises(ConfigError, match="does not answer /health"):
+        tracking.resolve_tracking_uri(closed, timeout_s=2)
