@@ -25,9 +25,7 @@ def test_the_shipped_sweeps_are_all_here() -> None:
 @pytest.mark.parametrize("path", BASE_FILES, ids=lambda p: p.name)
 def test_base_file_is_a_complete_experiment(path: Path) -> None:
     cfg = load_experiment(path)
-    assert set(cfg.to_dict()) <= set(
-        __import__("yaml").safe_load(path.read_text())
-    )  # every section spelled out
+    assert set(cfg.to_dict()) <= set(yaml.safe_load(path.read_text()))  # every section spelled out
 
 
 def test_mnist_base_is_the_nano_preset() -> None:
