@@ -31,12 +31,17 @@ class DataConfig:
     shuffle_buffer: int = 1000  # samples held by each reader's shuffle buffer
     random_flip: bool = False  # horizontal flips (off for digits: a flipped 3 is not a 3)
     seed: int = 0
+    image_size: int | None = None  # px; None = the manifest's size, else shorter side resized + center crop
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError("data.batch_size: must be >= 1")
         if self.loader_workers < 0:
             raise ConfigError("data.loader_workers: must be >= 0")
+        if self.shuffle_buffer < 0:
+            raise ConfigError("data.shuffle_buffer: must be >= 0 (0 or 1: no shuffling)")
+        if self.image_size is not None and self.image_size < 1:
+            raise ConfigError("data.image_size: must be >= 1 or null")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,5 @@
+import sys
+
+from orchestrator.data.cli import main
+
+sys.exit(main())

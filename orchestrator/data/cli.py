@@ -1,0 +1,89 @@
+"""`python -m orchestrator.data build | verify | list-builtins`: parse, call, print one line per error."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from orchestrator.data.builtin import BUILTINS, builtin_sources
+from orchestrator.data.shards import DataError, Manifest, join_url
+from orchestrator.data.sources import Source, image_folder, json_lines
+from orchestrator.data.verify import verify_dataset
+from orchestrator.data.writer import write_dataset
+
+BUILTIN_PREFIX = "builtin:"
+FOLDER_DEFAULT_SIZE = 32  # px for folders and JSON-lines lists when --image-size is not given
+
+
+def _parser() -> argparse.ArgumentParser:
+    builtins = "; ".join(f"{b.name}: {b.summary}" for b in BUILTINS.values())
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.data", description=__doc__)
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    build = verbs.add_parser(
+        "build",
+        help="write webdataset shards + manifest.json",
+        description=f"Built-in sources (builtin:NAME, written to OUT/train and OUT/test): {builtins}",
+    )
+    build.add_argument("--source", required=True, help="image folder, JSON-lines list, or builtin:NAME")
+    build.add_argument("--out", required=True, help="fsspec URL: s3://bucket/prefix, file:///path, a path")
+    build.add_argument(
+        "--image-size", type=int, help=f"px (builtins: their default; others: {FOLDER_DEFAULT_SIZE})"
+    )
+    build.add_argument("--shard-size", type=int, default=256, help="samples per shard (default 256)")
+    build.add_argument("--channels", type=int, choices=(1, 3), default=3, help="folders and lists only")
+    build.add_argument("--overwrite", action="store_true", help="replace a dataset already at --out")
+    build.add_argument("--no-progress", action="store_true")
+    verify = verbs.add_parser("verify", help="re-read every shard against manifest.json")
+    verify.add_argument("url")
+    verbs.add_parser("list-builtins", help="the built-in datasets (nothing is downloaded)")
+    return parser
+
+
+def _sources(args: argparse.Namespace) -> dict[str, Source]:
+    """Output URL -> source: one per split for builtins, the --out URL itself otherwise."""
+    if args.source.startswith(BUILTIN_PREFIX):
+        splits = builtin_sources(args.source.removeprefix(BUILTIN_PREFIX), args.image_size)
+        return {join_url(args.out, split): source for split, source in splits.items()}
+    size = args.image_size or FOLDER_DEFAULT_SIZE
+    path = Path(args.source)
+    source = (
+        json_lines(path, image_size=size, channels=args.channels)
+        if path.is_file()
+        else image_folder(path, image_size=size, channels=args.channels)
+    )
+    return {args.out: source}
+
+
+def _summary(m: Manifest) -> str:
+    megabytes = sum(s.bytes for s in m.shards) / 1e6
+    return (
+        f"wrote {m.url}: {m.num_samples} samples in {len(m.shards)} shards ({megabytes:.1f} MB), "
+        f"{m.image_size}px x {m.channels}ch, {m.num_classes} classes, digest {m.digest}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.verb == "list-builtins":
+            for b in BUILTINS.values():
+                print(f"builtin:{b.name:<14} {b.default_size}px default  {b.summary}")
+        elif args.verb == "build":
+            for url, source in _sources(args).items():
+                manifest = write_dataset(
+                    source,
+                    url,
+                    shard_size=args.shard_size,
+                    overwrite=args.overwrite,
+                    progress=not args.no_progress,
+                )
+                print(_summary(manifest))
+        else:
+            report = verify_dataset(args.url)
+            print("\n".join(report.lines()))
+            return 0 if report.ok else 1
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

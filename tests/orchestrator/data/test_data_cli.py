@@ -1,0 +1,123 @@
+"""`python -m orchestrator.data` end to end: build -> verify -> stream, on file:// and a real loopback S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from orchestrator.config.schema import DataConfig
+from orchestrator.data.cli import main
+from orchestrator.data.pipeline import ShardStream
+from orchestrator.data.shards import Manifest, read_manifest
+
+
+@pytest.fixture(params=["file", "s3"])
+def out_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "file":
+        return f"file://{tmp_path}/digits"
+    return f"s3://{request.getfixturevalue('s3_bucket')}/datasets/digits"
+
+
+def test_build_verify_stream_builtin_digits(out_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build", "--source", "builtin:digits", "--out", out_url, "--shard-size", "200"]) == 0
+    out, err = capsys.readouterr()
+    assert f"wrote {out_url}/train: 1203 samples in 7 shards" in out
+    assert f"wrote {out_url}/test: 594 samples in 3 shards" in out
+    assert "1203/1203" in err  # the tqdm progress bar goes to stderr
+    if out_url.startswith("s3://"):
+        assert os.environ["AWS_SECRET_ACCESS_KEY"] not in out + err  # credentials are never printed
+
+    assert main(["verify", f"{out_url}/train"]) == 0
+    report = capsys.readouterr().out.splitlines()
+    assert report[0].startswith(f"{out_url}/train: 7 shards, 1203 samples, 16px x 1ch, 10 classes")
+    assert report[-1] == "verify: OK" and sum(line.startswith("  ok ") for line in report) == 7
+
+    manifest = read_manifest(f"{out_url}/train")
+    assert (manifest.num_classes, manifest.image_size, manifest.channels) == (10, 16, 1)
+    cfg = DataConfig(url=f"{out_url}/train", batch_size=50, loader_workers=2, shuffle_buffer=100)
+    streams = [ShardStream(cfg, rank=r, world_size=2) for r in range(2)]
+    counts = [sum(1 for _ in s.epoch_batches()) for s in streams]
+    assert counts[0] == counts[1] == streams[0].batches_per_epoch() > 0
+
+
+def test_verify_exits_nonzero_naming_each_bad_shard(
+    tmp_path: Path,
+    make_dataset: Callable[..., Manifest],
+    corrupt: Callable[[Manifest], tuple[str, str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    truncated, poisoned = corrupt(make_dataset(str(tmp_path / "ds"), 40, 10))
+    assert main(["verify", str(tmp_path / "ds")]) == 1
+    out = capsys.readouterr().out
+    assert f"BAD {truncated}:" in out and f"BAD {poisoned}:" in out
+    assert out.splitlines()[-1] == f"verify: FAILED ({truncated}, {poisoned})"
+
+
+def test_build_from_json_lines_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for i in range(3):
+        Image.new("RGB", (20, 10), (i * 50, 0, 0)).save(tmp_path / f"{i}.png")
+    rows = [
+        json.dumps(
+            {
+                "class_id": i % 2,
+                "class_name": f"c{i % 2}",
+                "image_path": f"{i}.png",
+                "is_absolute_path": False,
+            }
+        )
+        for i in range(3)
+    ]
+    (tmp_path / "list.jsonl").write_text("\n".join(rows))
+    out = f"memory://cli-jsonl-{tmp_path.name}/ds"
+    argv = [
+        "build",
+        "--source",
+        str(tmp_path / "list.jsonl"),
+        "--out",
+        out,
+        "--image-size",
+        "8",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    manifest = read_manifest(out)
+    assert (manifest.num_samples, manifest.class_names, manifest.channels) == (3, ("c0", "c1"), 3)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["build", "--source", "builtin:cifar10", "--out", "memory://x"], "unknown built-in dataset"),
+        (
+            ["build", "--source", "/nonexistent/folder", "--out", "memory://x"],
+            "/nonexistent/folder: no such folder",
+        ),
+        (["verify", "memory://nothing-here"], "manifest.json: not found"),
+    ],
+)
+def test_bad_input_is_one_error_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_module_entry_point_lists_builtins() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator.data", "list-builtins"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["builtin:digits", "builtin:mnist", "builtin:fashion-mnist"]
+    assert "CC BY 4.0" in lines[0] and "LeCun & Cortes" in lines[1] and "MIT (Zalando)" in lines[2]

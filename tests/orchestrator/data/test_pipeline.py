@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator.config.schema import DataConfig
+from orchestrator.data.pipeline import ShardStream
+from orchestrator.data.shards import DataError, Manifest, epoch_order, merge_cursors, rank_shards
+
+IdsOf = Callable[[torch.Tensor], list[int]]
+
+
+@pytest.fixture(params=["file", "s3"])
+def dataset_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same tests against a local folder and a real S3 endpoint on 127.0.0.1 (moto)."""
+    if request.param == "file":
+        return f"file://{tmp_path}/ds"
+    bucket = request.getfixturevalue("s3_bucket")
+    return f"s3://{bucket}/datasets/ds"
+
+
+def _epoch(cfg: DataConfig, world_size: int, ids_of: IdsOf, **kw: object) -> list[list[list[int]]]:
+    """Sample ids per batch for each rank, over one epoch."""
+    out = []
+    for rank in range(world_size):
+        stream = ShardStream(cfg, rank=rank, world_size=world_size, **kw)  # type: ignore[arg-type]
+        out.append([ids_of(images) for images, _ in stream.epoch_batches()])
+    return out
+
+
+def test_every_sample_once_over_2_ranks_x_2_workers(
+    dataset_url: str, make_dataset: Callable[..., Manifest], ids_of: IdsOf
+) -> None:
+    make_dataset(dataset_url, 96, 12)  # 8 shards: 4 per rank, 48 samples = 12 batches each
+    cfg = DataConfig(url=dataset_url, batch_size=4, loader_workers=2, shuffle_buffer=16)
+    per_rank = _epoch(cfg, 2, ids_of)
+    assert [len(batches) for batches in per_rank] == [12, 12]
+    seen = [i for batches in per_rank for batch in batches for i in batch]
+    assert sorted(seen) == list(range(96))
+
+
+def test_uneven_shards_still_give_every_rank_the_same_batch_count(
+    dataset_url: str, make_dataset: Callable[..., Manifest], ids_of: IdsOf
+) -> None:
+    manifest = make_dataset(dataset_url, 45, 10)  # shards of 10, 10, 10, 10, 5
+    cfg = DataConfig(url=dataset_url, batch_size=4, loader_workers=2, shuffle_buffer=16, seed=3)
+    order = epoch_order(manifest.shards, seed=3, epoch=0)
+    rank_samples = [sum(s.samples for s in rank_shards(order, r, 2, 2)) for r in range(2)]
+    assert rank_samples[0] != rank_samples[1]  # rank 0 reads 3 shards, rank 1 reads 2
+    per_rank = _epoch(cfg, 2, ids_of)
+    expected = min(rank_samples) // 4
+    assert [len(batches) for batches in per_rank] == [expected, expected]
+    seen = [i for batches in per_rank for batch in batches for i in batch]
+    assert len(seen) == len(set(seen)) == 2 * expected * 4  # no sample twice; the rest is the cut
+
+
+def test_corrupt_samples_and_shards_are_skipped_counted_and_the_rest_read(
+    dataset_url: str,
+    make_dataset: Callable[..., Manifest],
+    corrupt: Callable[[Manifest], tuple[str, str]],
+    ids_of: IdsOf,
+) -> None:
+    manifest = make_dataset(dataset_url, 40, 10)
+    truncated, poisoned = corrupt(manifest)  # shard 1 cut short, sample 3 of shard 2 not an image
+    cfg = DataConfig(url=dataset_url, batch_size=4, loader_workers=2, shuffle_buffer=8)
+    stream = ShardStream(cfg, rank=0, world_size=1)
+    batches = [ids_of(images) for images, _ in stream.epoch_batches()]
+    assert len(batches) == 10  # planned from the manifest: a short rank is padded, never stops early
+    readable = set(range(40)) - set(range(10, 20)) - {23}
+    assert set().union(*batches) == readable
+    stats = stream.stats()
+    assert stats["skipped_per_shard"] == {truncated: 10, poisoned: 1}
+    assert stats["skipped_total"] == 11 and stats["padded_samples"] == 40 - 29
+    assert stats["samples"] == 29 and stats["data_wait_s"] > 0
+
+
+def test_resume_from_merged_cursors_finishes_the_epoch_exactly(
+    make_dataset: Callable[..., Manifest], ids_of: IdsOf
+) -> None:
+    url = "memory://pipeline-resume/ds"
+    make_dataset(url, 96, 12)
+    cfg = DataConfig(url=url, batch_size=4, loader_workers=0, shuffle_buffer=32)
+    first: list[int] = []
+    cursors = []
+    for rank in range(2):
+        stream = ShardStream(cfg, rank=rank, world_size=2)
+        batches = stream.epoch_batches()
+        first += [i for _ in range(5) for i in ids_of(next(batches)[0])]
+        cursors.append(json.loads(json.dumps(stream.cursor())))  # what a checkpoint stores
+        batches.close()
+    cursor = merge_cursors(cursors)
+    assert (cursor["epoch"], cursor["batches"]) == (0, 5)
+    rest = _epoch(cfg, 2, ids_of, cursor=cursor)
+    assert [len(b) for b in rest] == [7, 7]
+    seen = first + [i for batches in rest for batch in batches for i in batch]
+    assert sorted(seen) == list(range(96))
+
+
+def test_shuffle_is_seeded_by_seed_and_epoch(make_dataset: Callable[..., Manifest], ids_of: IdsOf) -> None:
+    url = "memory://pipeline-shuffle/ds"
+    make_dataset(url, 64, 16)
+    cfg = DataConfig(url=url, batch_size=8, loader_workers=0, shuffle_buffer=32)
+    order = _epoch(cfg, 1, ids_of)[0]
+    assert order == _epoch(cfg, 1, ids_of)[0]
+    assert order != _epoch(cfg, 1, ids_of, epoch=1)[0]
+    flat = [i for batch in order for i in batch]
+    assert sorted(flat) == list(range(64)) and flat != sorted(flat)
+
+
+def test_stream_runs_across_epochs_and_resizes_and_flips(make_dataset: Callable[..., Manifest]) -> None:
+    url = "memory://pipeline-epochs/ds"
+    make_dataset(url, 32, 8)
+    cfg = DataConfig(
+        url=url, batch_size=8, loader_workers=0, shuffle_buffer=0, random_flip=True, image_size=4
+    )
+    stream = ShardStream(cfg, rank=0, world_size=1)
+    assert stream.batches_per_epoch() == 4
+    it = iter(stream)
+    images, labels = next(it)
+    assert images.shape == (8, 1, 4, 4) and images.dtype == torch.float32 and labels.dtype == torch.int64
+    assert images.min() >= -1 and images.max() <= 1
+    assert bool((labels < 3).all())
+    for _ in range(5):
+        next(it)
+    assert stream.cursor()["epoch"] == 1 and stream.cursor()["batches"] == 2
+    left_column = torch.stack([b[0][:, 0, :, 0] for b in [next(it) for _ in range(2)]])
+    assert left_column.std() > 0  # some images flipped: the marker pixel moves to the right edge
+
+
+def test_fewer_shards_than_readers_is_refused_before_streaming(
+    tmp_path: Path, make_dataset: Callable[..., Manifest]
+) -> None:
+    make_dataset(str(tmp_path / "ds"), 30, 10)  # 3 shards
+    cfg = DataConfig(url=str(tmp_path / "ds"), batch_size=4, loader_workers=2)
+    with pytest.raises(DataError, match="3 shards for 4 readers"):
+        ShardStream(cfg, rank=0, world_size=2)
+
+
+def test_labels_travel_with_their_images(make_dataset: Callable[..., Manifest], ids_of: IdsOf) -> None:
+    url = "memory://pipeline-labels/ds"
+    make_dataset(url, 24, 6)
+    cfg = DataConfig(url=url, batch_size=6, loader_workers=0, shuffle_buffer=12)
+    pairs: Counter[bool] = Counter()
+    for images, labels in ShardStream(cfg, rank=0, world_size=1).epoch_batches():
+        pairs.update((i % 3 == label) for i, label in zip(ids_of(images), labels.tolist(), strict=True))
+    assert pairs == Counter({True: 24})
