@@ -7,6 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
+CLUSTER_DIR ?= .cluster
+export CLUSTER_DIR
+CLUSTER := $(BIN)/python infra/local/cluster.py
 
 ##@ Setup
 help: ## Show this help
@@ -24,11 +27,34 @@ $(STAMP): pyproject.toml
 
 ##@ Quality
 lint: install ## ruff, mypy and the import-boundary contracts
-	$(BIN)/ruff check sphere_core orchestrator tests bench
+	$(BIN)/ruff check sphere_core orchestrator tests bench infra
 	$(BIN)/mypy
+	$(BIN)/mypy --strict infra/local/cluster.py infra/local/procs.py
 	$(BIN)/lint-imports
 
 test: install lint ## Lint, then run the whole test suite
 	$(BIN)/pytest tests
 
-.PHONY: help install lint test
+##@ Local cluster (127.0.0.1 only; ports and state dir: see infra/local/cluster.py)
+cluster-up: install ## Start the Ray head, MLflow server and S3 endpoint (no-op when healthy); then source .cluster/env
+	$(CLUSTER) up
+
+cluster-down: ## Stop exactly this cluster's processes (never `ray stop`)
+	$(CLUSTER) down
+
+cluster-status: ## Each service: up/down, pid, URL (exit 3 when one is down)
+	$(CLUSTER) status
+
+##@ Experiments
+dry-run: install ## Print a sweep's trials and resolved config without running it: make dry-run SWEEP=sweeps/noise.yaml
+	@test -n "$(SWEEP)" || { echo "usage: make dry-run SWEEP=sweeps/<name>.yaml" >&2; exit 2; }
+	$(BIN)/python -m orchestrator.sweep $(SWEEP) --dry-run
+
+sweep: cluster-up ## Submit a sweep as a Ray job and follow its logs: make sweep SWEEP=sweeps/noise.yaml
+	@test -n "$(SWEEP)" || { echo "usage: make sweep SWEEP=sweeps/<name>.yaml" >&2; exit 2; }
+	$(CLUSTER) submit -- python -m orchestrator.sweep $(SWEEP)
+
+demo: cluster-up ## First command on a fresh machine: cluster, MNIST shards, smoke sweep, out/demo-grid.png
+	bash infra/local/demo.sh
+
+.PHONY: help install lint test cluster-up cluster-down cluster-status dry-run sweep demo

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# `make demo` after install and cluster-up: MNIST shards into the local bucket, the smoke sweep as a Ray job
+# (it registers its best model), then a grid of samples from the registered model.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=.venv/bin
+sweep=${DEMO_SWEEP:-sweeps/smoke.yaml}
+grid=${DEMO_GRID:-out/demo-grid.png}
+# shellcheck source=/dev/null
+source "${CLUSTER_DIR:-.cluster}/env"
+
+# The smoke sweep names the data it reads and the registered model it produces; ask it rather than repeat them.
+read -r data_url model_uri < <("$bin/python" -c '
+import sys
+from orchestrator.config.loader import load_sweep
+e = load_sweep(sys.argv[1]).experiment
+print(e.data.url, f"models:/{e.tracking.registered_model}@{e.tracking.alias}")' "$sweep")
+dataset=${data_url%/*}  # builtin:mnist writes <out>/train and <out>/test
+
+if "$bin/python" -c 'import sys, fsspec; sys.exit(not fsspec.filesystem("s3").exists(sys.argv[1]))' \
+    "$data_url/manifest.json"; then
+  echo "== $dataset already built"
+else
+  echo "== building builtin:mnist into $dataset"
+  "$bin/python" -m orchestrator.data build --source builtin:mnist --out "$dataset" --no-progress
+fi
+
+echo "== submitting $sweep to the Ray cluster at $RAY_API_SERVER_ADDRESS"
+"$bin/python" infra/local/cluster.py submit -- python -m orchestrator.sweep "$sweep"
+
+echo "== sampling $model_uri"
+mkdir -p "$(dirname "$grid")"
+"$bin/python" -m orchestrator.generate --model "$model_uri" --steps 4 --num 16 --out "$grid"
+
+echo
+echo "MLflow UI:   $MLFLOW_TRACKING_URI  (experiments, the sweep's parent run and its trials, Models > ${model_uri#models:/})"
+echo "Ray jobs:    $RAY_API_SERVER_ADDRESS"
+echo "Sample grid: $(pwd)/$grid"
+echo "Shell env:   source ${CLUSTER_DIR:-.cluster}/env      stop everything: make cluster-down"
