@@ -54,9 +54,8 @@ from orchestrator.data.sources import decode_sample
 from sphere_core.transforms import fit_square, random_hflip, to_signed_unit
 
 log = logging.getLogger(__name__)
-Item = tuple[
-    torch.Tensor, int, str, int
-]  # (float (C, H, W) in [-1, 1], class id, shard name, position in shard)
+# (float (C, H, W) in [-1, 1], class id, shard name, position in shard)
+Item = tuple[torch.Tensor, int, str, int]
 Batch = tuple[torch.Tensor, torch.Tensor]  # (float (B, C, H, W) in [-1, 1], int64 (B,))
 
 
@@ -90,12 +89,8 @@ class _Readers(IterableDataset[dict[str, Any]]):
     ) -> None:
         super().__init__()
         self.manifest, self.shards, self.seen = manifest, shards, seen
-        self.image_size, self.chunk, self.shuffle_buffer, self.seed_key = (
-            image_size,
-            chunk,
-            shuffle_buffer,
-            seed_key,
-        )
+        self.image_size, self.chunk = image_size, chunk
+        self.shuffle_buffer, self.seed_key = shuffle_buffer, seed_key
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -105,9 +100,8 @@ class _Readers(IterableDataset[dict[str, Any]]):
         items: Iterator[Item] = (item for shard in self.shards[worker] for item in self._read(shard, skipped))
         if self.shuffle_buffer > 1:
             rng = random.Random(f"{self.seed_key}:worker{worker}")
-            items = filters.shuffle(
-                bufsize=self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng
-            )(items)
+            initial = min(100, self.shuffle_buffer)  # start yielding early: time to first batch
+            items = filters.shuffle(bufsize=self.shuffle_buffer, initial=initial, rng=rng)(items)
         held: list[Item] = []
         for item in items:
             held.append(item)
@@ -118,10 +112,9 @@ class _Readers(IterableDataset[dict[str, Any]]):
 
     def _pack(self, items: list[Item], skipped: Counter[str]) -> dict[str, Any]:
         c, s = self.manifest.channels, self.image_size
+        images = torch.stack([i[0] for i in items]) if items else torch.empty(0, c, s, s)  # (n, C, H, W)
         chunk = {
-            "images": torch.stack([i[0] for i in items])
-            if items
-            else torch.empty(0, c, s, s),  # (n, C, H, W)
+            "images": images,
             "labels": torch.tensor([i[1] for i in items], dtype=torch.int64),
             "origins": [(i[2], i[3]) for i in items],
             "skipped": dict(skipped),
@@ -245,6 +238,11 @@ class ShardStream:
             for r in range(self.world_size)
         ]
         self._total = batches + min(unseen) // self.cfg.batch_size
+        if self._total == 0:
+            raise DataError(
+                f"data.batch_size {self.cfg.batch_size} exceeds the {min(unseen)} samples of the smallest of "
+                f"{self.world_size} ranks in epoch {epoch}: no batch would be yielded"
+            )
 
     @property
     def image_size(self) -> int:
@@ -285,7 +283,7 @@ class ShardStream:
                 assign_shards(self._order, self.rank, self.world_size, w, self.cfg.loader_workers)
                 for w in range(workers)
             ],
-            self._seen,
+            {name: bytearray(bits) for name, bits in self._seen.items()},  # readers see the epoch-start view
             image_size=self.image_size,
             chunk=self.cfg.batch_size,
             shuffle_buffer=self.cfg.shuffle_buffer,
@@ -325,10 +323,8 @@ class ShardStream:
             pool.insert(0, (images, labels))
         if not pool:
             raise DataError(f"rank {self.rank}: no readable samples left in epoch {self._epoch}; run verify")
-        pool_images, pool_labels = (
-            torch.cat([p[0] for p in pool]),
-            torch.cat([p[1] for p in pool]),
-        )  # (n, ...)
+        pool_images = torch.cat([p[0] for p in pool])  # (n, C, H, W)
+        pool_labels = torch.cat([p[1] for p in pool])  # (n,)
         repeat = torch.arange(self.cfg.batch_size) % len(pool_labels)
         missing = self.cfg.batch_size - len(origins)
         self._padded += missing
@@ -343,9 +339,8 @@ class ShardStream:
             bits[position >> 3] |= 1 << (position & 7)
         if self.cfg.random_flip:  # seeded per batch, so a resumed run flips the same batches the same way
             key = f"flip:{self.cfg.seed}:{self._epoch}:{self.rank}:{self._batches}"
-            images = random_hflip(
-                images, generator=torch.Generator().manual_seed(random.Random(key).getrandbits(63))
-            )
+            generator = torch.Generator().manual_seed(random.Random(key).getrandbits(63))
+            images = random_hflip(images, generator=generator)
         self._batches += 1
         self._samples += len(origins)
         if self._first_batch_s is None:

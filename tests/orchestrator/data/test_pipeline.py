@@ -76,7 +76,7 @@ def test_corrupt_samples_and_shards_are_skipped_counted_and_the_rest_read(
     stats = stream.stats()
     assert stats["skipped_per_shard"] == {truncated: 10, poisoned: 1}
     assert stats["skipped_total"] == 11 and stats["padded_samples"] == 40 - 29
-    assert stats["samples"] == 29 and stats["data_wait_s"] > 0
+    assert stats["samples"] == 29 and stats["data_wait_s"] > 0 and stats["time_to_first_batch_s"] > 0
 
 
 def test_resume_from_merged_cursors_finishes_the_epoch_exactly(
@@ -149,3 +149,11 @@ def test_labels_travel_with_their_images(make_dataset: Callable[..., Manifest], 
     for images, labels in ShardStream(cfg, rank=0, world_size=1).epoch_batches():
         pairs.update((i % 3 == label) for i, label in zip(ids_of(images), labels.tolist(), strict=True))
     assert pairs == Counter({True: 24})
+
+
+def test_batch_larger_than_a_rank_share_is_refused(make_dataset: Callable[..., Manifest]) -> None:
+    url = "memory://pipeline-big-batch/ds"
+    make_dataset(url, 20, 5)  # 2 ranks x 2 shards x 5 samples
+    cfg = DataConfig(url=url, batch_size=11, loader_workers=0)
+    with pytest.raises(DataError, match="batch_size 11 exceeds the 10 samples of the smallest of 2 ranks"):
+        ShardStream(cfg, rank=0, world_size=2)
