@@ -10,6 +10,9 @@ STAMP := $(VENV)/.installed
 CLUSTER_DIR ?= .cluster
 export CLUSTER_DIR
 CLUSTER := $(BIN)/python infra/local/cluster.py
+# The cluster image is tagged with the Ray pinned in pyproject.toml; the KubeRay manifests' rayVersion repeats it.
+RAY_VERSION := $(shell sed -n 's/.*"ray\[[^]]*\]==\([0-9.]*\)".*/\1/p' pyproject.toml)
+IMAGE ?= sphere-orchestrator
 
 ##@ Setup
 help: ## Show this help
@@ -45,9 +48,18 @@ cluster-down: ## Stop exactly this cluster's processes (never `ray stop`)
 cluster-status: ## Each service: up/down, pid, URL (exit 3 when one is down)
 	$(CLUSTER) status
 
+##@ Shared cluster (needs docker; see infra/)
+image: ## Build the Ray/KubeRay image infra/docker/Dockerfile as $(IMAGE):<ray version>
+	docker build -f infra/docker/Dockerfile -t $(IMAGE):$(RAY_VERSION) .
+
+mlflow-up: ## Start the shared MLflow server (PostgreSQL + S3 artifacts) of infra/mlflow/
+	docker compose -f infra/mlflow/docker-compose.yaml up -d --build
+
 ##@ Experiments
 dry-run: install ## Print a sweep's trials and resolved config without running it: make dry-run SWEEP=sweeps/noise.yaml
 	@test -n "$(SWEEP)" || { echo "usage: make dry-run SWEEP=sweeps/<name>.yaml" >&2; exit 2; }
+	@# With the local cluster up, the dry run can also list the shards it would read from the bucket.
+	if $(CLUSTER) status >/dev/null; then source $(CLUSTER_DIR)/env; fi; \
 	$(BIN)/python -m orchestrator.sweep $(SWEEP) --dry-run
 
 sweep: cluster-up ## Submit a sweep as a Ray job and follow its logs: make sweep SWEEP=sweeps/noise.yaml
@@ -57,4 +69,4 @@ sweep: cluster-up ## Submit a sweep as a Ray job and follow its logs: make sweep
 demo: cluster-up ## First command on a fresh machine: cluster, MNIST shards, smoke sweep, out/demo-grid.png
 	bash infra/local/demo.sh
 
-.PHONY: help install lint test cluster-up cluster-down cluster-status dry-run sweep demo
+.PHONY: help install lint test cluster-up cluster-down cluster-status image mlflow-up dry-run sweep demo

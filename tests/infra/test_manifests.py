@@ -1,0 +1,95 @@
+"""infra/ is a tested artifact: manifests parse, versions agree with pyproject.toml, entrypoints exist."""
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from orchestrator.config.loader import load_sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+
+
+def _pins() -> dict[str, str]:
+    """name -> version of every `name[extras]==version` requirement in pyproject.toml."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = project["dependencies"] + [r for group in project["optional-dependencies"].values() for r in group]
+    return {m[1]: m[2] for r in reqs if (m := re.match(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?==([^;\s]+)", r))}
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    doc = yaml.safe_load(path.read_text())
+    assert isinstance(doc, dict), path
+    return doc
+
+
+def _containers(pod_template: dict[str, Any]) -> list[dict[str, Any]]:
+    containers: list[dict[str, Any]] = pod_template["spec"]["containers"]
+    return containers
+
+
+@pytest.mark.parametrize("path", sorted(INFRA.rglob("*.yaml")), ids=lambda p: str(p.relative_to(INFRA)))
+def test_every_manifest_parses(path: Path) -> None:
+    assert list(yaml.safe_load_all(path.read_text()))
+
+
+def test_ray_version_image_tag_and_pyproject_pin_agree() -> None:
+    ray_pin = _pins()["ray"]
+    cluster = _yaml(INFRA / "kuberay" / "raycluster.yaml")
+    spec = cluster["spec"]
+    assert spec["rayVersion"] == ray_pin
+    templates = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    images = [c["image"] for t in templates for c in _containers(t)]
+    assert images and all(image.rsplit(":", 1)[1] == ray_pin for image in images), images
+    # `make image` tags what it builds with the same version.
+    build = subprocess.run(["make", "-sn", "image"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert f":{ray_pin} " in build.stdout, build.stdout
+
+
+def test_image_installs_the_pinned_torch_and_the_project_without_run_time_installs() -> None:
+    dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
+    assert f"ARG TORCH_VERSION={_pins()['torch']}" in dockerfile
+    assert re.search(r"^RUN pip install \"\.\[orchestrator\]\"", dockerfile, re.M)
+    assert re.search(r"^COPY sweeps ", dockerfile, re.M)  # RayJob entrypoints read sweep files from the image
+
+
+def test_rayjob_runs_an_existing_sweep_from_the_image_on_the_cluster() -> None:
+    job = _yaml(INFRA / "kuberay" / "rayjob-sweep.yaml")["spec"]
+    cluster_name = _yaml(INFRA / "kuberay" / "raycluster.yaml")["metadata"]["name"]
+    assert job["clusterSelector"] == {"ray.io/cluster": cluster_name}
+    assert "runtimeEnvYAML" not in job  # no working_dir zip, no pip at run time: the image has the code
+    match = re.search(r"python -m orchestrator\.sweep (sweeps/\S+\.yaml)$", job["entrypoint"])
+    assert match, job["entrypoint"]
+    assert load_sweep(ROOT / match[1]).kind == "train"
+
+
+def test_tracking_server_pins_match_and_publishes_on_loopback_only() -> None:
+    pins = _pins()
+    dockerfile = (INFRA / "mlflow" / "Dockerfile").read_text()
+    for name in ("mlflow", "boto3"):
+        assert f"{name}=={pins[name]}" in dockerfile
+    server = _yaml(INFRA / "mlflow" / "docker-compose.yaml")["services"]["mlflow"]
+    assert any(arg.startswith("--backend-store-uri=postgresql://") for arg in server["command"])
+    assert any(arg.startswith("--artifacts-destination=") for arg in server["command"])
+    assert all(port.startswith("127.0.0.1:") for port in server["ports"])
+
+
+def test_local_scripts_bind_loopback_only() -> None:
+    scripts = [p for p in (INFRA / "local").iterdir() if p.suffix in {".py", ".sh"}] + [ROOT / "Makefile"]
+    assert len(scripts) >= 3
+    for path in scripts:
+        text = path.read_text()
+        assert "0.0.0.0" not in text and "--host ::" not in text, path
+    assert 'HOST = "127.0.0.1"' in (INFRA / "local" / "cluster.py").read_text()
+
+
+def test_ci_entry_point_runs_the_readme_test_command() -> None:
+    ci = ROOT / ".ci" / "run"
+    assert ci.stat().st_mode & 0o111, "not executable"
+    lines = [line for line in ci.read_text().splitlines() if line and not line.startswith("#")]
+    assert lines == ["set -euo pipefail", 'cd "$(dirname "$0")/.."', "make test"]
