@@ -62,7 +62,7 @@ def decode_png(data: bytes, channels: int) -> torch.Tensor:
             mode = img.mode
             array = np.asarray(img)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"not a decodable image ({exc})") from None
+        raise ValueError(f"not a decodable image ({type(exc).__name__})") from None
     if mode != PIL_MODE[channels]:
         raise ValueError(f"image mode {mode}, expected {PIL_MODE[channels]} ({channels} channels)")
     return hwc_to_chw(torch.from_numpy(array.copy()))
