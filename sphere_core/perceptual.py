@@ -1,0 +1,255 @@
+"""Frozen perceptual distance Perc = (1.0 * LPIPS_VGG + 0.1 * MSE(ConvNeXt-S logits)) / 1.1 (spec 1.4).
+
+Both networks are built here in plain torch (torchvision is not a dependency) with module names that
+match the published state_dict layouts, and are filled ONLY from weight files the user points to:
+    vgg_path       torchvision `vgg16` state_dict (the `features.*` keys are used; `classifier.*` ignored)
+    lpips_path     LPIPS `vgg.pth` linear heads (`lin0.model.1.weight` ... `lin4.model.1.weight`)
+    convnext_path  torchvision `convnext_small` state_dict (`features.*`, `classifier.*`)
+Nothing is ever downloaded. With no files the perceptual terms are off; `perceptual_status` says so.
+Inputs are images in [0, 1] (the loss space, spec 1.4); grayscale is repeated to 3 channels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sphere_core.config import LossWeights
+
+# torchvision vgg16 `features`: conv widths per stage, a 2x2 max-pool between stages. LPIPS taps the
+# last ReLU of each stage (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3).
+VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+LPIPS_TAPS = (3, 8, 15, 22, 29)  # their indices in `features`
+LPIPS_CHANNELS = tuple(stage[-1] for stage in VGG16_STAGES)
+# LPIPS ScalingLayer: maps [-1, 1] inputs to the statistics its VGG calibration was fitted on.
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+LPIPS_SCALE = (0.458, 0.448, 0.450)
+# convnext_small: (input channels, output channels of the following downsample, blocks) per stage.
+CONVNEXT_SMALL_STAGES = ((96, 192, 3), (192, 384, 3), (384, 768, 27), (768, None, 3))
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LPIPS_WEIGHT, CONVNEXT_WEIGHT = 1.0, 0.1  # official spec string "lpips-convnext_s-1.0-0.1"
+
+
+# --- LPIPS-VGG16 ---------------------------------------------------------------------------------
+
+
+def vgg16_features() -> nn.Sequential:
+    """torchvision's vgg16 `features` up to relu5_3 (the final pool is parameter-free and unused)."""
+    layers: list[nn.Module] = []
+    in_ch = 3
+    for i, stage in enumerate(VGG16_STAGES):
+        if i > 0:
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        for width in stage:
+            layers += [nn.Conv2d(in_ch, width, kernel_size=3, padding=1), nn.ReLU()]
+            in_ch = width
+    return nn.Sequential(*layers)
+
+
+class LinearHead(nn.Module):
+    """LPIPS NetLinLayer: index 0 held the (eval-time no-op) dropout, index 1 the 1x1 conv."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.model = nn.Sequential(nn.Identity(), nn.Conv2d(channels, 1, kernel_size=1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class LPIPS(nn.Module):
+    shift: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = vgg16_features()
+        self.lins = nn.ModuleList(LinearHead(c) for c in LPIPS_CHANNELS)
+        self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
+
+    def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Unit-normalised (over channels) activations at the 5 LPIPS layers. x: (B, 3, H, W) in [0, 1]."""
+        h = ((x * 2 - 1) - self.shift) / self.scale
+        out = []
+        for i, layer in enumerate(self.features):
+            h = layer(h)
+            if i in LPIPS_TAPS:
+                out.append(h / (h.square().sum(dim=1, keepdim=True).sqrt() + 1e-10))
+        return out
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per-sample LPIPS distance (B,)."""
+        if min(a.shape[-2:]) < 16:
+            raise ValueError(f"LPIPS-VGG16 needs images of at least 16 px, got {tuple(a.shape[-2:])}")
+        dist = torch.zeros(a.shape[0], device=a.device, dtype=a.dtype)
+        for lin, fa, fb in zip(self.lins, self.taps(a), self.taps(b), strict=True):
+            dist = dist + lin((fa - fb).square()).mean(dim=(1, 2, 3))  # spatial average
+        return dist
+
+
+def load_lpips(vgg_path: str | Path, lpips_path: str | Path) -> LPIPS:
+    net = LPIPS()
+    vgg = torch.load(vgg_path, map_location="cpu", weights_only=True)
+    features = {k.removeprefix("features."): v for k, v in vgg.items() if k.startswith("features.")}
+    net.features.load_state_dict(features, strict=True)
+    lins = torch.load(lpips_path, map_location="cpu", weights_only=True)
+    net.lins.load_state_dict({k.removeprefix("lin"): v for k, v in lins.items()}, strict=True)
+    return net
+
+
+# --- ConvNeXt-Small ------------------------------------------------------------------------------
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over channels of a (B, C, H, W) map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ToChannelsLast(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1)
+
+
+class ToChannelsFirst(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    """dwconv7 -> LN -> Linear(4x) -> GELU -> Linear -> layer scale, residual (no stochastic depth:
+    the network is frozen)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim),
+            ToChannelsLast(),
+            nn.LayerNorm(dim, eps=1e-6),
+            nn.Linear(dim, 4 * dim),
+            nn.GELU(),
+            nn.Linear(4 * dim, dim),
+            ToChannelsFirst(),
+        )
+        self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), 1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layer_scale * self.block(x)
+
+
+class ConvNeXt(nn.Module):
+    def __init__(
+        self, stages: tuple[tuple[int, int | None, int], ...] = CONVNEXT_SMALL_STAGES, num_classes: int = 1000
+    ) -> None:
+        super().__init__()
+        stem = nn.Sequential(
+            nn.Conv2d(3, stages[0][0], kernel_size=4, stride=4), LayerNorm2d(stages[0][0], eps=1e-6)
+        )
+        layers: list[nn.Module] = [stem]
+        for dim, out_dim, depth in stages:
+            layers.append(nn.Sequential(*(ConvNeXtBlock(dim) for _ in range(depth))))
+            if out_dim is not None:
+                layers.append(
+                    nn.Sequential(
+                        LayerNorm2d(dim, eps=1e-6), nn.Conv2d(dim, out_dim, kernel_size=2, stride=2)
+                    )
+                )
+        self.features = nn.Sequential(*layers)
+        last = stages[-1][0]
+        self.classifier = nn.Sequential(
+            LayerNorm2d(last, eps=1e-6), nn.Flatten(1), nn.Linear(last, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) ImageNet-normalised -> logits (B, num_classes)."""
+        return self.classifier(self.features(x).mean(dim=(2, 3), keepdim=True))
+
+
+def load_convnext(convnext_path: str | Path) -> ConvNeXt:
+    net = ConvNeXt()
+    net.load_state_dict(torch.load(convnext_path, map_location="cpu", weights_only=True), strict=True)
+    return net
+
+
+# --- the combined loss ---------------------------------------------------------------------------
+
+
+class PerceptualLoss(nn.Module):
+    """Frozen Perc(a, b) -> per-sample distance (B,), a weighted mean of whichever networks are loaded."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, lpips: LPIPS | None, convnext: ConvNeXt | None) -> None:
+        super().__init__()
+        if lpips is None and convnext is None:
+            raise ValueError("PerceptualLoss needs LPIPS weights, ConvNeXt weights, or both")
+        self.lpips = lpips
+        self.convnext = convnext
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> PerceptualLoss:
+        return super().train(False)  # frozen: stays in eval mode inside a training objective
+
+    def describe(self) -> str:
+        parts = [f"LPIPS-VGG16 x{LPIPS_WEIGHT}"] if self.lpips is not None else []
+        parts += [f"ConvNeXt-S logits MSE x{CONVNEXT_WEIGHT}"] if self.convnext is not None else []
+        return " + ".join(parts)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.convnext is not None
+        x = F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False, antialias=True)
+        return self.convnext((x - self.mean) / self.std)  # (B, 1000)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """a, b: (B, C, H, W) in [0, 1], C in {1, 3} -> (B,)."""
+        if a.shape[1] == 1:
+            a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
+        total = torch.zeros(a.shape[0], device=a.device, dtype=a.dtype)
+        norm = 0.0
+        if self.lpips is not None:
+            total, norm = total + LPIPS_WEIGHT * self.lpips(a, b), norm + LPIPS_WEIGHT
+        if self.convnext is not None:
+            mse = (self.logits(a) - self.logits(b)).square().mean(dim=1)
+            total, norm = total + CONVNEXT_WEIGHT * mse, norm + CONVNEXT_WEIGHT
+        return total / norm
+
+
+def build_perceptual(
+    vgg_path: str | Path | None = None,
+    lpips_path: str | Path | None = None,
+    convnext_path: str | Path | None = None,
+    *,
+    device: torch.device | str = "cpu",
+) -> PerceptualLoss | None:
+    """The frozen perceptual loss from local weight files, or None when no file is given.
+    LPIPS needs both `vgg_path` and `lpips_path`; either network alone is allowed (renormalised weight)."""
+    if (vgg_path is None) != (lpips_path is None):
+        raise ValueError("LPIPS needs both vgg_path (torchvision vgg16) and lpips_path (LPIPS vgg.pth)")
+    lpips = load_lpips(vgg_path, lpips_path) if vgg_path is not None and lpips_path is not None else None
+    convnext = load_convnext(convnext_path) if convnext_path is not None else None
+    if lpips is None and convnext is None:
+        return None
+    return PerceptualLoss(lpips, convnext).to(device)
+
+
+def perceptual_status(perceptual: PerceptualLoss | None, weights: LossWeights | None = None) -> str:
+    """One line for logs: whether the perceptual terms are on, and what is ignored when they are off."""
+    if perceptual is not None:
+        return f"perceptual loss ON: ({perceptual.describe()}) / total weight"
+    ignored = ""
+    if weights is not None and (weights.recon_perc > 0 or weights.con_perc > 0):
+        ignored = f"; loss.recon_perc={weights.recon_perc} and loss.con_perc={weights.con_perc} are ignored"
+    return (
+        "perceptual loss OFF: no LPIPS-VGG16 / ConvNeXt-S weight files given (nothing is downloaded), "
+        f"training uses the pixel distance and latent consistency only{ignored}"
+    )

@@ -1,0 +1,179 @@
+"""Perceptual loss: offline construction from weight files in the published layouts, and behaviour."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sphere_core.config import LossWeights
+from sphere_core.perceptual import (
+    LPIPS,
+    ConvNeXt,
+    PerceptualLoss,
+    build_perceptual,
+    perceptual_status,
+    vgg16_features,
+)
+
+# torchvision's published parameter counts: convnext_small meta["num_params"]; vgg16 is 138,357,544
+# in all, of which the three classifier Linears hold 123,642,856.
+CONVNEXT_SMALL_PARAMS = 50_223_688
+VGG16_FEATURE_PARAMS = 138_357_544 - (25088 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 1000 + 1000)
+VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+TINY_CONVNEXT = ((8, 16, 1), (16, None, 1))
+
+
+@pytest.fixture(scope="module")
+def weight_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Random weights in the torchvision vgg16 / LPIPS vgg.pth / torchvision convnext_small layouts."""
+    root = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    vgg = {f"features.{k}": v for k, v in vgg16_features().state_dict().items()}
+    vgg["classifier.6.bias"] = torch.zeros(1000)  # a full vgg16 file: classifier keys are ignored
+    lins = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate((64, 128, 256, 512, 512))}
+    paths = {
+        "vgg_path": root / "vgg16.pth",
+        "lpips_path": root / "vgg.pth",
+        "convnext_path": root / "cnx.pth",
+    }
+    torch.save(vgg, paths["vgg_path"])
+    torch.save(lins, paths["lpips_path"])
+    torch.save(ConvNeXt().state_dict(), paths["convnext_path"])
+    return paths
+
+
+def tiny_perceptual(seed: int = 0) -> PerceptualLoss:
+    torch.manual_seed(seed)
+    lpips = LPIPS()
+    lpips.lins.load_state_dict(
+        {k: v.abs() for k, v in lpips.lins.state_dict().items()}
+    )  # LPIPS heads are >= 0
+    return PerceptualLoss(lpips, ConvNeXt(TINY_CONVNEXT))
+
+
+def pair(seed: int, channels: int = 3, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(2, channels, size, size, generator=g), torch.rand(2, channels, size, size, generator=g)
+
+
+# --- layouts -------------------------------------------------------------------------------------
+
+
+def test_architectures_match_the_published_layouts() -> None:
+    convnext = ConvNeXt()
+    assert sum(p.numel() for p in convnext.parameters()) == CONVNEXT_SMALL_PARAMS
+    shapes = {k: tuple(v.shape) for k, v in convnext.state_dict().items()}
+    assert len(shapes) == 4 + 36 * 9 + 3 * 4 + 4  # stem, 36 blocks, 3 downsamples, classifier
+    assert shapes["features.0.0.weight"] == (96, 3, 4, 4)
+    assert shapes["features.1.0.layer_scale"] == (96, 1, 1)
+    assert shapes["features.1.0.block.0.weight"] == (96, 1, 7, 7)
+    assert shapes["features.5.26.block.3.weight"] == (1536, 384)
+    assert shapes["features.6.1.weight"] == (768, 384, 2, 2)
+    assert shapes["classifier.2.weight"] == (1000, 768)
+
+    vgg = vgg16_features()
+    assert sum(p.numel() for p in vgg.parameters()) == VGG16_FEATURE_PARAMS
+    assert {k.split(".")[0] for k in vgg.state_dict()} == {str(i) for i in VGG16_CONV_INDICES}
+    lpips = LPIPS()
+    # Each LPIPS tap is the ReLU right after a stage's last conv.
+    for tap, channels in zip((3, 8, 15, 22, 29), (64, 128, 256, 512, 512), strict=True):
+        assert isinstance(lpips.features[tap], torch.nn.ReLU)
+        assert lpips.features[tap - 1].out_channels == channels
+
+
+def test_build_from_files_offline(weight_files: dict[str, Path]) -> None:
+    perceptual = build_perceptual(
+        weight_files["vgg_path"], weight_files["lpips_path"], weight_files["convnext_path"]
+    )
+    assert perceptual is not None and perceptual.lpips is not None and perceptual.convnext is not None
+    saved = torch.load(weight_files["convnext_path"], weights_only=True)
+    assert torch.equal(perceptual.convnext.state_dict()["classifier.2.weight"], saved["classifier.2.weight"])
+    assert all(not p.requires_grad for p in perceptual.parameters())
+    a, b = pair(0)
+    b[1] = a[1]  # one different pair, one identical pair: a single (slow, 224 px) ConvNeXt-S call
+    dist = perceptual(a, b)
+    assert dist.shape == (2,) and dist[0] > 0
+    assert abs(dist[1].item()) < 1e-6
+    assert "ON" in perceptual_status(perceptual)
+
+
+def test_partial_weight_sets(weight_files: dict[str, Path]) -> None:
+    assert build_perceptual() is None
+    with pytest.raises(ValueError, match="needs both"):
+        build_perceptual(vgg_path=weight_files["vgg_path"])
+    lpips_only = build_perceptual(weight_files["vgg_path"], weight_files["lpips_path"])
+    assert lpips_only is not None and lpips_only.convnext is None
+    a, b = pair(1)
+    # With LPIPS alone its weight renormalises to 1: Perc is the plain LPIPS distance.
+    assert lpips_only.lpips is not None
+    assert torch.allclose(lpips_only(a, b), lpips_only.lpips(a, b))
+
+
+def test_lpips_rejects_images_below_16px() -> None:
+    a, b = pair(6, size=8)  # VGG16's four pools would shrink relu5_3 to nothing
+    with pytest.raises(ValueError, match="at least 16 px"):
+        tiny_perceptual()(a, b)
+
+
+def test_wrong_layout_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "cnx.pth"
+    torch.save({"features.0.0.weight": torch.zeros(96, 3, 4, 4)}, path)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        build_perceptual(convnext_path=path)
+
+
+def test_status_says_when_perceptual_terms_are_off() -> None:
+    status = perceptual_status(None, LossWeights(recon_perc=1.0, con_perc=0.5))
+    assert "OFF" in status and "recon_perc=1.0" in status and "ignored" in status
+    assert "ignored" not in perceptual_status(None, LossWeights(recon_perc=0.0, con_perc=0.0))
+
+
+# --- behaviour -----------------------------------------------------------------------------------
+
+
+def test_combination_is_the_normalised_weighted_mean() -> None:
+    perceptual = tiny_perceptual()
+    a, b = pair(2)
+    assert perceptual.lpips is not None
+    lpips = perceptual.lpips(a, b)
+    mse = (perceptual.logits(a) - perceptual.logits(b)).square().mean(dim=1)
+    assert torch.allclose(perceptual(a, b), (1.0 * lpips + 0.1 * mse) / 1.1, rtol=1e-5)
+
+
+def test_properties_identity_symmetry_nonnegativity() -> None:
+    perceptual = tiny_perceptual()
+    a, b = pair(3)
+    assert torch.allclose(perceptual(a, a), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(perceptual(a, b), perceptual(b, a), rtol=1e-5)
+    assert bool((perceptual(a, b) > 0).all())
+
+
+def test_convnext_sees_224px_imagenet_normalised_input() -> None:
+    perceptual = tiny_perceptual()
+    seen: list[torch.Tensor] = []
+    assert perceptual.convnext is not None
+    perceptual.convnext.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0]))
+    mean_image = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1).expand(2, 3, 16, 16)
+    perceptual.logits(mean_image)
+    assert seen[0].shape == (2, 3, 224, 224)
+    assert torch.allclose(seen[0], torch.zeros_like(seen[0]), atol=1e-5)  # the ImageNet mean maps to 0
+
+
+def test_grayscale_is_repeated_to_three_channels() -> None:
+    perceptual = tiny_perceptual()
+    a, b = pair(4, channels=1)
+    expected = perceptual(a.repeat(1, 3, 1, 1), b.repeat(1, 3, 1, 1))
+    assert torch.allclose(perceptual(a, b), expected)
+
+
+def test_gradient_reaches_the_input_not_the_weights() -> None:
+    perceptual = tiny_perceptual()
+    perceptual.train()
+    assert not perceptual.training
+    a, b = pair(5)
+    a.requires_grad_(True)
+    perceptual(a, b).sum().backward()
+    assert a.grad is not None and a.grad.abs().sum() > 0
+    assert all(p.grad is None for p in perceptual.parameters())
