@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 lint: install ## ruff, mypy and the import-boundary contracts
 	$(BIN)/ruff check sphere_core orchestrator tests bench infra
 	$(BIN)/mypy
-	$(BIN)/mypy --strict infra/local/cluster.py infra/local/procs.py
+	$(BIN)/mypy --strict infra/local/*.py
 	$(BIN)/lint-imports
 
 test: install lint ## Lint, then run the whole test suite

@@ -31,6 +31,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import s3_snapshot
 from procs import CLUSTER_MARKER, is_alive, marked_pids, stop_group, stop_pids
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +76,10 @@ class Settings:
     @property
     def env_file(self) -> Path:
         return self.state_dir / "env"
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.state_dir / "s3" / self.bucket
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,11 @@ def port_taken(port: int) -> bool:
         return sock.connect_ex((HOST, port)) == 0
 
 
+def is_healthy(svc: Service) -> bool:
+    # Ray's dashboard answers about a second before its agent and client server listen: wait for all ports.
+    return http_ok(svc.health_url) and all(port_taken(port) for port in svc.ports)
+
+
 def log_tail(s: Settings, svc: Service, lines: int = 40) -> str:
     path = _log_file(s, svc)
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
@@ -195,7 +205,7 @@ def wait_healthy(s: Settings, pending: dict[str, tuple[Service, int]]) -> None:
     deadline = time.monotonic() + s.start_timeout_s
     while pending:
         for name, (svc, pid) in list(pending.items()):
-            if http_ok(svc.health_url):
+            if is_healthy(svc):
                 del pending[name]
             elif not is_alive(pid):
                 raise RuntimeError(f"{name} exited during start-up; log tail:\n{log_tail(s, svc)}")
@@ -227,28 +237,45 @@ def up(s: Settings) -> int:
     (s.ray_temp_dir / "tmp").mkdir(parents=True, exist_ok=True)
     write_env_file(s)
     pending: dict[str, tuple[Service, int]] = {}
-    started: list[int] = []
+    started: dict[str, int] = {}
     try:
         for svc in services(s):
             pid = read_pid(s, svc)
             if pid is None:
-                pid = start(s, svc)
-                started.append(pid)
+                pid = started[svc.name] = start(s, svc)
             pending[svc.name] = (svc, pid)
         wait_healthy(s, pending)
     except RuntimeError as err:
-        for pid in started:  # leave nothing half-started behind
+        for pid in started.values():  # leave nothing half-started behind
             stop_group(pid, timeout_s=30)
         print(f"cluster-up failed: {err}", file=sys.stderr)
         return 1
     create_bucket(s)
-    print("cluster already up" if not started else "cluster up")
+    if "s3" in started and s.snapshot_dir.is_dir():  # a fresh endpoint is empty: put the saved bucket back
+        count = s3_snapshot.restore(f"http://{HOST}:{s.s3_port}", s.bucket, s.snapshot_dir)
+        print(f"restored {count} objects into s3://{s.bucket} from {s.snapshot_dir}")
+    print("cluster up" if started else "cluster already up")
     return status(s)
+
+
+def save_bucket(s: Settings, svc: Service) -> None:
+    """Snapshot the bucket before its in-memory endpoint stops; a failure keeps the previous snapshot."""
+    if not http_ok(svc.health_url):
+        print(f"s3: endpoint not answering, keeping the previous snapshot in {s.snapshot_dir}")
+        return
+    try:
+        count, size = s3_snapshot.save(svc.url, s.bucket, s.snapshot_dir)
+    except Exception as err:  # never let a failed snapshot keep the cluster running
+        print(f"s3: snapshot failed ({err!r}); keeping the previous one in {s.snapshot_dir}", file=sys.stderr)
+        return
+    print(f"saved s3://{s.bucket} ({count} objects, {size / 1e6:.1f} MB) to {s.snapshot_dir}")
 
 
 def down(s: Settings) -> int:
     for svc in reversed(services(s)):  # Ray first: its jobs may still write to MLflow and S3
         pid = read_pid(s, svc)
+        if svc.name == "s3" and pid is not None:
+            save_bucket(s, svc)
         if pid is not None and stop_group(pid, timeout_s=30):
             print(f"{svc.name}: did not stop on SIGTERM within 30 s, killed")
         _pid_file(s, svc).unlink(missing_ok=True)
@@ -268,7 +295,7 @@ def status(s: Settings) -> int:
     all_up = True
     for svc in services(s):
         pid = read_pid(s, svc)
-        state = "down" if pid is None else ("up" if http_ok(svc.health_url) else "unhealthy")
+        state = "down" if pid is None else ("up" if is_healthy(svc) else "unhealthy")
         all_up &= state == "up"
         print(f"{svc.name:<7} {state:<9} pid {pid or '-':<8} {svc.url}")
     print(f"bucket  s3://{s.bucket}   ray gcs {HOST}:{s.ray_gcs_port}")

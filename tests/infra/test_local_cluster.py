@@ -108,3 +108,20 @@ def test_a_second_cluster_runs_beside_and_stops_alone(local_cluster: LocalCluste
     assert status.returncode == 3
     assert len(re.findall(r"^\w+\s+down\s", status.stdout, re.M)) == 3
     assert local_cluster.script("status").returncode == 0
+
+
+def test_the_bucket_survives_a_restart(tmp_path: Path) -> None:
+    import boto3
+
+    cluster = start_local_cluster(tmp_path / "restart")
+    try:
+        s3 = boto3.client("s3", endpoint_url=cluster.s3_url)
+        s3.put_object(Bucket="sphere", Key="datasets/x/manifest.json", Body=b"{}")
+        down = cluster.script("down")
+        assert "saved s3://sphere (1 objects" in down.stdout, down.stdout + down.stderr
+        assert (tmp_path / "restart" / "s3" / "sphere" / "datasets/x/manifest.json").read_bytes() == b"{}"
+        up = cluster.script("up")
+        assert "restored 1 objects" in up.stdout, up.stdout + up.stderr
+        assert s3.get_object(Bucket="sphere", Key="datasets/x/manifest.json")["Body"].read() == b"{}"
+    finally:
+        stop_local_cluster(cluster)
