@@ -25,13 +25,18 @@ from PIL import Image
 
 from orchestrator.config.loader import dump_yaml
 from orchestrator.config.schema import ExperimentConfig
+from orchestrator.config.sweep_spec import SweepSpec
 from sphere_core.config import ConfigError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-# Telemetry off and no server-side jobs: set in the driver, the Tune trial actors and the Train workers.
-QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+# Telemetry and download progress bars off: set in the driver, the Tune trial actors and the Train workers.
+QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
 PARENT_TAG = "sweep.digest"  # on the parent run: finds it again when a sweep is resubmitted
 TRIAL_TAG = "sweep.trial"  # on a child run: the deterministic trial name
 
@@ -171,6 +176,28 @@ def open_run(
     return run.info.run_id, True
 
 
+def open_sweep_run(
+    client: MlflowClient, spec: SweepSpec, tags: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """(experiment id, parent run id): the sweep's parent run, found again by its digest on a resubmission."""
+    cfg = spec.experiment
+    exp_id = experiment_id(client, cfg.tracking.experiment)
+    lineage = {"sweep.name": spec.name, "git.commit": git_commit(), "config.hash": config_hash(cfg)}
+    parent_id, created = open_run(
+        client,
+        exp_id,
+        name=spec.experiment_name,
+        tags={**lineage, **(tags or {})},
+        key={PARENT_TAG: spec.digest},
+    )
+    if created:
+        log_config(client, parent_id, cfg, {f"search.{p}": d.describe() for p, d in spec.search.items()})
+    print(
+        f"sweep {spec.experiment_name}: MLflow parent run {parent_id} in experiment {cfg.tracking.experiment}"
+    )
+    return exp_id, parent_id
+
+
 def log_config(client: MlflowClient, run_id: str, cfg: ExperimentConfig, params: Mapping[str, Any]) -> None:
     """The varied knobs as params (once per run), the resolved config as config.yaml."""
     from mlflow.entities import Param
@@ -182,11 +209,13 @@ def log_config(client: MlflowClient, run_id: str, cfg: ExperimentConfig, params:
 def log_dataset(
     client: MlflowClient, run_id: str, *, url: str, name: str, digest: str, profile: Mapping[str, Any]
 ) -> None:
-    """The training shards as the run's input, identified by the manifest digest."""
+    """The training shards as the run's input, identified by the manifest digest (MLflow keeps 36 chars of
+    a dataset digest: the full one goes in the profile)."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    fields = MetaDataset(resolve_dataset_source(url), name=name, digest=digest).to_dict()  # type: ignore[abstract]  # concrete at run time
-    dataset = Dataset(**fields, profile=json.dumps(dict(profile)))
+    source = resolve_dataset_source(url)
+    fields = MetaDataset(source, name=name, digest=digest[:32]).to_dict()  # type: ignore[abstract]
+    dataset = Dataset(**fields, profile=json.dumps({**profile, "digest": digest}))
     client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])

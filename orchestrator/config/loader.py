@@ -73,11 +73,8 @@ def _resolve(raw: SweepFile, path: Path) -> SweepSpec:
         raise ConfigError(f"overrides.{exc}") from None
     _check_kind(raw)
     validate_search(experiment, raw.search, raw.tune.search_alg)
-    if raw.tune.scheduler == "asha" and raw.tune.grace_period > experiment.run.steps:
-        raise ConfigError(
-            f"tune.grace_period: {raw.tune.grace_period} steps exceeds run.steps "
-            f"{experiment.run.steps} (allowed: 1..{experiment.run.steps})"
-        )
+    if raw.kind == "train":
+        _check_trainable(raw, experiment)
     if raw.tune.search_alg == "optuna" and importlib.util.find_spec("optuna") is None:
         raise ConfigError(
             "tune.search_alg: optuna is not installed (run `.venv/bin/pip install optuna`, "
@@ -140,6 +137,49 @@ def _check_kind(raw: SweepFile) -> None:
             raise ConfigError(f"search.{dotted}: kind: evaluate only varies sampling.* (the model is frozen)")
         if dist.kind != "grid":
             raise ConfigError(f"search.{dotted}.{dist.kind}: kind: evaluate takes grid only")
+
+
+# What every training report carries (sphere_core.train_step + orchestrator.loop), plus the loss terms of
+# nonzero weights; the Tune metric must be one of them or Tune stops at the first report.
+REPORTED = (
+    "loss",
+    "grad_norm",
+    "lr",
+    "angle_large_deg",
+    "angle_small_deg",
+    "z_rms",
+    "step",
+    "images_per_s",
+    "data_wait_s",
+    "skipped_samples",
+)
+PERCEPTUAL = ("recon_perc", "con_perc")  # need perceptual weight files that no sweep loads
+
+
+def _check_trainable(raw: SweepFile, experiment: ExperimentConfig) -> None:
+    for name in PERCEPTUAL:
+        dist = raw.search.get(f"loss.{name}")
+        values = [getattr(experiment.loss, name), *(dist.spec if dist is not None else ())]
+        if any(v > 0 for v in values):
+            raise ConfigError(
+                f"loss.{name}: {max(values)} needs a perceptual network, and sweeps load no "
+                "perceptual weights (allowed: 0.0)"
+            )
+    weights = experiment.loss
+    terms = [
+        n
+        for n in ("recon_dist", "con_dist", "latent_con")
+        if getattr(weights, n) > 0 or f"loss.{n}" in raw.search
+    ]
+    if raw.tune.metric not in (*REPORTED, *terms):
+        raise ConfigError(
+            f"tune.metric: {raw.tune.metric!r} is never reported (allowed: {', '.join((*REPORTED, *terms))})"
+        )
+    if raw.tune.scheduler == "asha" and raw.tune.grace_period > experiment.run.steps:
+        raise ConfigError(
+            f"tune.grace_period: {raw.tune.grace_period} steps exceeds run.steps "
+            f"{experiment.run.steps} (allowed: 1..{experiment.run.steps})"
+        )
 
 
 def dump_yaml(data: Any) -> str:

@@ -72,16 +72,17 @@ class EvaluateSpec:
     """Inference-time sweep on a frozen registered model: each setting becomes a child run."""
 
     model: str  # models:/NAME@ALIAS
-    num_images: int = 64  # samples per setting, for the grid and the proxy metric
-    seed: int = 0  # the same noise for every setting, so settings differ only by their knobs
+    dataset: Literal["digits", "mnist", "fashion-mnist"] = "mnist"  # whose committed classifier scores
+    num_images: int = 256  # samples per setting for the proxy metrics (FD/KID/P/R in classifier features)
+    seed: int = 0  # the same noise and labels for every setting, so settings differ only by their knobs
 
     def __post_init__(self) -> None:
         if not self.model.startswith("models:/") or "@" not in self.model:
             raise ConfigError(
                 f"evaluate.model: {self.model!r} is not a registry alias (allowed: models:/NAME@ALIAS)"
             )
-        if self.num_images < 1:
-            raise ConfigError("evaluate.num_images: must be >= 1")
+        if self.num_images < 16:
+            raise ConfigError("evaluate.num_images: must be >= 16 (the metrics need a spread of samples)")
 
 
 @dataclass(frozen=True, kw_only=True)

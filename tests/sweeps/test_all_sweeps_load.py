@@ -47,7 +47,11 @@ def test_sweep_loads_and_dry_runs(
     )
     assert out.count("\n  trial ") == len(trials)
     assert "resolved config:\nname: " in out
-    assert "shard plan:\n  s3://" in out and "not reachable from here" in out
+    if spec.kind == "train":
+        assert "shard plan:\n  s3://" in out and "not reachable from here" in out
+    else:
+        assert spec.evaluate is not None
+        assert f"evaluate: {spec.evaluate.model}" in out and "shard plan" not in out
 
 
 def test_smoke_sweep_fits_two_cores_and_is_tiny() -> None:

@@ -83,6 +83,14 @@ MALFORMED = {
         "search:\n  model.encoder_size: {grid: [nano, enormous]}\n",
         "model.encoder_size: 'enormous' is not allowed (allowed: 'nano'",
     ),
+    "tune metric never reported": (
+        GOOD_SEARCH + "tune: {metric: los}\n",
+        "tune.metric: 'los' is never reported (allowed: loss",
+    ),
+    "perceptual weight without a network": (
+        "search:\n  loss.con_perc: {choice: [0.0, 0.5]}\n",
+        "loss.con_perc: 0.5 needs a perceptual network",
+    ),
     "optuna with a grid": (
         GOOD_SEARCH + "tune: {search_alg: optuna}\n",
         "search.noise.alpha_max_deg.grid: optuna",

@@ -1,0 +1,438 @@
+"""`python -m orchestrator.sweep SWEEP.yaml [--dry-run]`: a Tune sweep of Ray Train (V2) trials.
+
+Train V2 pattern: each Tune trial is a function (`train_driver_fn`, 0.01 CPU) that builds and fits a
+TorchTrainer whose TuneReportCallback forwards rank 0's metrics to Tune; never `Tuner(trainer)`.
+The Tune experiment is named after the sweep and a digest of its resolved content, so resubmitting the
+same sweep after the driver died restores it (finished trials are not rerun), and each trial's Train
+run is named after the sweep, its index and its params, so a rerun trial resumes from its checkpoint.
+Ray, MLflow and torch are imported only when a sweep runs, so a config error or a dry run answers in
+well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.config.loader import dump_yaml, load_sweep
+from orchestrator.config.schema import ExperimentConfig, ScalingSpec
+from orchestrator.config.search_space import apply_trial_params, expand_trials, to_param_space
+from orchestrator.config.sweep_spec import SweepSpec
+from sphere_core.config import ConfigError
+
+TRIAL_DRIVER_CPU = 0.01  # 0 is rejected by Tune; 1 (Tune's default) deadlocks the Train workers on 2 cores
+FORWARDED_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "SPHERE_GIT_COMMIT",
+)  # workers inherit the raylet's env, not the driver's
+
+
+class SweepError(RuntimeError):
+    """The sweep ran but produced nothing to register (every trial failed); one line, exit 1."""
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial driver needs besides its own params (passed with tune.with_parameters)."""
+
+    base: dict[str, Any]  # ExperimentConfig.to_dict() of the resolved sweep
+    experiment_name: str  # Tune experiment = sweep name + digest
+    tracking_uri: str
+    mlflow_experiment_id: str
+    parent_run_id: str
+    dataset: dict[str, Any]  # the manifest summary logged as each trial's input
+    worker_env: dict[str, str]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", help="a sweep YAML under sweeps/")
+    parser.add_argument("--dry-run", action="store_true", help="print trials, resolved config and shard plan")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_sweep(args.sweep)
+        if args.dry_run:
+            print(dry_run_report(spec))
+            return 0
+        from orchestrator.tracking import QUIET_ENV
+
+        os.environ.update(QUIET_ENV)  # before mlflow is imported anywhere in this process
+        if spec.kind == "evaluate":
+            from orchestrator.generate import run_evaluate_sweep
+
+            run_evaluate_sweep(spec)
+        else:
+            run_train_sweep(spec)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SweepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- dry run --------------------------------------------------------------------------------------
+
+
+def dry_run_report(spec: SweepSpec) -> str:
+    cfg, t, evaluate = spec.experiment, spec.tune, spec.evaluate
+    if evaluate is not None:  # kind: evaluate: one run per grid point on the frozen model, no Tune
+        trials = expand_trials(spec.search, 1, "basic")
+        details = [
+            f"evaluate: {evaluate.model}, {evaluate.num_images} samples per setting (seed {evaluate.seed}), "
+            f"proxy metrics in the {evaluate.dataset} classifier's features"
+        ]
+    else:
+        trials = expand_trials(spec.search, t.num_samples, t.search_alg)
+        details = [
+            f"tune: metric {t.metric} ({t.mode}), search_alg {t.search_alg}, scheduler {t.scheduler}, "
+            f"num_samples {t.num_samples}, max_concurrent_trials {t.max_concurrent_trials}",
+            f"per trial: {trial_cpus(cfg.scaling):g} CPU ({cfg.scaling.workers_per_trial} workers x "
+            f"{cfg.scaling.cpus_per_worker:g} + {TRIAL_DRIVER_CPU} trial driver); this machine has "
+            f"{os.cpu_count()} CPUs",
+        ]
+    lines = [f"sweep {spec.name} (kind {spec.kind}), experiment {spec.experiment_name}: {len(trials)} trials"]
+    lines += details + [f"  trial {i}: {json.dumps(params)}" for i, params in enumerate(trials)]
+    lines += ["resolved config:", dump_yaml(cfg.to_dict()).rstrip()]
+    if evaluate is None:
+        lines += ["shard plan:", shard_plan(cfg)]
+    return "\n".join(lines)
+
+
+def shard_plan(cfg: ExperimentConfig) -> str:
+    """Which shards each rank reads in epoch 0, from the dataset manifest; or why it cannot be read."""
+    from orchestrator.data.shards import epoch_order, rank_shards, read_manifest
+
+    url, world, loaders = cfg.data.url, cfg.scaling.workers_per_trial, cfg.data.loader_workers
+    if (
+        url.startswith("s3://")
+        and not os.environ.get("AWS_ENDPOINT_URL")
+        and not os.environ.get("AWS_ACCESS_KEY_ID")
+    ):
+        return f"  {url}: not reachable from here (neither AWS_ENDPOINT_URL nor AWS credentials are set)"
+    try:
+        manifest = read_manifest(url)
+        names = epoch_order([s.name for s in manifest.shards], seed=cfg.data.seed, epoch=0)
+        plan = [rank_shards(names, rank, world, loaders) for rank in range(world)]
+    except Exception as exc:  # a dry run reports any failure to read the plan instead of raising it
+        return f"  {url}: no plan ({type(exc).__name__}: {exc})"
+    head = (
+        f"  {url}: {len(names)} shards, {manifest.num_samples} samples, digest {manifest.digest[:12]}; "
+        f"{world} ranks x {max(loaders, 1)} loader workers; epoch 0 (later epochs reshuffle)"
+    )
+    return "\n".join([head, *(f"  rank {r}: {', '.join(shards)}" for r, shards in enumerate(plan))])
+
+
+def dataset_input(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The manifest as logged with every trial; fails if the model cannot read this dataset."""
+    from orchestrator.data.shards import read_manifest
+
+    manifest = read_manifest(cfg.data.url)
+    model, url = cfg.model, cfg.data.url
+    if model.channels != manifest.channels:
+        raise ConfigError(
+            f"model.channels: {model.channels} but the dataset at {url} has {manifest.channels} "
+            f"(allowed: {manifest.channels})"
+        )
+    served = cfg.data.image_size or manifest.image_size  # what the stream yields
+    if model.image_size != served:
+        raise ConfigError(
+            f"model.image_size: {model.image_size} but the data stream yields {served} px "
+            f"(allowed: {served}, or set data.image_size to resize)"
+        )
+    if model.num_classes not in (0, manifest.num_classes):
+        raise ConfigError(
+            f"model.num_classes: {model.num_classes} but the dataset at {cfg.data.url} has "
+            f"{manifest.num_classes} classes (allowed: {manifest.num_classes}, or 0 = unconditional)"
+        )
+    profile = {
+        "num_samples": manifest.num_samples,
+        "num_shards": len(manifest.shards),
+        "image_size": manifest.image_size,
+        "channels": manifest.channels,
+        "num_classes": manifest.num_classes,
+    }
+    return {"url": cfg.data.url, "name": manifest.source, "digest": manifest.digest, "profile": profile}
+
+
+# --- resources and Ray -----------------------------------------------------------------------------
+
+
+def trial_cpus(scaling: ScalingSpec) -> float:
+    return TRIAL_DRIVER_CPU + scaling.workers_per_trial * scaling.cpus_per_worker
+
+
+def check_resources(scaling: ScalingSpec, available: Mapping[str, float], where: str) -> None:
+    """One trial (its driver and all its workers) must fit the cluster, or Tune waits forever."""
+    have, need, workers = float(available.get("CPU", 0.0)), trial_cpus(scaling), scaling.workers_per_trial
+    if need > have + 1e-9:
+        raise ConfigError(
+            f"scaling.cpus_per_worker: a trial needs {need:g} CPUs ({workers} workers x "
+            f"{scaling.cpus_per_worker:g} + {TRIAL_DRIVER_CPU} trial driver) but {where} has {have:g} "
+            f"(allowed: workers_per_trial x cpus_per_worker <= {have - TRIAL_DRIVER_CPU:g})"
+        )
+    if scaling.use_gpu and float(available.get("GPU", 0.0)) < scaling.workers_per_trial:
+        raise ConfigError(
+            f"scaling.use_gpu: a trial needs {scaling.workers_per_trial} GPUs but {where} has "
+            f"{available.get('GPU', 0.0):g} (allowed: use_gpu: false)"
+        )
+
+
+def check_local_resources(scaling: ScalingSpec) -> None:
+    """Without RAY_ADDRESS a local Ray gets this machine's CPUs: check before starting anything."""
+    if not os.environ.get("RAY_ADDRESS"):
+        check_resources(scaling, {"CPU": float(os.cpu_count() or 1)}, "this machine (local Ray)")
+
+
+def connect_ray(scaling: ScalingSpec) -> None:
+    """Joins the cluster in RAY_ADDRESS (set by `ray job submit`) or starts a local one, then checks it."""
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS")
+    ray.init(address=address or None, log_to_driver=True)
+    check_resources(scaling, ray.cluster_resources(), f"the Ray cluster at {address or 'local'}")
+
+
+def worker_env(tracking_uri: str) -> dict[str, str]:
+    from orchestrator.tracking import QUIET_ENV
+
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    return {**env, **QUIET_ENV, "MLFLOW_TRACKING_URI": tracking_uri}
+
+
+# --- the trial driver ------------------------------------------------------------------------------
+
+
+def trial_name(experiment_name: str, trial_id: str, params: Mapping[str, Any]) -> str:
+    """`<sweep>-<digest>-t<index>-<params digest>`: stable across restores of the same sweep."""
+    index = int(trial_id.rsplit("_", 1)[-1])
+    digest = hashlib.sha256(json.dumps(dict(params), sort_keys=True, default=str).encode()).hexdigest()[:6]
+    return f"{experiment_name}-t{index:03d}-{digest}"
+
+
+def train_driver_fn(params: dict[str, Any], context: TrialContext) -> None:
+    """One Tune trial: its MLflow child run, then a TorchTrainer fit over `workers_per_trial` workers."""
+    os.environ.update(context.worker_env)  # telemetry off before this actor imports mlflow
+    from mlflow import MlflowClient
+    from ray import tune
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestrator.worker import train_fn_per_worker
+
+    cfg = apply_trial_params(ExperimentConfig.from_dict(context.base), params)
+    name = trial_name(context.experiment_name, tune.get_context().get_trial_id(), params)
+    client = MlflowClient(context.tracking_uri)
+    run_id = open_trial_run(client, context, cfg, name, params)
+    scaling = cfg.scaling
+    trainer = TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={
+            "experiment": cfg.to_dict(),
+            "tracking_uri": context.tracking_uri,
+            "run_id": run_id,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=scaling.workers_per_trial,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=cfg.run.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # mypy sees V1's RunConfig
+            worker_runtime_env={"env_vars": context.worker_env},  # Train V2 (the default in Ray 2.60)
+        ),  # type: ignore[call-arg]
+    )
+    try:
+        trainer.fit()
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+def open_trial_run(
+    client: Any, context: TrialContext, cfg: ExperimentConfig, name: str, params: Mapping[str, Any]
+) -> str:
+    """The trial's child run (reused on resume): varied params, config.yaml, dataset input, lineage tags."""
+    from orchestrator import tracking
+
+    tags = {
+        "mlflow.parentRunId": context.parent_run_id,
+        "git.commit": tracking.git_commit(),
+        "config.hash": tracking.config_hash(cfg),
+        "sweep.experiment": context.experiment_name,
+    }
+    run_id, created = tracking.open_run(
+        client, context.mlflow_experiment_id, name=name, tags=tags, key={tracking.TRIAL_TAG: name}
+    )
+    if created:
+        tracking.log_config(client, run_id, cfg, params)
+        tracking.log_dataset(client, run_id, **context.dataset)
+    return run_id
+
+
+# --- the sweep driver ------------------------------------------------------------------------------
+
+
+def run_train_sweep(spec: SweepSpec) -> None:
+    """Preflight (resources, MLflow, dataset), parent run, Tune fit or restore, summary, registration."""
+    cfg = spec.experiment
+    check_local_resources(cfg.scaling)
+    from mlflow import MlflowClient
+
+    from orchestrator import tracking
+
+    uri = tracking.resolve_tracking_uri(cfg)
+    dataset = dataset_input(cfg)
+    connect_ray(cfg.scaling)
+    client = MlflowClient(uri)
+    exp_id, parent_id = tracking.open_sweep_run(client, spec)
+    print(f"sweep {spec.experiment_name}: parent run {parent_id} (MLflow experiment {exp_id})")
+    context = TrialContext(
+        base=cfg.to_dict(),
+        experiment_name=spec.experiment_name,
+        tracking_uri=uri,
+        mlflow_experiment_id=exp_id,
+        parent_run_id=parent_id,
+        dataset=dataset,
+        worker_env=worker_env(uri),
+    )
+    try:
+        results = fit_tuner(spec, context)
+        finish(client, spec, exp_id, parent_id, results, dataset)
+    except BaseException:
+        client.set_terminated(parent_id, "FAILED")
+        raise
+    client.set_terminated(parent_id, "FINISHED")
+
+
+def fit_tuner(spec: SweepSpec, context: TrialContext) -> list[Any]:
+    """Restores the sweep's Tune experiment if it exists (resume_errored), else starts it."""
+    from ray import tune
+
+    trainable = tune.with_resources(
+        tune.with_parameters(train_driver_fn, context=context), {"CPU": TRIAL_DRIVER_CPU}
+    )
+    storage = spec.experiment.run.storage_path.rstrip("/")
+    path = f"{storage}/{spec.experiment_name}"
+    if tune.Tuner.can_restore(path):
+        print(f"restoring {path}: finished trials are kept, unfinished and errored ones resume")
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=to_param_space(spec.search),
+            tune_config=tune_config(spec),
+            run_config=tune.RunConfig(name=spec.experiment_name, storage_path=storage),
+        )
+    grid = tuner.fit()
+    return [grid[i] for i in range(len(grid))]
+
+
+def tune_config(spec: SweepSpec) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    t = spec.tune
+    scheduler = (
+        ASHAScheduler(time_attr="step", max_t=spec.experiment.run.steps, grace_period=t.grace_period)
+        if t.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    search_alg = None
+    if t.search_alg == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=spec.experiment.run.seed)
+    return tune.TuneConfig(
+        metric=t.metric,
+        mode=t.mode,
+        search_alg=search_alg,
+        scheduler=scheduler,
+        num_samples=t.num_samples,
+        max_concurrent_trials=t.max_concurrent_trials,
+    )
+
+
+def result_rows(spec: SweepSpec, results: list[Any]) -> list[dict[str, Any]]:
+    """One plain row per Tune result: trial name, status, varied params, last reported metrics."""
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        params = {path: result.config.get(path) for path in spec.search}
+        name = trial_name(spec.experiment_name, metrics["trial_id"], params) if "trial_id" in metrics else ""
+        rows.append(
+            {
+                "trial": name,
+                "status": "error" if result.error else "ok",
+                **params,
+                spec.tune.metric: metrics.get(spec.tune.metric),
+                "step": metrics.get("step"),
+                "checkpoint_path": metrics.get("checkpoint_path"),
+            }
+        )
+    return rows
+
+
+def finish(
+    client: Any, spec: SweepSpec, exp_id: str, parent_id: str, results: list[Any], dataset: Mapping[str, Any]
+) -> None:
+    """Summary tables on the parent run; the best trial's checkpoint registered under the alias."""
+    import tempfile
+    from pathlib import Path
+
+    from ray.train import Checkpoint
+
+    from orchestrator import registry, tracking
+
+    rows = result_rows(spec, results)
+    registry.log_summary(client, parent_id, rows, spec.tune.metric, spec.tune.mode)
+    best = registry.best_row(rows, spec.tune.metric, spec.tune.mode)
+    if best is None:
+        failed = [r for r in results if r.error is not None]
+        first = f"; first error: {str(failed[0].error).strip().splitlines()[-1]}" if failed else ""
+        raise SweepError(
+            f"{len(failed)} of {len(results)} trials failed and none reported a finite "
+            f"{spec.tune.metric!r} with a checkpoint{first} (summary.md on run {parent_id})"
+        )
+    result = next(r for r, row in zip(results, rows, strict=True) if row is best)
+    checkpoint = Checkpoint(best["checkpoint_path"], filesystem=result.filesystem)  # path has no s3:// scheme
+    lineage = {
+        "sweep.trial": best["trial"],
+        "source.run_id": tracking.find_run(client, exp_id, {tracking.TRIAL_TAG: best["trial"]}) or "",
+        "data.digest": dataset["digest"],
+        spec.tune.metric: f"{best[spec.tune.metric]:.6g}",
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        version = registry.register_checkpoint(
+            client,
+            spec.experiment.tracking,
+            parent_run_id=parent_id,
+            checkpoint_dir=Path(checkpoint.to_directory(tmp)),
+            key={"sweep.digest": spec.digest},
+            tags=lineage,
+        )
+    tracked = spec.experiment.tracking
+    print(
+        f"best trial {best['trial']} ({spec.tune.metric} {best[spec.tune.metric]:.5g}): "
+        f"models:/{tracked.registered_model}@{tracked.alias} -> version {version.version}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
