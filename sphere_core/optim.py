@@ -1,0 +1,100 @@
+"""AdamW parameter groups, the learning-rate schedule and the fp32 EMA (paper spec 4).
+
+Official recipe: AdamW(betas 0.9/0.95, weight decay 0); no decay for parameters with ndim < 2, for names
+containing ln/bias/embedding/norm/embed/token, and for every decoder parameter; encoder LR x 0.1;
+LR 1e-4 (min 1e-6) at global batch 256, scaled linearly with the real global batch; linear warmup then
+cosine decay to min_lr. Every group carries `lr_scale`, so a step sets lr = lr_at(step) * lr_scale.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from sphere_core.config import OptimConfig
+
+NO_DECAY_KEYS = ("ln", "bias", "embedding", "norm", "embed", "token")  # official substring rule
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def decays(name: str, param: torch.Tensor) -> bool:
+    """Whether weight decay applies (encoder and other non-decoder parameters only)."""
+    if name.startswith("decoder."):
+        return False  # official: the whole decoder is decay-free
+    return param.ndim >= 2 and not any(key in name for key in NO_DECAY_KEYS)
+
+
+def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
+    """Trainable parameters of a SphereEncoder split by (encoder or not) x (decay or not); empty groups
+    are dropped. Each group has `lr_scale` (encoder_lr_scale for the encoder) and a `name`."""
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            key = (name.startswith("encoder."), decays(name, param))
+            buckets.setdefault(key, []).append(param)
+    groups = []
+    for (is_encoder, decay), params in sorted(buckets.items()):
+        groups.append(
+            {
+                "params": params,
+                "name": f"{'encoder' if is_encoder else 'decoder'}_{'decay' if decay else 'no_decay'}",
+                "weight_decay": optim.weight_decay if decay else 0.0,
+                "lr_scale": optim.encoder_lr_scale if is_encoder else 1.0,
+            }
+        )
+    return groups
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over `param_groups`; the step sets the real LR (`set_lr`) before every update."""
+    return torch.optim.AdamW(param_groups(model, optim), lr=optim.lr, betas=optim.betas)
+
+
+# --- schedule ------------------------------------------------------------------------------------
+
+
+def scaled_lrs(optim: OptimConfig, global_batch: int) -> tuple[float, float]:
+    """(lr, min_lr) scaled linearly from `reference_batch` to `global_batch` (official)."""
+    factor = global_batch / optim.reference_batch
+    return optim.lr * factor, optim.min_lr * factor
+
+
+def lr_at(step: int, optim: OptimConfig, global_batch: int) -> float:
+    """LR for optimiser step `step` (0-based): linear warmup reaching the peak at the last warmup step,
+    then cosine to min_lr at `total_steps` (held there after), or constant when decay_lr is False."""
+    lr, min_lr = scaled_lrs(optim, global_batch)
+    if step < optim.warmup_steps:
+        return lr * (step + 1) / optim.warmup_steps
+    if not optim.decay_lr:
+        return lr
+    progress = min((step - optim.warmup_steps) / max(optim.total_steps - optim.warmup_steps, 1), 1.0)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+# --- EMA -----------------------------------------------------------------------------------------
+
+
+def make_ema(model: ModuleT) -> ModuleT:
+    """A frozen fp32 copy (parameters and floating buffers) of `model`, whatever the model's dtype:
+    a bf16 EMA at decay 0.9997 cannot move (the 3e-4 increment is below bf16 resolution)."""
+    ema = copy.deepcopy(model).float().eval()
+    ema.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema = decay * ema + (1 - decay) * model for parameters; buffers are copied."""
+    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+        p_ema.lerp_(p.detach().to(p_ema.dtype), 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
+        b_ema.copy_(b)

@@ -1,0 +1,116 @@
+"""Checkpoints: plain files, bit-exact round trip, atomic replace, and an identical resumed trajectory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sphere_core import checkpoint
+from sphere_core.checkpoint import load_checkpoint, load_model, restore, save_checkpoint
+from sphere_core.train_step import TrainState
+from tests.sphere_core.test_train_step import CONFIG, fresh_state, step
+
+
+def trained_state(steps: int) -> TrainState:
+    state = fresh_state()
+    for i in range(steps):
+        step(state, seed=i)
+    return state
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_directory_holds_plain_state_dicts_and_json(tmp_path: Path) -> None:
+    state = trained_state(1)
+    path = save_checkpoint(tmp_path / "ckpt", state, CONFIG, extra={"shard": 3, "offset": 17})
+    assert sorted(p.name for p in path.iterdir()) == [
+        "config.json",
+        "ema.pt",
+        "model.pt",
+        "optim.pt",
+        "step.json",
+    ]
+    assert json.loads((path / "step.json").read_text()) == {
+        "format": 1,
+        "step": 1,
+        "extra": {"shard": 3, "offset": 17},
+    }
+    assert json.loads((path / "config.json").read_text()) == CONFIG.to_dict()
+    for name in ("model.pt", "ema.pt", "optim.pt"):
+        torch.load(path / name, weights_only=True)  # no pickled classes
+
+
+def test_round_trip_is_bit_exact(tmp_path: Path) -> None:
+    state = trained_state(2)
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "ckpt", state, CONFIG, extra={"cursor": 5}))
+    assert loaded.config == CONFIG and loaded.step == 2 and loaded.extra == {"cursor": 5}
+    assert_same_tensors(loaded.model, state.model.state_dict())
+    assert_same_tensors(loaded.ema, state.ema.state_dict())
+    saved_optim = state.optimizer.state_dict()
+    assert loaded.optimizer_state["param_groups"] == saved_optim["param_groups"]
+    for index, moments in saved_optim["state"].items():
+        assert_same_tensors(loaded.optimizer_state["state"][index], moments)
+
+
+def test_resume_continues_identically(tmp_path: Path) -> None:
+    straight = trained_state(2)
+
+    first = trained_state(1)
+    save_checkpoint(tmp_path / "ckpt", first, CONFIG)
+    resumed = fresh_state(seed=123)  # different init: everything must come from the checkpoint
+    restore(resumed, load_checkpoint(tmp_path / "ckpt"))
+    step(resumed, seed=1)
+
+    assert resumed.step == straight.step == 2
+    assert_same_tensors(resumed.model.state_dict(), straight.model.state_dict())
+    assert_same_tensors(resumed.ema.state_dict(), straight.ema.state_dict())
+
+
+def test_replacing_a_checkpoint_leaves_no_temporary_directories(tmp_path: Path) -> None:
+    state = trained_state(1)
+    save_checkpoint(tmp_path / "ckpt", state, CONFIG)
+    step(state, seed=1)
+    save_checkpoint(tmp_path / "ckpt", state, CONFIG)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    assert load_checkpoint(tmp_path / "ckpt").step == 2
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = trained_state(1)
+    save_checkpoint(tmp_path / "ckpt", state, CONFIG)
+    real_save = torch.save
+
+    def failing_save(obj: object, path: Path) -> None:
+        if Path(path).name == "optim.pt":
+            raise OSError("disk full")
+        real_save(obj, path)
+
+    monkeypatch.setattr(checkpoint.torch, "save", failing_save)
+    step(state, seed=1)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path / "ckpt", state, CONFIG)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    assert load_checkpoint(tmp_path / "ckpt").step == 1
+
+
+def test_load_model_for_inference_uses_ema_by_default(tmp_path: Path) -> None:
+    state = trained_state(2)
+    path = save_checkpoint(tmp_path / "ckpt", state, CONFIG)
+    ema_model, raw_model = load_model(path), load_model(path, use_ema=False)
+    assert not ema_model.training and ema_model.cfg == CONFIG.model
+    assert_same_tensors(ema_model.state_dict(), state.ema.state_dict())
+    assert_same_tensors(raw_model.state_dict(), state.model.state_dict())
+
+
+def test_unknown_format_is_rejected(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "ckpt", trained_state(0), CONFIG)
+    (path / "step.json").write_text(json.dumps({"format": 99, "step": 0, "extra": {}}))
+    with pytest.raises(ValueError, match="format 99"):
+        load_checkpoint(path)

@@ -1,0 +1,134 @@
+"""AdamW groups (no-decay rules, decoder decay-free, encoder LR scale), LR schedule and the fp32 EMA."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from sphere_core.config import OptimConfig
+from sphere_core.optim import build_optimizer, lr_at, make_ema, param_groups, set_lr, update_ema
+from tests.sphere_core.test_model import tiny_model
+
+OPTIM = OptimConfig(lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_steps=10, total_steps=110)
+
+
+def group_of(groups: list[dict], name: str, model: torch.nn.Module) -> dict:
+    param = dict(model.named_parameters())[name]
+    (group,) = [g for g in groups if any(p is param for p in g["params"])]
+    return group
+
+
+# --- parameter groups ------------------------------------------------------------------------------
+
+
+def test_every_trainable_parameter_is_in_exactly_one_group() -> None:
+    model = tiny_model()
+    groups = param_groups(model, OPTIM)
+    in_groups = [id(p) for g in groups for p in g["params"]]
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]
+    assert sorted(in_groups) == sorted(trainable)  # frozen position tables are left out
+    assert len(trainable) < len(list(model.parameters()))
+
+
+def test_no_decay_rules_and_decoder_is_decay_free() -> None:
+    model = tiny_model()
+    groups = param_groups(model, OPTIM)
+    decayed: set[str] = set()
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = group_of(groups, name, model)["weight_decay"]
+        if decay > 0:
+            decayed.add(name)
+    assert decayed  # encoder matrices decay ...
+    assert all(n.startswith("encoder.") for n in decayed)  # ... the decoder never does
+    assert "encoder.transformer.blocks.0.attn.qkv.weight" in decayed
+    for name in (
+        "encoder.transformer.blocks.0.attn.qkv.bias",  # bias
+        "encoder.transformer.blocks.0.norm1.weight",  # ndim 1 / norm
+        "encoder.label_embed.weight",  # embed
+        "encoder.mixer.blocks.0.token_mix.0.weight",  # "token" (official substring rule)
+        "decoder.transformer.blocks.0.attn.qkv.weight",  # decoder
+    ):
+        assert name not in decayed, name
+    assert {g["weight_decay"] for g in groups} == {0.0, OPTIM.weight_decay}
+
+
+def test_encoder_learning_rate_scale() -> None:
+    model = tiny_model()
+    optimizer = build_optimizer(model, OPTIM)
+    set_lr(optimizer, 2e-3)
+    enc = group_of(optimizer.param_groups, "encoder.patch_embed.weight", model)
+    dec = group_of(optimizer.param_groups, "decoder.latent_proj.weight", model)
+    assert enc["lr_scale"] == OPTIM.encoder_lr_scale == 0.1 and dec["lr_scale"] == 1.0
+    assert enc["lr"] == pytest.approx(2e-4) and dec["lr"] == pytest.approx(2e-3)
+    assert all(g["betas"] == OPTIM.betas for g in optimizer.param_groups)
+
+
+# --- schedule ------------------------------------------------------------------------------------
+
+
+def test_warmup_then_cosine_to_min_lr() -> None:
+    lrs = [lr_at(s, OPTIM, 256) for s in range(130)]
+    assert lrs[0] == pytest.approx(1e-4)  # (0 + 1) / 10 of the peak
+    assert lrs[9] == lrs[10] == pytest.approx(1e-3)  # peak at the end of warmup
+    assert all(a < b for a, b in itertools.pairwise(lrs[:10]))
+    assert lrs[60] == pytest.approx((1e-3 + 1e-5) / 2)  # half-way through the cosine
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+    assert lrs[110] == lrs[129] == pytest.approx(1e-5)
+
+
+def test_lr_and_min_lr_scale_linearly_with_global_batch() -> None:
+    for step in (0, 10, 60, 200):
+        assert lr_at(step, OPTIM, 512) == pytest.approx(2 * lr_at(step, OPTIM, 256))
+        assert lr_at(step, OPTIM, 64) == pytest.approx(lr_at(step, OPTIM, 256) / 4)
+
+
+def test_constant_after_warmup_without_decay() -> None:
+    optim = OptimConfig(lr=1e-3, warmup_steps=4, total_steps=10, decay_lr=False)
+    assert [lr_at(s, optim, 256) for s in (3, 4, 9, 50)] == [1e-3] * 4
+    assert lr_at(0, OptimConfig(lr=1e-3, warmup_steps=0, total_steps=10), 256) == pytest.approx(1e-3)
+    assert lr_at(5, OptimConfig(lr=1e-3, min_lr=0.0, total_steps=10), 256) == pytest.approx(
+        1e-3 * 0.5 * (1 + math.cos(math.pi * 0.5))
+    )
+
+
+# --- EMA -----------------------------------------------------------------------------------------
+
+
+def test_ema_is_an_fp32_frozen_copy_with_parameters_and_buffers() -> None:
+    model = tiny_model().to(torch.bfloat16)
+    ema = make_ema(model)
+    assert ema is not model and type(ema) is type(model)
+    assert all(p.dtype == torch.float32 and not p.requires_grad for p in ema.parameters())
+    assert not ema.training
+    for (name, p), p_ema in zip(model.named_parameters(), ema.parameters(), strict=True):
+        assert torch.equal(p.float(), p_ema), name
+
+
+def test_update_ema_math_and_fp32_resolution() -> None:
+    model = tiny_model().to(torch.bfloat16)
+    ema = make_ema(model)
+    start = [p.clone() for p in ema.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    update_ema(ema, model, decay=0.9997)
+    for s, p, p_ema in zip(start, model.parameters(), ema.parameters(), strict=True):
+        expected = 0.9997 * s + 0.0003 * p.float()
+        assert torch.allclose(p_ema, expected, atol=1e-6)
+        assert bool((p_ema != s).all())  # every 3e-4 step registers in fp32 (bf16 would drop most)
+    update_ema(ema, model, decay=0.0)
+    assert all(torch.equal(p.float(), e) for p, e in zip(model.parameters(), ema.parameters(), strict=True))
+
+
+def test_update_ema_copies_buffers() -> None:
+    model = torch.nn.BatchNorm1d(3)
+    ema = make_ema(model)
+    assert model.running_mean is not None and ema.running_mean is not None
+    model.running_mean.fill_(5.0)
+    update_ema(ema, model, decay=0.99)
+    assert torch.equal(ema.running_mean, torch.full((3,), 5.0))
