@@ -56,17 +56,18 @@ mlflow-up: ## Start the shared MLflow server (PostgreSQL + S3 artifacts) of infr
 	docker compose -f infra/mlflow/docker-compose.yaml up -d --build
 
 ##@ Experiments
-dry-run: install ## Print a sweep's trials and resolved config without running it: make dry-run SWEEP=sweeps/noise.yaml
-	@test -n "$(SWEEP)" || { echo "usage: make dry-run SWEEP=sweeps/<name>.yaml" >&2; exit 2; }
+sweep-arg:
+	@test -n "$(SWEEP)" || { echo "usage: make $(firstword $(MAKECMDGOALS)) SWEEP=sweeps/<name>.yaml" >&2; exit 2; }
+
+dry-run: sweep-arg install ## Print a sweep's trials and resolved config without running it: make dry-run SWEEP=sweeps/noise.yaml
 	@# With the local cluster up, the dry run can also list the shards it would read from the bucket.
 	if $(CLUSTER) status >/dev/null; then source $(CLUSTER_DIR)/env; fi; \
 	$(BIN)/python -m orchestrator.sweep $(SWEEP) --dry-run
 
-sweep: cluster-up ## Submit a sweep as a Ray job and follow its logs: make sweep SWEEP=sweeps/noise.yaml
-	@test -n "$(SWEEP)" || { echo "usage: make sweep SWEEP=sweeps/<name>.yaml" >&2; exit 2; }
+sweep: sweep-arg cluster-up ## Submit a sweep as a Ray job and follow its logs: make sweep SWEEP=sweeps/noise.yaml
 	$(CLUSTER) submit -- python -m orchestrator.sweep $(SWEEP)
 
 demo: cluster-up ## First command on a fresh machine: cluster, MNIST shards, smoke sweep, out/demo-grid.png
 	bash infra/local/demo.sh
 
-.PHONY: help install lint test cluster-up cluster-down cluster-status image mlflow-up dry-run sweep demo
+.PHONY: help install lint test cluster-up cluster-down cluster-status image mlflow-up sweep-arg dry-run sweep demo

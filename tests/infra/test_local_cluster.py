@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.services import LocalCluster, start_local_cluster, stop_local_cluster
+from tests.fixtures.services import LocalCluster, free_ports, start_local_cluster, stop_local_cluster
 
 pytestmark = pytest.mark.slow  # starts a Ray head, an MLflow server and moto: ~15 s each time
 
@@ -88,6 +88,18 @@ def test_submit_gives_workers_the_cluster_env_and_returns_the_entrypoint_code(
     result = local_cluster.submit(["python", "-c", probe])
     assert f"worker sees {local_cluster.mlflow_url} {local_cluster.s3_url}" in result.stdout, result.stdout
     assert result.returncode == 7, result.stderr  # `ray job submit` alone would say 1
+
+
+def test_a_taken_port_fails_up_and_leaves_nothing(local_cluster: LocalCluster, tmp_path: Path) -> None:
+    # moto starts, then MLflow's port turns out to be taken: up must stop moto again and say why.
+    own = {"CLUSTER_DIR": str(tmp_path / "clash"), "S3_PORT": str(free_ports(1)[0])}
+    settings = local_cluster.settings | own
+    clash = LocalCluster(state_dir=tmp_path / "clash", settings=settings, env={})
+    result = clash.script("up")
+    assert result.returncode == 1
+    assert f"mlflow: port {settings['MLFLOW_PORT']} on 127.0.0.1 is taken" in result.stderr
+    assert clash.pids() == []
+    assert local_cluster.script("status").returncode == 0
 
 
 def test_a_second_cluster_runs_beside_and_stops_alone(local_cluster: LocalCluster, tmp_path: Path) -> None:
