@@ -1,0 +1,241 @@
+"""The pinned evaluation protocol: one extractor, one reference, one n, one fingerprint.
+
+FD-like numbers move with the extractor weights, the reference set, n (FD is biased by n), the seeds and
+the quantisation of the images, so every number leaves with a fingerprint over all of them and beside
+its real-vs-real floor at the same n. Numbers with different fingerprints are not comparable
+(`require_comparable`, which registry promotion calls). Runs with n below the dataset's standard n are
+marked `proxy` (in-loop estimates, never leaderboard numbers).
+
+    protocol = Protocol.for_dataset("digits")                     # clf-digits, n = 594 held-out images
+    result = evaluate_samples(images01, protocol=protocol.with_sampler(steps=4, cfg=1.5))
+    result.values["fd_clf"], result.floor["fd_clf"], result.fingerprint
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torchmetrics
+
+from orchestrator.evaluation.classifier import load_split
+from orchestrator.evaluation.features import FeatureExtractor, load_classifier
+from orchestrator.evaluation.metrics import (
+    GaussianStats,
+    frechet_distance,
+    inception_score,
+    kid,
+    precision_recall,
+)
+from orchestrator.evaluation.reference import (
+    ReferenceStats,
+    cache_read,
+    cache_write,
+    default_cache,
+    extract,
+    reference_stats,
+)
+
+PROTOCOL_VERSION = 1  # bump whenever a change here or in metrics.py can move a value
+STANDARD_N = {"digits": 594, "mnist": 1000, "fashion-mnist": 10_000}  # = each held-out split's size
+KINDS = {"samples": "", "reconstructions": "recon_"}  # what was scored -> metric-name prefix
+SamplerValue = str | int | float | bool
+
+
+class ProtocolMismatch(ValueError):
+    """Two metric results were produced under different protocols (or one is a proxy)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricResult:
+    values: dict[
+        str, float
+    ]  # e.g. fd_clf, kid_clf, kid_clf_std, is_clf, is_clf_std, precision_clf, recall_clf
+    floor: dict[str, float]  # the same metrics, real train images vs the reference at the same n
+    fingerprint: str
+    n: int
+    proxy: bool  # n below the dataset's standard n: an in-loop estimate only
+
+    def flat(self) -> dict[str, float]:
+        """One dict for a metric sink: values, `<name>_floor`, under `proxy/` when proxy."""
+        out = {**self.values, **{f"{k}_floor": v for k, v in self.floor.items()}}
+        return {f"proxy/{k}" if self.proxy else k: v for k, v in out.items()}
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MetricResult:
+        return cls(**json.loads(text))
+
+
+def comparable(a: MetricResult, b: MetricResult) -> bool:
+    return a.fingerprint == b.fingerprint
+
+
+def require_comparable(a: MetricResult, b: MetricResult, *, allow_proxy: bool = False) -> None:
+    """Raise ProtocolMismatch unless a and b were measured under the same protocol."""
+    if not comparable(a, b):
+        raise ProtocolMismatch(
+            f"metric protocols differ (fingerprint {a.fingerprint[:12]} vs {b.fingerprint[:12]}): "
+            "re-evaluate both under one Protocol before comparing"
+        )
+    if not allow_proxy and (a.proxy or b.proxy):
+        raise ProtocolMismatch(f"proxy result (n={min(a.n, b.n)}): evaluate at the standard n to compare")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Protocol:
+    """Everything that fixes a metric value. Build with `for_dataset`; vary sampling with `with_sampler`."""
+
+    dataset: str
+    extractor: FeatureExtractor
+    reference: ReferenceStats  # the real held-out split
+    floor: dict[str, float]  # real-vs-real values at this n (train images, never the reference)
+    n: int  # samples per evaluation: fixed, because FD is biased by n
+    standard_n: int  # the dataset's leaderboard n; n < standard_n marks results as proxy
+    seed: int = 0  # KID subsets, IS shuffle, the floor's train subset
+    quantize: bool = True  # round to 1/255 steps, as saving PNGs would
+    kid_subsets: int = 50
+    kid_subset_size: int = 500
+    pr_k: int = 3  # neighbours defining the k-NN manifolds
+    is_splits: int = 10
+    sampler: tuple[tuple[str, SamplerValue], ...] = field(default=())  # generation settings, sorted
+
+    def describe(self, kind: str = "samples") -> dict[str, Any]:
+        """The fingerprinted elements, JSON-able (log them as run params)."""
+        return {
+            "evaluator": f"orchestrator.evaluation/{PROTOCOL_VERSION}",
+            "torchmetrics": torchmetrics.__version__,
+            "kind": kind,
+            "dataset": self.dataset,
+            "extractor": self.extractor.name,
+            "extractor_sha256": self.extractor.weights_sha256,
+            "preprocess": self.extractor.preprocess,
+            "quantize": "uint8" if self.quantize else "none",
+            "reference_sha256": self.reference.sha256,
+            "reference_n": self.reference.n,
+            "n": self.n,
+            "seed": self.seed,
+            "kid": [self.kid_subsets, self.kid_subset_size, "poly3"],
+            "pr_k": self.pr_k,
+            "is_splits": self.is_splits,
+            "sampler": dict(self.sampler),
+        }
+
+    def fingerprint(self, kind: str = "samples") -> str:
+        return hashlib.sha256(json.dumps(self.describe(kind), sort_keys=True).encode()).hexdigest()
+
+    def with_sampler(self, **settings: SamplerValue) -> Protocol:
+        """The same protocol for samples drawn with these settings (steps, cfg, seed, ...)."""
+        return dataclasses.replace(self, sampler=tuple(sorted({**dict(self.sampler), **settings}.items())))
+
+    @classmethod
+    def for_dataset(
+        cls,
+        dataset: str,
+        *,
+        n: int | None = None,
+        extractor: FeatureExtractor | None = None,
+        reference: torch.Tensor | None = None,
+        floor_source: torch.Tensor | None = None,
+        seed: int = 0,
+        cache: str | None = None,
+    ) -> Protocol:
+        """Built-in datasets need only the name: the committed classifier, the held-out split as
+        reference and the train split for the floor. Other datasets pass `extractor` (e.g. Inception),
+        `reference` and `floor_source` images (N, C, H, W) uint8. cache: directory/fsspec URL
+        (default $SPHERE_EVAL_CACHE or ~/.cache/sphere-orchestrator/evaluation)."""
+        cache = cache or default_cache()
+        extractor = extractor or load_classifier(dataset)
+        real = reference if reference is not None else load_split(dataset, "test").images
+        ref = reference_stats(real, extractor=extractor, cache=cache)
+        standard_n = STANDARD_N.get(dataset, ref.n)
+        n = n or standard_n
+        protocol = cls(
+            dataset=dataset,
+            extractor=extractor,
+            reference=ref,
+            floor={},
+            n=n,
+            standard_n=standard_n,
+            seed=seed,
+            kid_subset_size=min(1000, max(2, n // 2)),  # < n, so subsets differ and KID gets a spread
+        )
+        floor_images = floor_source if floor_source is not None else load_split(dataset, "train").images
+        return dataclasses.replace(protocol, floor=_floor(protocol, floor_images, cache))
+
+
+def _floor(protocol: Protocol, images: torch.Tensor, cache: str) -> dict[str, float]:
+    """Metrics of n real train images (seeded draw) against the reference, cached by fingerprint."""
+    name = f"floor-{protocol.fingerprint('floor')}.json"
+    cached = cache_read(cache, name)
+    if cached is not None:
+        return dict(json.loads(cached))
+    if len(images) < protocol.n:
+        raise ValueError(f"floor needs n={protocol.n} real images, the floor source has {len(images)}")
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(protocol.seed))[: protocol.n]
+    floor = _score(protocol, *extract(protocol.extractor, images[pick]), prefix="")
+    cache_write(cache, name, json.dumps(floor, sort_keys=True).encode())
+    return floor
+
+
+def _score(
+    protocol: Protocol, features: torch.Tensor, logits: torch.Tensor, *, prefix: str
+) -> dict[str, float]:
+    ref, tag = protocol.reference, protocol.extractor.tag
+    kid_mean, kid_std = kid(
+        ref.features / ref.rms,
+        features / ref.rms,
+        subsets=protocol.kid_subsets,
+        subset_size=protocol.kid_subset_size,
+        seed=protocol.seed,
+    )
+    is_mean, is_std = inception_score(logits, splits=protocol.is_splits, seed=protocol.seed)
+    precision, recall = precision_recall(ref.features, features, k=protocol.pr_k)
+    values = {
+        f"fd_{tag}": frechet_distance(ref.stats, GaussianStats.of(features)),
+        f"kid_{tag}": kid_mean,
+        f"kid_{tag}_std": kid_std,
+        f"is_{tag}": is_mean,
+        f"is_{tag}_std": is_std,
+        f"precision_{tag}": precision,
+        f"recall_{tag}": recall,
+    }
+    return {prefix + k: v for k, v in values.items()}
+
+
+def evaluate(images: torch.Tensor, *, protocol: Protocol, kind: str = "samples") -> MetricResult:
+    """images: (n, C, H, W) float in [0, 1] (map a tanh output with (x + 1) / 2 first)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    if images.shape[0] != protocol.n:
+        raise ValueError(f"the protocol fixes n={protocol.n} images, got {images.shape[0]}")
+    if not images.is_floating_point() or images.min() < -1e-3 or images.max() > 1 + 1e-3:
+        raise ValueError("images must be floats in [0, 1]; a [-1, 1] model output needs (x + 1) / 2")
+    x = images.detach().float().clamp(0, 1)
+    if protocol.quantize:
+        x = (x * 255).round() / 255  # what a PNG round-trip of the samples would give
+    values = _score(protocol, *extract(protocol.extractor, x), prefix=KINDS[kind])
+    floor = {KINDS[kind] + k: v for k, v in protocol.floor.items()}
+    return MetricResult(
+        values=values,
+        floor=floor,
+        fingerprint=protocol.fingerprint(kind),
+        n=protocol.n,
+        proxy=protocol.n < protocol.standard_n,
+    )
+
+
+def evaluate_samples(images: torch.Tensor, *, protocol: Protocol) -> MetricResult:
+    """gFID-like: generated samples against the held-out reference."""
+    return evaluate(images, protocol=protocol, kind="samples")
+
+
+def evaluate_reconstructions(images: torch.Tensor, *, protocol: Protocol) -> MetricResult:
+    """rFID-like: reconstructions of the reference images; metric names get the prefix `recon_`."""
+    return evaluate(images, protocol=protocol, kind="reconstructions")

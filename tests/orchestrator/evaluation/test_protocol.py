@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator.evaluation.classifier import LabelledImages
+from orchestrator.evaluation.features import load_classifier
+from orchestrator.evaluation.protocol import (
+    MetricResult,
+    Protocol,
+    ProtocolMismatch,
+    comparable,
+    evaluate_reconstructions,
+    evaluate_samples,
+    require_comparable,
+)
+from orchestrator.evaluation.reference import ReferenceStats
+
+
+def noisy(images: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (images + sigma * torch.randn(images.shape, generator=g)).clamp(0, 1)
+
+
+def test_fd_of_the_reference_with_itself_is_zero_and_grows_with_noise(
+    digits_protocol: Protocol, digits_test: LabelledImages, digits_candidates: torch.Tensor
+) -> None:
+    itself = evaluate_samples(digits_test.images.float() / 255, protocol=digits_protocol)
+    assert abs(itself.values["fd_clf"]) < 1e-3  # rank-deficient covariances: round-off ~1e-5
+    assert itself.values["precision_clf"] == 1.0 and itself.values["recall_clf"] == 1.0
+    fds = [
+        evaluate_samples(noisy(digits_candidates, s), protocol=digits_protocol).values["fd_clf"]
+        for s in (0.1, 0.2, 0.4)
+    ]
+    assert fds[0] < fds[1] < fds[2]
+    assert fds[2] > 10 * digits_protocol.floor["fd_clf"]
+
+
+def test_kid_is_near_zero_for_real_images_and_positive_for_noisy_ones(
+    digits_protocol: Protocol, digits_candidates: torch.Tensor
+) -> None:
+    real = evaluate_samples(digits_candidates, protocol=digits_protocol).values
+    bad = evaluate_samples(noisy(digits_candidates, 0.4), protocol=digits_protocol).values
+    assert abs(real["kid_clf"]) < 3 * real["kid_clf_std"] + 0.01
+    assert bad["kid_clf"] > 10 * bad["kid_clf_std"]
+
+
+def test_recall_drops_under_mode_dropping_while_precision_stays_high(
+    digits_protocol: Protocol, digits_train: LabelledImages, digits_candidates: torch.Tensor
+) -> None:
+    zeros = digits_train.images[digits_train.labels == 0]
+    one_class = zeros[torch.arange(594) % len(zeros)].float() / 255  # 594 images, all of class 0
+    full = evaluate_samples(digits_candidates, protocol=digits_protocol).values
+    dropped = evaluate_samples(one_class, protocol=digits_protocol).values
+    assert full["recall_clf"] > 0.8 and full["precision_clf"] > 0.8
+    assert dropped["recall_clf"] < 0.2
+    assert dropped["precision_clf"] > 0.8
+    assert dropped["is_clf"] < 1.5 < full["is_clf"]  # one class: the classifier is sure and never varies
+
+
+def test_result_carries_floor_fingerprint_and_n(
+    digits_protocol: Protocol, digits_candidates: torch.Tensor
+) -> None:
+    result = evaluate_samples(digits_candidates, protocol=digits_protocol)
+    assert result.n == 594 and not result.proxy
+    assert result.fingerprint == digits_protocol.fingerprint()
+    assert set(result.floor) == set(result.values)
+    assert 10 < result.floor["fd_clf"] < 100  # digits at n=594: the FD noise floor is large
+    assert result.flat()["fd_clf_floor"] == result.floor["fd_clf"]
+    assert MetricResult.from_json(result.to_json()) == result
+
+
+def test_reconstructions_are_named_and_fingerprinted_apart(
+    digits_protocol: Protocol, digits_test: LabelledImages
+) -> None:
+    recon = evaluate_reconstructions(noisy(digits_test.images.float() / 255, 0.05), protocol=digits_protocol)
+    assert "recon_fd_clf" in recon.values and "recon_fd_clf" in recon.floor
+    assert (
+        recon.fingerprint == digits_protocol.fingerprint("reconstructions") != digits_protocol.fingerprint()
+    )
+
+
+def _other_reference(p: Protocol) -> Protocol:
+    ref = ReferenceStats.from_features(p.reference.features[:-1], source_digest="fewer images")
+    return dataclasses.replace(p, reference=ref)
+
+
+CHANGES: dict[str, Callable[[Protocol], Protocol]] = {
+    "extractor weights": lambda p: dataclasses.replace(p, extractor=load_classifier("mnist")),
+    "reference statistics": _other_reference,
+    "n": lambda p: dataclasses.replace(p, n=p.n - 1),
+    "seed": lambda p: dataclasses.replace(p, seed=p.seed + 1),
+    "quantisation": lambda p: dataclasses.replace(p, quantize=not p.quantize),
+    "kid subsets": lambda p: dataclasses.replace(p, kid_subsets=p.kid_subsets + 1),
+    "kid subset size": lambda p: dataclasses.replace(p, kid_subset_size=p.kid_subset_size - 1),
+    "k of precision/recall": lambda p: dataclasses.replace(p, pr_k=p.pr_k + 2),
+    "is splits": lambda p: dataclasses.replace(p, is_splits=p.is_splits + 1),
+    "sampler settings": lambda p: p.with_sampler(steps=4),
+    "dataset": lambda p: dataclasses.replace(p, dataset="mnist"),
+}
+
+
+def test_fingerprints_differ_when_any_protocol_element_changes(digits_protocol: Protocol) -> None:
+    base = digits_protocol.fingerprint()
+    assert base == digits_protocol.fingerprint()  # deterministic
+    prints = {name: change(digits_protocol).fingerprint() for name, change in CHANGES.items()}
+    assert all(fp != base for fp in prints.values()), [k for k, fp in prints.items() if fp == base]
+    assert len(set(prints.values())) == len(prints)
+    sampled = digits_protocol.with_sampler(steps=4, cfg=1.5)
+    assert sampled.fingerprint() == digits_protocol.with_sampler(cfg=1.5, steps=4).fingerprint()
+    assert sampled.fingerprint() != digits_protocol.with_sampler(steps=4, cfg=2.0).fingerprint()
+
+
+def test_promotion_refuses_mismatched_fingerprints_and_proxies(
+    digits_protocol: Protocol, digits_candidates: torch.Tensor
+) -> None:
+    a = evaluate_samples(digits_candidates, protocol=digits_protocol.with_sampler(steps=1))
+    b = evaluate_samples(digits_candidates, protocol=digits_protocol.with_sampler(steps=1))
+    c = evaluate_samples(digits_candidates, protocol=digits_protocol.with_sampler(steps=4))
+    assert comparable(a, b) and not comparable(a, c)
+    require_comparable(a, b)
+    with pytest.raises(ProtocolMismatch, match="fingerprint"):
+        require_comparable(a, c)
+    proxy = dataclasses.replace(a, proxy=True)
+    with pytest.raises(ProtocolMismatch, match="proxy"):
+        require_comparable(proxy, proxy)
+    require_comparable(proxy, proxy, allow_proxy=True)
+
+
+def test_small_n_is_a_proxy_with_its_own_floor(eval_cache: str, digits_candidates: torch.Tensor) -> None:
+    protocol = Protocol.for_dataset("digits", n=200, cache=eval_cache)
+    result = evaluate_samples(digits_candidates[:200], protocol=protocol)
+    assert result.proxy and all(k.startswith("proxy/") for k in result.flat())
+    full = Protocol.for_dataset("digits", cache=eval_cache)
+    assert protocol.floor["fd_clf"] > full.floor["fd_clf"]  # FD is biased upwards at small n
+
+
+def test_evaluate_refuses_wrong_n_and_wrong_range(
+    digits_protocol: Protocol, digits_candidates: torch.Tensor
+) -> None:
+    with pytest.raises(ValueError, match="n=594"):
+        evaluate_samples(digits_candidates[:100], protocol=digits_protocol)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        evaluate_samples(digits_candidates * 2 - 1, protocol=digits_protocol)  # a raw tanh output
+
+
+def test_reference_cache_is_reused_and_checked(eval_cache: str, digits_protocol: Protocol) -> None:
+    files = sorted(Path(eval_cache).glob("reference-*.pt"))
+    assert len(files) >= 1
+    again = Protocol.for_dataset("digits", cache=eval_cache)
+    assert again.reference.sha256 == digits_protocol.reference.sha256
+    assert again.reference.stats.sigma.dtype == torch.float64
+
+
+def test_reference_cache_on_an_fsspec_url_and_corruption_is_detected(
+    digits_protocol: Protocol, digits_test: LabelledImages
+) -> None:
+    import fsspec
+
+    from orchestrator.evaluation.reference import reference_stats
+
+    url = "memory://eval-cache-test"
+    first = reference_stats(digits_test.images, extractor=digits_protocol.extractor, cache=url)
+    assert first.sha256 == digits_protocol.reference.sha256  # same images + extractor -> same statistics
+    fs = fsspec.filesystem("memory")
+    (path,) = fs.glob("/eval-cache-test/reference-*.pt")
+    saved = torch.load(fs.open(path, "rb"), weights_only=True)
+    saved["mu"] = saved["mu"] + 1.0
+    with fs.open(path, "wb") as f:
+        torch.save(saved, f)
+    with pytest.raises(ValueError, match="corrupt"):
+        reference_stats(digits_test.images, extractor=digits_protocol.extractor, cache=url)
