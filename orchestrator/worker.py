@@ -78,6 +78,7 @@ def resume(state: TrainState, device: torch.device) -> tuple[int, dict[str, Any]
     with checkpoint.as_directory() as directory:
         loaded = load_checkpoint(directory, device=device)
     restore(state, loaded)
+    print(f"resumed from the checkpoint at step {loaded.step}")  # Ray forwards it to the job's log
     return loaded.step, loaded.extra.get("cursor")
 
 
