@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -78,6 +79,8 @@ def under_ray(cfg: ExperimentConfig, steps: int, threads: int, storage: str) -> 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # else a local Ray writes ~/.ray/auth_token, which
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # later `ray start`s pick up; loopback
     ray.init(num_cpus=max(2, threads), include_dashboard=False, log_to_driver=False)
     trainer = TorchTrainer(
         ray_worker,

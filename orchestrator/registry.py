@@ -10,17 +10,40 @@ from __future__ import annotations
 import csv
 import io
 import math
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.config.schema import TrackingConfig
+from orchestrator.config.sweep_spec import SweepSpec
+from orchestrator.tracking import TRIAL_TAG, find_run, trial_name
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
 CHECKPOINT_ARTIFACT = "best_checkpoint"
+
+
+def result_rows(spec: SweepSpec, results: Sequence[Any]) -> list[dict[str, Any]]:
+    """One plain row per Tune result: trial name, status, varied params, last reported metrics."""
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        params = {path: result.config.get(path) for path in spec.search}
+        name = trial_name(spec.experiment_name, metrics["trial_id"], params) if "trial_id" in metrics else ""
+        rows.append(
+            {
+                "trial": name,
+                "status": "error" if result.error else "ok",
+                **params,
+                spec.tune.metric: metrics.get(spec.tune.metric),
+                "step": metrics.get("step"),
+                "checkpoint_path": metrics.get("checkpoint_path"),
+            }
+        )
+    return rows
 
 
 def best_row(rows: Sequence[Mapping[str, Any]], metric: str, mode: str) -> Mapping[str, Any] | None:
@@ -95,3 +118,39 @@ def register_checkpoint(
         )
     client.set_registered_model_alias(name, tracking.alias, version.version)
     return version
+
+
+def register_best(
+    client: MlflowClient,
+    spec: SweepSpec,
+    *,
+    exp_id: str,
+    parent_run_id: str,
+    rows: Sequence[Mapping[str, Any]],
+    results: Sequence[Any],
+    data_digest: str,
+) -> ModelVersion | None:
+    """The best trial's last checkpoint (fetched from Ray storage) registered with lineage tags, or None."""
+    from ray.train import Checkpoint
+
+    metric = spec.tune.metric
+    best = best_row(rows, metric, spec.tune.mode)
+    if best is None:
+        return None
+    result = next(r for r, row in zip(results, rows, strict=True) if row is best)
+    checkpoint = Checkpoint(best["checkpoint_path"], filesystem=result.filesystem)  # the path lacks s3://
+    lineage = {
+        "sweep.trial": best["trial"],
+        "source.run_id": find_run(client, exp_id, {TRIAL_TAG: best["trial"]}) or "",
+        "data.digest": data_digest,
+        metric: f"{best[metric]:.6g}",
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        return register_checkpoint(
+            client,
+            spec.experiment.tracking,
+            parent_run_id=parent_run_id,
+            checkpoint_dir=Path(checkpoint.to_directory(tmp)),
+            key={"sweep.digest": spec.digest},
+            tags=lineage,
+        )

@@ -12,7 +12,6 @@ well under a second.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -199,6 +198,8 @@ def connect_ray(scaling: ScalingSpec) -> None:
     import ray
 
     address = os.environ.get("RAY_ADDRESS")
+    if not address:  # a local ray.init() would otherwise write ~/.ray/auth_token, and every later
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # `ray start` on this machine would require it
     ray.init(address=address or None, log_to_driver=True)
     check_resources(scaling, ray.cluster_resources(), f"the Ray cluster at {address or 'local'}")
 
@@ -213,13 +214,6 @@ def worker_env(tracking_uri: str) -> dict[str, str]:
 # --- the trial driver ------------------------------------------------------------------------------
 
 
-def trial_name(experiment_name: str, trial_id: str, params: Mapping[str, Any]) -> str:
-    """`<sweep>-<digest>-t<index>-<params digest>`: stable across restores of the same sweep."""
-    index = int(trial_id.rsplit("_", 1)[-1])
-    digest = hashlib.sha256(json.dumps(dict(params), sort_keys=True, default=str).encode()).hexdigest()[:6]
-    return f"{experiment_name}-t{index:03d}-{digest}"
-
-
 def train_driver_fn(params: dict[str, Any], context: TrialContext) -> None:
     """One Tune trial: its MLflow child run, then a TorchTrainer fit over `workers_per_trial` workers."""
     os.environ.update(context.worker_env)  # telemetry off before this actor imports mlflow
@@ -229,12 +223,21 @@ def train_driver_fn(params: dict[str, Any], context: TrialContext) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from orchestrator.tracking import open_trial_run, trial_name
     from orchestrator.worker import train_fn_per_worker
 
     cfg = apply_trial_params(ExperimentConfig.from_dict(context.base), params)
     name = trial_name(context.experiment_name, tune.get_context().get_trial_id(), params)
     client = MlflowClient(context.tracking_uri)
-    run_id = open_trial_run(client, context, cfg, name, params)
+    run_id = open_trial_run(
+        client,
+        context.mlflow_experiment_id,
+        parent_run_id=context.parent_run_id,
+        name=name,
+        cfg=cfg,
+        params=params,
+        dataset=context.dataset,
+    )
     scaling = cfg.scaling
     trainer = TorchTrainer(
         train_fn_per_worker,
@@ -263,27 +266,6 @@ def train_driver_fn(params: dict[str, Any], context: TrialContext) -> None:
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
-
-
-def open_trial_run(
-    client: Any, context: TrialContext, cfg: ExperimentConfig, name: str, params: Mapping[str, Any]
-) -> str:
-    """The trial's child run (reused on resume): varied params, config.yaml, dataset input, lineage tags."""
-    from orchestrator import tracking
-
-    tags = {
-        "mlflow.parentRunId": context.parent_run_id,
-        "git.commit": tracking.git_commit(),
-        "config.hash": tracking.config_hash(cfg),
-        "sweep.experiment": context.experiment_name,
-    }
-    run_id, created = tracking.open_run(
-        client, context.mlflow_experiment_id, name=name, tags=tags, key={tracking.TRIAL_TAG: name}
-    )
-    if created:
-        tracking.log_config(client, run_id, cfg, params)
-        tracking.log_dataset(client, run_id, **context.dataset)
-    return run_id
 
 
 # --- the sweep driver ------------------------------------------------------------------------------
@@ -369,68 +351,34 @@ def tune_config(spec: SweepSpec) -> Any:
     )
 
 
-def result_rows(spec: SweepSpec, results: list[Any]) -> list[dict[str, Any]]:
-    """One plain row per Tune result: trial name, status, varied params, last reported metrics."""
-    rows = []
-    for result in results:
-        metrics = result.metrics or {}
-        params = {path: result.config.get(path) for path in spec.search}
-        name = trial_name(spec.experiment_name, metrics["trial_id"], params) if "trial_id" in metrics else ""
-        rows.append(
-            {
-                "trial": name,
-                "status": "error" if result.error else "ok",
-                **params,
-                spec.tune.metric: metrics.get(spec.tune.metric),
-                "step": metrics.get("step"),
-                "checkpoint_path": metrics.get("checkpoint_path"),
-            }
-        )
-    return rows
-
-
 def finish(
     client: Any, spec: SweepSpec, exp_id: str, parent_id: str, results: list[Any], dataset: Mapping[str, Any]
 ) -> None:
     """Summary tables on the parent run; the best trial's checkpoint registered under the alias."""
-    import tempfile
-    from pathlib import Path
+    from orchestrator import registry
 
-    from ray.train import Checkpoint
-
-    from orchestrator import registry, tracking
-
-    rows = result_rows(spec, results)
+    rows = registry.result_rows(spec, results)
     registry.log_summary(client, parent_id, rows, spec.tune.metric, spec.tune.mode)
-    best = registry.best_row(rows, spec.tune.metric, spec.tune.mode)
-    if best is None:
+    version = registry.register_best(
+        client,
+        spec,
+        exp_id=exp_id,
+        parent_run_id=parent_id,
+        rows=rows,
+        results=results,
+        data_digest=dataset["digest"],
+    )
+    if version is None:
         failed = [r for r in results if r.error is not None]
         first = f"; first error: {str(failed[0].error).strip().splitlines()[-1]}" if failed else ""
         raise SweepError(
             f"{len(failed)} of {len(results)} trials failed and none reported a finite "
             f"{spec.tune.metric!r} with a checkpoint{first} (summary.md on run {parent_id})"
         )
-    result = next(r for r, row in zip(results, rows, strict=True) if row is best)
-    checkpoint = Checkpoint(best["checkpoint_path"], filesystem=result.filesystem)  # path has no s3:// scheme
-    lineage = {
-        "sweep.trial": best["trial"],
-        "source.run_id": tracking.find_run(client, exp_id, {tracking.TRIAL_TAG: best["trial"]}) or "",
-        "data.digest": dataset["digest"],
-        spec.tune.metric: f"{best[spec.tune.metric]:.6g}",
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        version = registry.register_checkpoint(
-            client,
-            spec.experiment.tracking,
-            parent_run_id=parent_id,
-            checkpoint_dir=Path(checkpoint.to_directory(tmp)),
-            key={"sweep.digest": spec.digest},
-            tags=lineage,
-        )
     tracked = spec.experiment.tracking
     print(
-        f"best trial {best['trial']} ({spec.tune.metric} {best[spec.tune.metric]:.5g}): "
-        f"models:/{tracked.registered_model}@{tracked.alias} -> version {version.version}"
+        f"models:/{tracked.registered_model}@{tracked.alias} -> version {version.version} "
+        f"(trial {version.tags['sweep.trial']}, {spec.tune.metric} {version.tags[spec.tune.metric]})"
     )
 
 

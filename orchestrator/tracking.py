@@ -198,6 +198,32 @@ def open_sweep_run(
     return exp_id, parent_id
 
 
+def trial_name(experiment_name: str, trial_id: str, params: Mapping[str, Any]) -> str:
+    """`<sweep>-<digest>-t<index>-<params digest>`: stable across restores of the same sweep."""
+    index = int(trial_id.rsplit("_", 1)[-1])
+    digest = hashlib.sha256(json.dumps(dict(params), sort_keys=True, default=str).encode()).hexdigest()[:6]
+    return f"{experiment_name}-t{index:03d}-{digest}"
+
+
+def open_trial_run(
+    client: MlflowClient,
+    exp_id: str,
+    *,
+    parent_run_id: str,
+    name: str,
+    cfg: ExperimentConfig,
+    params: Mapping[str, Any],
+    dataset: Mapping[str, Any],
+) -> str:
+    """A trial's child run (reused on resume): varied params, config.yaml, dataset input, lineage tags."""
+    tags = {"mlflow.parentRunId": parent_run_id, "git.commit": git_commit(), "config.hash": config_hash(cfg)}
+    run_id, created = open_run(client, exp_id, name=name, tags=tags, key={TRIAL_TAG: name})
+    if created:
+        log_config(client, run_id, cfg, params)
+        log_dataset(client, run_id, **dataset)
+    return run_id
+
+
 def log_config(client: MlflowClient, run_id: str, cfg: ExperimentConfig, params: Mapping[str, Any]) -> None:
     """The varied knobs as params (once per run), the resolved config as config.yaml."""
     from mlflow.entities import Param

@@ -28,8 +28,9 @@ ROWS = [
 
 
 def test_best_row_needs_a_finite_metric_and_a_checkpoint() -> None:
-    assert registry.best_row(ROWS, "loss", "min")["trial"] == "t1"  # t4 is lower but has no checkpoint
-    assert registry.best_row(ROWS, "loss", "max")["trial"] == "t0"
+    lowest, highest = registry.best_row(ROWS, "loss", "min"), registry.best_row(ROWS, "loss", "max")
+    assert lowest is not None and lowest["trial"] == "t1"  # t4 is lower but has no checkpoint
+    assert highest is not None and highest["trial"] == "t0"
     assert registry.best_row(ROWS[2:3], "loss", "min") is None
 
 
@@ -82,3 +83,29 @@ def test_register_checkpoint_sets_the_alias_and_resolves_from_the_registry(tmp_p
     assert client.get_model_version_by_alias("sphere-test", "champion").version == other.version
     stages = {v.current_stage for v in client.search_model_versions("name = 'sphere-test'")}
     assert stages == {"None"}  # aliases only, never stages
+
+
+def test_result_rows_name_trials_like_their_driver(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from orchestrator.config.loader import load_sweep
+    from orchestrator.tracking import trial_name
+
+    spec = load_sweep(Path(__file__).resolve().parents[2] / "sweeps" / "smoke.yaml")
+    ok = SimpleNamespace(
+        metrics={"trial_id": "ab12c_00001", "loss": 0.2, "step": 20.0, "checkpoint_path": "b/c"},
+        config={"noise.alpha_max_deg": 85.0},
+        error=None,
+    )
+    failed = SimpleNamespace(metrics=None, config={"noise.alpha_max_deg": 75.0}, error=RuntimeError("boom"))
+    rows = registry.result_rows(spec, [ok, failed])
+    assert rows[0] == {
+        "trial": trial_name(spec.experiment_name, "ab12c_00001", {"noise.alpha_max_deg": 85.0}),
+        "status": "ok",
+        "noise.alpha_max_deg": 85.0,
+        "loss": 0.2,
+        "step": 20.0,
+        "checkpoint_path": "b/c",
+    }
+    assert rows[1]["status"] == "error" and rows[1]["trial"] == "" and rows[1]["loss"] is None
+    assert rows[0]["trial"].startswith(f"{spec.experiment_name}-t001-")
