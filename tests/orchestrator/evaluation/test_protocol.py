@@ -85,7 +85,9 @@ def test_reconstructions_are_named_and_fingerprinted_apart(
 
 
 def _other_reference(p: Protocol) -> Protocol:
-    ref = ReferenceStats.from_features(p.reference.features[:-1], source_digest="fewer images")
+    ref = ReferenceStats.from_features(
+        p.reference.features[:-1], source_digest="fewer images", image_shape=p.reference.image_shape
+    )
     return dataclasses.replace(p, reference=ref)
 
 
@@ -146,6 +148,8 @@ def test_evaluate_refuses_wrong_n_and_wrong_range(
         evaluate_samples(digits_candidates[:100], protocol=digits_protocol)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         evaluate_samples(digits_candidates * 2 - 1, protocol=digits_protocol)  # a raw tanh output
+    with pytest.raises(ValueError, match="reference is"):  # 32 px samples against the 16 px digits split
+        evaluate_samples(torch.nn.functional.pad(digits_candidates, (8, 8, 8, 8)), protocol=digits_protocol)
 
 
 def test_reference_cache_is_reused_and_checked(eval_cache: str, digits_protocol: Protocol) -> None:
