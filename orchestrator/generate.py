@@ -122,7 +122,9 @@ def run_evaluate_sweep(spec: SweepSpec) -> None:
         client, spec, {"model.uri": evaluate.model, "model.version": version}
     )
     print(f"sweep {spec.experiment_name}: parent run {parent_id}; {evaluate.model} is version {version}")
-    protocol = Protocol.for_dataset(evaluate.dataset, n=evaluate.num_images, seed=evaluate.seed)
+    protocol = Protocol.for_dataset(
+        evaluate.dataset, n=evaluate.num_images, image_size=config.model.image_size, seed=evaluate.seed
+    )
     rows = []
     for params in expand_trials(spec.search, 1, "basic"):
         setting = apply_trial_params(cfg, params).sampling
