@@ -95,6 +95,7 @@ def test_config_params_and_dataset_input(client: MlflowClient, run_id: str, tmp_
     )
     run = client.get_run(run_id)
     assert run.data.params == {"noise.alpha_max_deg": "80.0"}
+    assert run.inputs is not None
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.digest == "abc123" and dataset_input.dataset.source_type == "s3"
     assert [(t.key, t.value) for t in dataset_input.tags] == [("mlflow.data.context", "training")]
