@@ -85,6 +85,7 @@ def bench(dataset: str) -> None:
     floor = protocol.floor
     header = f"{'condition':<24}{'fd_clf':>10}{'x floor':>9}{'kid_clf':>10}{'prec':>7}{'recall':>8}{'is':>7}"
     print(header)
+    print(f"(floor: mean of {protocol.floor_draws} draws; fd_clf std {protocol.floor_std['fd_clf']:.2f})")
     rows = {"floor (train vs ref)": floor} | {
         name: evaluate_samples(images, protocol=protocol).values for name, images in sets.items()
     }

@@ -41,7 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     seconds = round(time.perf_counter() - start, 2)
     print(
         json.dumps(
-            {"fingerprint": protocol.fingerprint(), "n": protocol.n, "floor": protocol.floor, "s": seconds}
+            {
+                "fingerprint": protocol.fingerprint(),
+                "n": protocol.n,
+                "floor": protocol.floor,
+                "floor_std": protocol.floor_std,
+                "s": seconds,
+            }
         )
     )
 

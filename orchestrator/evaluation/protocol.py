@@ -55,14 +55,19 @@ class MetricResult:
     values: dict[
         str, float
     ]  # e.g. fd_clf, kid_clf, kid_clf_std, is_clf, is_clf_std, precision_clf, recall_clf
-    floor: dict[str, float]  # the same metrics, real train images vs the reference at the same n
+    floor: dict[str, float]  # the same metrics, real train images vs the reference at the same n (mean)
+    floor_std: dict[str, float]  # their spread over the floor's draws: differences below it are noise
     fingerprint: str
     n: int
     proxy: bool  # n below the dataset's standard n: an in-loop estimate only
 
     def flat(self) -> dict[str, float]:
-        """One dict for a metric sink: values, `<name>_floor`, under `proxy/` when proxy."""
-        out = {**self.values, **{f"{k}_floor": v for k, v in self.floor.items()}}
+        """One dict for a metric sink: values, `<name>_floor`, `<name>_floor_std`; under `proxy/` if proxy."""
+        out = {
+            **self.values,
+            **{f"{k}_floor": v for k, v in self.floor.items()},
+            **{f"{k}_floor_std": v for k, v in self.floor_std.items()},
+        }
         return {f"proxy/{k}" if self.proxy else k: v for k, v in out.items()}
 
     def to_json(self) -> str:
@@ -95,10 +100,12 @@ class Protocol:
     dataset: str
     extractor: FeatureExtractor
     reference: ReferenceStats  # the real held-out split
-    floor: dict[str, float]  # real-vs-real values at this n (train images, never the reference)
+    floor: dict[str, float]  # real-vs-real at this n: mean over draws of train images (never the reference)
+    floor_std: dict[str, float]  # std over those draws (FD of one draw of 1,000 MNIST images: 33..61)
     n: int  # samples per evaluation: fixed, because FD is biased by n
     standard_n: int  # the dataset's leaderboard n; n < standard_n marks results as proxy
-    seed: int = 0  # KID subsets, IS shuffle, the floor's train subset
+    seed: int = 0  # KID subsets, IS shuffle, the floor's train subsets
+    floor_draws: int = 5
     quantize: bool = True  # round to 1/255 steps, as saving PNGs would
     kid_subsets: int = 50
     kid_subset_size: int = 500
@@ -125,6 +132,7 @@ class Protocol:
             "kid": [self.kid_subsets, self.kid_subset_size, "poly3"],
             "pr_k": self.pr_k,
             "is_splits": self.is_splits,
+            "floor_draws": self.floor_draws,
             "sampler": dict(self.sampler),
         }
 
@@ -164,6 +172,7 @@ class Protocol:
             extractor=extractor,
             reference=ref,
             floor={},
+            floor_std={},
             n=n,
             standard_n=standard_n,
             seed=seed,
@@ -171,21 +180,30 @@ class Protocol:
         )
         if floor_source is None:
             floor_source = load_split(dataset, "train", image_size).images
-        return dataclasses.replace(protocol, floor=_floor(protocol, floor_source, cache))
+        floor, floor_std = _floor(protocol, floor_source, cache)
+        return dataclasses.replace(protocol, floor=floor, floor_std=floor_std)
 
 
-def _floor(protocol: Protocol, images: torch.Tensor, cache: str) -> dict[str, float]:
-    """Metrics of n real train images (seeded draw) against the reference, cached by fingerprint."""
+def _floor(protocol: Protocol, images: torch.Tensor, cache: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and std of the metrics of `floor_draws` seeded draws of n real train images against the
+    reference; cached by fingerprint."""
     name = f"floor-{protocol.fingerprint('floor')}.json"
     cached = cache_read(cache, name)
     if cached is not None:
-        return dict(json.loads(cached))
+        saved = json.loads(cached)
+        return saved["mean"], saved["std"]
     if len(images) < protocol.n:
         raise ValueError(f"floor needs n={protocol.n} real images, the floor source has {len(images)}")
-    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(protocol.seed))[: protocol.n]
-    floor = _score(protocol, *extract(protocol.extractor, images[pick]), prefix="")
-    cache_write(cache, name, json.dumps(floor, sort_keys=True).encode())
-    return floor
+    gen = torch.Generator().manual_seed(protocol.seed)
+    draws = []
+    for _ in range(protocol.floor_draws):
+        pick = torch.randperm(len(images), generator=gen)[: protocol.n]
+        draws.append(_score(protocol, *extract(protocol.extractor, images[pick]), prefix=""))
+    values = {k: torch.tensor([d[k] for d in draws], dtype=torch.float64) for k in draws[0]}
+    mean = {k: float(v.mean()) for k, v in values.items()}
+    std = {k: float(v.std()) if len(v) > 1 else 0.0 for k, v in values.items()}
+    cache_write(cache, name, json.dumps({"mean": mean, "std": std}, sort_keys=True).encode())
+    return mean, std
 
 
 def _score(
@@ -228,11 +246,12 @@ def evaluate(images: torch.Tensor, *, protocol: Protocol, kind: str = "samples")
     x = images.detach().float().clamp(0, 1)
     if protocol.quantize:
         x = (x * 255).round() / 255  # what a PNG round-trip of the samples would give
-    values = _score(protocol, *extract(protocol.extractor, x), prefix=KINDS[kind])
-    floor = {KINDS[kind] + k: v for k, v in protocol.floor.items()}
+    prefix = KINDS[kind]
+    values = _score(protocol, *extract(protocol.extractor, x), prefix=prefix)
     return MetricResult(
         values=values,
-        floor=floor,
+        floor={prefix + k: v for k, v in protocol.floor.items()},
+        floor_std={prefix + k: v for k, v in protocol.floor_std.items()},
         fingerprint=protocol.fingerprint(kind),
         n=protocol.n,
         proxy=protocol.n < protocol.standard_n,

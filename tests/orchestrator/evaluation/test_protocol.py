@@ -68,9 +68,11 @@ def test_result_carries_floor_fingerprint_and_n(
     result = evaluate_samples(digits_candidates, protocol=digits_protocol)
     assert result.n == 594 and not result.proxy
     assert result.fingerprint == digits_protocol.fingerprint()
-    assert set(result.floor) == set(result.values)
-    assert 10 < result.floor["fd_clf"] < 100  # digits at n=594: the FD noise floor is large
+    assert set(result.floor) == set(result.floor_std) == set(result.values)
+    assert 10 < result.floor["fd_clf"] < 150  # digits at n=594: the FD noise floor is large ...
+    assert 0 < result.floor_std["fd_clf"] < result.floor["fd_clf"]  # ... and varies between draws
     assert result.flat()["fd_clf_floor"] == result.floor["fd_clf"]
+    assert result.flat()["fd_clf_floor_std"] == result.floor_std["fd_clf"]
     assert MetricResult.from_json(result.to_json()) == result
 
 
@@ -101,6 +103,7 @@ CHANGES: dict[str, Callable[[Protocol], Protocol]] = {
     "kid subset size": lambda p: dataclasses.replace(p, kid_subset_size=p.kid_subset_size - 1),
     "k of precision/recall": lambda p: dataclasses.replace(p, pr_k=p.pr_k + 2),
     "is splits": lambda p: dataclasses.replace(p, is_splits=p.is_splits + 1),
+    "floor draws": lambda p: dataclasses.replace(p, floor_draws=p.floor_draws + 1),
     "sampler settings": lambda p: p.with_sampler(steps=4),
     "dataset": lambda p: dataclasses.replace(p, dataset="mnist"),
 }
