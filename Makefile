@@ -31,6 +31,7 @@ $(STAMP): pyproject.toml
 ##@ Quality
 lint: install ## ruff, mypy and the import-boundary contracts
 	$(BIN)/ruff check sphere_core orchestrator tests bench infra
+	$(BIN)/ruff format --check sphere_core orchestrator tests bench infra
 	$(BIN)/mypy
 	$(BIN)/mypy --strict infra/local/*.py
 	$(BIN)/lint-imports

@@ -59,7 +59,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
-            raise ConfigError(f"model.image_size: {self.image_size} is not divisible by patch {self.patch_size}")
+            raise ConfigError(
+                f"model.image_size: {self.image_size} is not divisible by patch {self.patch_size}"
+            )
         if self.token_channels < 1:
             raise ConfigError(
                 f"model.compression_ratio: {self.compression_ratio} leaves < 1 channel per token "
@@ -274,7 +276,9 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, list | tuple) or (args[-1] is not Ellipsis and len(value) != len(args)):
             raise ConfigError(f"{path}: expected a list of {len(args)} values, got {value!r}")
         item_types = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
-        return tuple(_coerce(t, v, f"{path}[{i}]") for i, (t, v) in enumerate(zip(item_types, value, strict=True)))
+        return tuple(
+            _coerce(t, v, f"{path}[{i}]") for i, (t, v) in enumerate(zip(item_types, value, strict=True))
+        )
     if origin is list:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{path}: expected a list, got {value!r}")

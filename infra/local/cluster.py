@@ -113,32 +113,78 @@ def client_env(s: Settings) -> dict[str, str]:
 
 def services(s: Settings) -> list[Service]:
     bin_ = str(VENV_BIN)
-    s3 = Service("s3", [f"{bin_}/moto_server", "-H", HOST, "-p", str(s.s3_port)], {},
-                 f"http://{HOST}:{s.s3_port}", f"http://{HOST}:{s.s3_port}/", (s.s3_port,))
+    s3 = Service(
+        "s3",
+        [f"{bin_}/moto_server", "-H", HOST, "-p", str(s.s3_port)],
+        {},
+        f"http://{HOST}:{s.s3_port}",
+        f"http://{HOST}:{s.s3_port}/",
+        (s.s3_port,),
+    )
     mlflow = Service(
         "mlflow",
-        [f"{bin_}/mlflow", "server", "--backend-store-uri", f"sqlite:///{s.state_dir}/mlflow.db",
-         "--artifacts-destination", f"s3://{s.bucket}/mlflow-artifacts",
-         "--host", HOST, "--port", str(s.mlflow_port), "--workers", "1"],
+        [
+            f"{bin_}/mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{s.state_dir}/mlflow.db",
+            "--artifacts-destination",
+            f"s3://{s.bucket}/mlflow-artifacts",
+            "--host",
+            HOST,
+            "--port",
+            str(s.mlflow_port),
+            "--workers",
+            "1",
+        ],
         # One process over SQLite avoids "database is locked"; job runners would add 8 processes and ~1.3 GiB.
         {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        f"http://{HOST}:{s.mlflow_port}", f"http://{HOST}:{s.mlflow_port}/health", (s.mlflow_port,))
+        f"http://{HOST}:{s.mlflow_port}",
+        f"http://{HOST}:{s.mlflow_port}/health",
+        (s.mlflow_port,),
+    )
     ray = Service(
         "ray",
-        [f"{bin_}/ray", "start", "--head", "--block", "--disable-usage-stats", "--include-dashboard", "true",
-         "--port", str(s.ray_gcs_port),
-         "--dashboard-host", HOST, "--dashboard-port", str(s.ray_dashboard_port),
-         "--dashboard-agent-listen-port", str(s.ray_agent_port),
-         "--ray-client-server-port", str(s.ray_client_port),
-         "--min-worker-port", "0", "--max-worker-port", "0",  # 0: the OS picks, no range shared with others
-         "--num-cpus", str(s.num_cpus), "--object-store-memory", str(s.object_store_bytes),
-         "--temp-dir", str(s.ray_temp_dir)],
+        [
+            f"{bin_}/ray",
+            "start",
+            "--head",
+            "--block",
+            "--disable-usage-stats",
+            "--include-dashboard",
+            "true",
+            "--port",
+            str(s.ray_gcs_port),
+            "--dashboard-host",
+            HOST,
+            "--dashboard-port",
+            str(s.ray_dashboard_port),
+            "--dashboard-agent-listen-port",
+            str(s.ray_agent_port),
+            "--ray-client-server-port",
+            str(s.ray_client_port),
+            "--min-worker-port",
+            "0",
+            "--max-worker-port",
+            "0",  # 0: the OS picks, no range shared with others
+            "--num-cpus",
+            str(s.num_cpus),
+            "--object-store-memory",
+            str(s.object_store_bytes),
+            "--temp-dir",
+            str(s.ray_temp_dir),
+        ],
         # SIGTERM to a --block head otherwise waits a 30 s drain; TMPDIR keeps Ray's and MLflow's scratch
         # files (forkserver sockets, model downloads) out of the system temp dir.
-        {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "RAY_USAGE_STATS_ENABLED": "0",
-         "TMPDIR": str(s.ray_temp_dir / "tmp")},
-        f"http://{HOST}:{s.ray_dashboard_port}", f"http://{HOST}:{s.ray_dashboard_port}/api/version",
-        (s.ray_gcs_port, s.ray_dashboard_port, s.ray_agent_port, s.ray_client_port))
+        {
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "TMPDIR": str(s.ray_temp_dir / "tmp"),
+        },
+        f"http://{HOST}:{s.ray_dashboard_port}",
+        f"http://{HOST}:{s.ray_dashboard_port}/api/version",
+        (s.ray_gcs_port, s.ray_dashboard_port, s.ray_agent_port, s.ray_client_port),
+    )
     return [s3, mlflow, ray]
 
 
@@ -189,14 +235,23 @@ def log_tail(s: Settings, svc: Service, lines: int = 40) -> str:
 def start(s: Settings, svc: Service) -> int:
     for port in svc.ports:
         if port_taken(port):
-            raise RuntimeError(f"{svc.name}: port {port} on {HOST} is taken by another process; "
-                               "choose other ports (see infra/local/cluster.py) or stop it")
+            raise RuntimeError(
+                f"{svc.name}: port {port} on {HOST} is taken by another process; "
+                "choose other ports (see infra/local/cluster.py) or stop it"
+            )
     env = os.environ | client_env(s) | svc.env
     env[CLUSTER_MARKER] = str(s.state_dir)  # inherited by every process of the cluster: `down` finds them all
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"  # jobs' `python` is this venv's
     with _log_file(s, svc).open("w") as log:
-        proc = subprocess.Popen(svc.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=env, cwd=s.state_dir, start_new_session=True)  # own group: stop it alone
+        proc = subprocess.Popen(
+            svc.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=s.state_dir,
+            start_new_session=True,
+        )  # own group: stop it alone
     _pid_file(s, svc).write_text(str(proc.pid))
     return proc.pid
 
@@ -211,8 +266,10 @@ def wait_healthy(s: Settings, pending: dict[str, tuple[Service, int]]) -> None:
                 raise RuntimeError(f"{name} exited during start-up; log tail:\n{log_tail(s, svc)}")
         if pending and time.monotonic() > deadline:
             name, (svc, _) = next(iter(pending.items()))
-            raise RuntimeError(f"{name} not healthy after {s.start_timeout_s:.0f} s ({svc.health_url}); "
-                               f"log tail:\n{log_tail(s, svc)}")
+            raise RuntimeError(
+                f"{name} not healthy after {s.start_timeout_s:.0f} s ({svc.health_url}); "
+                f"log tail:\n{log_tail(s, svc)}"
+            )
         time.sleep(0.3)
 
 
@@ -312,13 +369,27 @@ def submit(s: Settings, entrypoint: list[str]) -> int:
         return 1
     job_id = f"sphere-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     runtime_env = json.dumps({"env_vars": client_env(s)})  # workers inherit nothing from this shell
-    argv = [str(VENV_BIN / "ray"), "job", "submit", "--submission-id", job_id, "--working-dir", ".",
-            "--runtime-env-json", runtime_env, "--", *entrypoint]
+    argv = [
+        str(VENV_BIN / "ray"),
+        "job",
+        "submit",
+        "--submission-id",
+        job_id,
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        runtime_env,
+        "--",
+        *entrypoint,
+    ]
     try:
         subprocess.run(argv, env=os.environ | client_env(s), cwd=REPO_ROOT, check=False)
     except KeyboardInterrupt:
-        print(f"\njob {job_id} keeps running: `ray job logs -f {job_id}` reattaches, `ray job stop {job_id}` "
-              "stops it (after `source " + str(s.env_file) + "`)", file=sys.stderr)
+        print(
+            f"\njob {job_id} keeps running: `ray job logs -f {job_id}` reattaches, `ray job stop {job_id}` "
+            "stops it (after `source " + str(s.env_file) + "`)",
+            file=sys.stderr,
+        )
         return 130
     # The CLI exits 1 only for FAILED and drops the entrypoint's code; the job server keeps both.
     with urllib.request.urlopen(f"{dashboard}/api/jobs/{job_id}", timeout=10) as resp:

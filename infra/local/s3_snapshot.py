@@ -14,8 +14,13 @@ import boto3  # not stdlib: run with the project's venv, as the Makefile does
 
 def _client(endpoint: str) -> Any:
     # Explicit endpoint and dummy credentials: never fall through to real AWS, whatever the caller's env says.
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                        aws_secret_access_key="testing", region_name="us-east-1")
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
 
 
 def save(endpoint: str, bucket: str, dest: Path) -> tuple[int, int]:
