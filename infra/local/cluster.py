@@ -361,6 +361,19 @@ def status(s: Settings) -> int:
     return 0 if all_up else 3
 
 
+def source_commit() -> str:
+    """HEAD of this checkout, suffixed "-dirty" when uncommitted changes travel with the job."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    head = git("rev-parse", "HEAD")
+    if not head:
+        return "unknown"
+    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def submit(s: Settings, entrypoint: list[str]) -> int:
     """`ray job submit` the entrypoint, follow its logs, and return the entrypoint's own exit code."""
     dashboard = f"http://{HOST}:{s.ray_dashboard_port}"
@@ -368,7 +381,8 @@ def submit(s: Settings, entrypoint: list[str]) -> int:
         print(f"no Ray dashboard at {dashboard}: run `make cluster-up` first", file=sys.stderr)
         return 1
     job_id = f"sphere-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    runtime_env = json.dumps({"env_vars": client_env(s)})  # workers inherit nothing from this shell
+    # Workers inherit nothing from this shell; the uploaded working dir has no .git, so the commit travels.
+    runtime_env = json.dumps({"env_vars": client_env(s) | {"SPHERE_GIT_COMMIT": source_commit()}})
     argv = [
         str(VENV_BIN / "ray"),
         "job",

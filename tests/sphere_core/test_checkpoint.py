@@ -11,7 +11,7 @@ import torch
 from sphere_core import checkpoint
 from sphere_core.checkpoint import load_checkpoint, load_model, restore, save_checkpoint
 from sphere_core.train_step import TrainState
-from tests.sphere_core.test_train_step import CONFIG, fresh_state, step
+from tests.sphere_core.tiny import CONFIG, fresh_state, step
 
 
 def trained_state(steps: int) -> TrainState:

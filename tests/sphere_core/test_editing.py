@@ -23,7 +23,7 @@ from sphere_core.editing import (
 from sphere_core.model import SphereEncoder
 from sphere_core.sampling import generate
 from sphere_core.spherify import angle_deg, spherify
-from tests.sphere_core.test_model import images, tiny_model
+from tests.sphere_core.tiny import images, tiny_model
 
 ALPHA = 80.0
 

@@ -15,7 +15,7 @@ from sphere_core.losses import SphereObjective, distance
 from sphere_core.model import SphereEncoder
 from sphere_core.perceptual import LPIPS, PerceptualLoss
 from sphere_core.spherify import TrainingNoise, add_training_noise, spherify
-from tests.sphere_core.test_model import images, tiny_model
+from tests.sphere_core.tiny import images, tiny_model
 
 ONLY = {  # one term switched on at a time
     "recon": LossWeights(recon_dist=1.0, recon_perc=0.0, con_dist=0.0, con_perc=0.0, latent_con=0.0),

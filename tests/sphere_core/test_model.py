@@ -8,44 +8,13 @@ import time
 import pytest
 import torch
 
-from sphere_core.config import ModelConfig
 from sphere_core.model import SphereEncoder
 from sphere_core.nn.layers import AdaLN
 from sphere_core.nn.posemb import apply_rope, grid_coords, rope_2d, sincos_2d
 from sphere_core.nn.transformer import Block
 from sphere_core.presets import PRESETS, build_model, get_preset
 from sphere_core.spherify import spherify
-
-
-def tiny_config(**overrides: object) -> ModelConfig:
-    """16 px, patch 4: 16 tokens of 16 channels (L = 256), nano ViTs, 5 classes."""
-    base: dict[str, object] = dict(
-        image_size=16, channels=3, num_classes=5, encoder_size="nano", decoder_size="nano",
-        compression_ratio=3.0, latent_resolution="low", encoder_mixer_depth=1, decoder_mixer_depth=1,
-    )  # fmt: skip
-    base.update(overrides)
-    return ModelConfig(**base)  # type: ignore[arg-type]
-
-
-def tiny_model(seed: int = 0, *, perturb: float = 0.05, **overrides: object) -> SphereEncoder:
-    """A tiny model with a fixed init. `perturb` adds N(0, perturb^2) to every trainable parameter so
-    the zero-initialised AdaLN/gates/mixer scalars act as in a trained model (labels matter)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = SphereEncoder(tiny_config(**overrides))
-    if perturb:
-        g = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.add_(torch.randn(p.shape, generator=g) * perturb)
-    return model
-
-
-def images(batch: int, cfg: ModelConfig, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, cfg.channels, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
-
+from tests.sphere_core.tiny import images, tiny_config, tiny_model
 
 # --- shapes ---------------------------------------------------------------------------------------
 

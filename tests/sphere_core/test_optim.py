@@ -10,7 +10,7 @@ import torch
 
 from sphere_core.config import OptimConfig
 from sphere_core.optim import build_optimizer, lr_at, make_ema, param_groups, set_lr, update_ema
-from tests.sphere_core.test_model import tiny_model
+from tests.sphere_core.tiny import tiny_model
 
 OPTIM = OptimConfig(lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_steps=10, total_steps=110)
 

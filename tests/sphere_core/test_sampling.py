@@ -11,7 +11,7 @@ from sphere_core.config import SamplingConfig
 from sphere_core.model import SphereEncoder
 from sphere_core.sampling import generate, guidance_weights, network_passes
 from sphere_core.spherify import spherify
-from tests.sphere_core.test_model import tiny_model
+from tests.sphere_core.tiny import tiny_model
 
 ALPHA = 80.0
 LABELS = torch.tensor([0, 3, 4])

@@ -11,33 +11,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from sphere_core.config import LossWeights, NoiseConfig, OptimConfig, SphereConfig
 from sphere_core.losses import SphereObjective
 from sphere_core.optim import lr_at
-from sphere_core.train_step import TrainState, make_train_state, train_step
-from tests.sphere_core.test_model import images, tiny_config
-
-CONFIG = SphereConfig(
-    model=tiny_config(),
-    noise=NoiseConfig(alpha_max_deg=80.0),
-    loss=LossWeights(recon_dist=1.0, recon_perc=0.0, con_dist=0.5, con_perc=0.0, latent_con=0.1),
-    optim=OptimConfig(lr=2e-3, min_lr=1e-5, warmup_steps=2, total_steps=50, ema_decay=0.9),
-)
-
-
-def fresh_state(config: SphereConfig = CONFIG, seed: int = 0) -> TrainState:
-    torch.manual_seed(seed)
-    return make_train_state(config, device="cpu")
-
-
-def batch(seed: int = 0, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    return images(size, CONFIG.model, seed), torch.arange(size) % CONFIG.model.num_classes
-
-
-def step(state: TrainState, seed: int, config: SphereConfig = CONFIG) -> dict[str, float]:
-    x, y = batch()
-    gen = torch.Generator().manual_seed(seed)
-    return train_step(state, x, y, optim=config.optim, global_batch=8, generator=gen).metrics
+from sphere_core.train_step import train_step
+from tests.sphere_core.tiny import CONFIG, fresh_state, step
 
 
 def test_make_train_state_wires_one_model() -> None:
