@@ -17,7 +17,7 @@ def test_docstring_example_trains_a_step_and_samples() -> None:
     out, samples = namespace["out"], namespace["samples"]
     assert torch.isfinite(torch.tensor(out.metrics["loss"]))  # type: ignore[attr-defined]
     assert samples.shape == (10, 1, 32, 32)  # type: ignore[attr-defined]
-    assert 0.0 <= samples.min() and samples.max() <= 1.0  # type: ignore[attr-defined]
+    assert samples.min() >= 0.0 and samples.max() <= 1.0  # type: ignore[attr-defined]
 
 
 def test_public_names_resolve() -> None:
