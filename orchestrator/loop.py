@@ -79,9 +79,10 @@ def run_loop(
     """
     window, latest = _Window(), {"step": float(start_step)}
     for step in range(start_step + 1, run.steps + 1):
-        waited = time.perf_counter()
+        waiting_since = time.perf_counter()
         images, labels = next(batches)
-        window.add(step_fn(images, labels), images.shape[0], time.perf_counter() - waited)
+        wait_s = time.perf_counter() - waiting_since  # before the step runs: only the data's share
+        window.add(step_fn(images, labels), images.shape[0], wait_s)
         last = step == run.steps
         checkpoint = step % run.checkpoint_every == 0 or last
         if step % run.log_every == 0 or checkpoint:  # a checkpoint always carries this step's window

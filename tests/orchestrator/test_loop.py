@@ -123,3 +123,23 @@ def test_loop_imports_neither_ray_nor_mlflow() -> None:
     code = "import sys, orchestrator.loop; print(sorted(m for m in ('ray', 'mlflow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_data_wait_counts_the_iterator_not_the_step() -> None:
+    import time
+
+    def slow_step(images: torch.Tensor, labels: torch.Tensor) -> Mapping[str, float]:
+        time.sleep(0.03)
+        return {"loss": 1.0}
+
+    def slow_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in batches():
+            time.sleep(0.01)
+            yield batch
+
+    run = RunSpec(steps=4, log_every=4, eval_every=4, checkpoint_every=4)
+    common = dict(run=run, start_step=0, checkpointer=FakeCheckpointer(), sample_fn=sample)
+    fast_data = run_loop(slow_step, batches(), reporter=FakeReporter(False), **common)  # type: ignore[arg-type]
+    slow_data = run_loop(Counter(), slow_batches(), reporter=FakeReporter(False), **common)  # type: ignore[arg-type]
+    assert fast_data["data_wait_s"] < 0.005  # the 30 ms step is not data wait
+    assert 0.009 < slow_data["data_wait_s"] < 0.03
