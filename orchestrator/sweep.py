@@ -376,8 +376,10 @@ def finish(
             f"{spec.tune.metric!r} with a checkpoint{first} (summary.md on run {parent_id})"
         )
     tracked = spec.experiment.tracking
+    holder = client.get_model_version_by_alias(tracked.registered_model, tracked.alias).version
     print(
-        f"models:/{tracked.registered_model}@{tracked.alias} -> version {version.version} "
+        f"models:/{tracked.registered_model}@{tracked.alias} -> version {holder}; registered "
+        f"version {version.version} "
         f"(trial {version.tags['sweep.trial']}, {spec.tune.metric} {version.tags[spec.tune.metric]})"
     )
 

@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from orchestrator import registry, tracking
 from orchestrator.config.schema import TrackingConfig
+from orchestrator.registry import Score, promotion
 
 os.environ.update(tracking.QUIET_ENV)
 
@@ -80,7 +82,8 @@ def test_register_checkpoint_sets_the_alias_and_resolves_from_the_registry(tmp_p
         tags=lineage,
     )
     assert int(other.version) == int(version.version) + 1
-    assert client.get_model_version_by_alias("sphere-test", "champion").version == other.version
+    # Neither version carries a protocol fingerprint: registered beside, the alias is not moved blindly.
+    assert client.get_model_version_by_alias("sphere-test", "champion").version == version.version
     stages = {v.current_stage for v in client.search_model_versions("name = 'sphere-test'")}
     assert stages == {"None"}  # aliases only, never stages
 
@@ -109,3 +112,67 @@ def test_result_rows_name_trials_like_their_driver(tmp_path: Path) -> None:
     }
     assert rows[1]["status"] == "error" and rows[1]["trial"] == "" and rows[1]["loss"] is None
     assert rows[0]["trial"].startswith(f"{spec.experiment_name}-t001-")
+
+
+FD, OTHER = "a" * 64, "b" * 64
+
+
+def test_promotion_refuses_mismatched_fingerprints() -> None:
+    better_elsewhere = Score("fd_clf_1step", 10.0, "min", OTHER)
+    promote, why = promotion(better_elsewhere, Score("fd_clf_1step", 50.0, "min", FD), has_incumbent=True)
+    assert not promote and "protocols differ" in why and OTHER[:12] in why and FD[:12] in why
+    different_metric = Score("fd_clf_4step", 10.0, "min", FD)
+    assert not promotion(different_metric, Score("fd_clf_1step", 50.0, "min", FD), has_incumbent=True)[0]
+
+
+def test_promotion_without_fingerprints_keeps_the_alias_unless_there_is_no_holder() -> None:
+    loss = Score("loss", 0.1, "min", None)
+    assert promotion(loss, None, has_incumbent=False) == (True, "no version holds the alias yet")
+    promote, why = promotion(loss, Score("loss", 0.5, "min", None), has_incumbent=True)
+    assert not promote and "candidate has no protocol fingerprint" in why
+    promote, why = promotion(Score("fd_clf_1step", 1.0, "min", FD), None, has_incumbent=True)
+    assert not promote and "alias holder has no protocol fingerprint" in why
+
+
+def test_promotion_under_one_protocol_follows_the_metric_direction() -> None:
+    holder = Score("fd_clf_1step", 20.0, "min", FD)
+    assert promotion(Score("fd_clf_1step", 19.0, "min", FD), holder, has_incumbent=True)[0]
+    assert not promotion(Score("fd_clf_1step", 20.0, "min", FD), holder, has_incumbent=True)[0]  # a tie keeps
+    assert promotion(Score("recall", 0.9, "max", FD), Score("recall", 0.8, "max", FD), has_incumbent=True)[0]
+
+
+def test_registration_tags_the_score_and_moves_the_alias_only_under_one_protocol(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    exp = client.create_experiment("sweep", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(exp).info.run_id
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    settings = TrackingConfig(registered_model="sphere-fp", alias="champion")
+
+    def register(digest: str, score: Score) -> str:
+        return registry.register_checkpoint(
+            client,
+            settings,
+            parent_run_id=parent,
+            checkpoint_dir=checkpoint,
+            key={"sweep.digest": digest},
+            tags={},
+            score=score,
+        ).version
+
+    first = register("d1", Score("fd_clf_1step", 30.0, "min", FD))
+    tags = client.get_model_version("sphere-fp", first).tags
+    assert (
+        tags["metric.fingerprint"] == FD
+        and tags["metric.value"] == "30"
+        and tags["metric.name"] == "fd_clf_1step"
+    )
+    register("d2", Score("fd_clf_1step", 5.0, "min", OTHER))  # better, but under another protocol
+    assert client.get_model_version_by_alias("sphere-fp", "champion").version == first
+    assert "stays on version" in capsys.readouterr().out
+    better = register("d3", Score("fd_clf_1step", 20.0, "min", FD))
+    assert client.get_model_version_by_alias("sphere-fp", "champion").version == better
