@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,6 +30,7 @@ from orchestrator.config.sweep_spec import SweepSpec
 from sphere_core.config import ConfigError
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
     from mlflow import MlflowClient
 
 # Telemetry and download progress bars off: set in the driver, the Tune trial actors and the Train workers.
@@ -41,12 +43,23 @@ PARENT_TAG = "sweep.digest"  # on the parent run: finds it again when a sweep is
 TRIAL_TAG = "sweep.trial"  # on a child run: the deterministic trial name
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What one evaluation leaves on a run: metrics at its step, figures, tags on how it was measured."""
+
+    metrics: dict[str, float]
+    figures: dict[str, Figure] = field(default_factory=dict)  # artifact path -> figure
+    tags: dict[str, str] = field(default_factory=dict)  # e.g. fingerprint.<metric>: overwritten each time
+
+
 class MetricSink(Protocol):
     """The loop's Reporter: metrics as plain dicts; sample grids rendered only by a sink that keeps them."""
 
     def log(self, metrics: Mapping[str, float], step: int) -> None: ...
 
     def log_images(self, render: Callable[[], Mapping[str, torch.Tensor]], step: int) -> None: ...
+
+    def log_eval(self, evaluate: Callable[[], Evaluation], step: int) -> dict[str, float]: ...
 
 
 class NullSink:
@@ -57,6 +70,9 @@ class NullSink:
 
     def log_images(self, render: Callable[[], Mapping[str, torch.Tensor]], step: int) -> None:
         pass  # never renders: ranks other than 0 spend no time sampling
+
+    def log_eval(self, evaluate: Callable[[], Evaluation], step: int) -> dict[str, float]:
+        return {}  # never evaluates: Ray Train hands Tune rank 0's report, which carries the metrics
 
 
 class MLflowSink:
@@ -79,6 +95,17 @@ class MLflowSink:
                 path = Path(tmp) / f"{name}_step{step:06d}.png"
                 grid_image(images).save(path)
             self.client.log_artifacts(self.run_id, tmp, "samples")
+
+    def log_eval(self, evaluate: Callable[[], Evaluation], step: int) -> dict[str, float]:
+        """Runs `evaluate`, logs its metrics at `step`, its tags and figures (PNG); returns the metrics."""
+        from mlflow.entities import RunTag
+
+        result = evaluate()
+        self.log(result.metrics, step)
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in result.tags.items()])
+        for path, figure in result.figures.items():
+            self.client.log_figure(self.run_id, figure, path)
+        return dict(result.metrics)
 
 
 def make_sink(rank: int, tracking_uri: str, run_id: str) -> MetricSink:

@@ -115,3 +115,27 @@ def test_tracking_uri_preflight_fails_fast(monkeypatch: pytest.MonkeyPatch) -> N
     closed = ExperimentConfig(tracking=TrackingConfig(tracking_uri="http://127.0.0.1:9"))
     with pytest.raises(ConfigError, match="does not answer /health"):
         tracking.resolve_tracking_uri(closed, timeout_s=2)
+
+
+def test_rank_zero_logs_an_evaluation_and_returns_its_metrics(client: MlflowClient, run_id: str) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure()
+    figure.add_subplot().plot([0, 1], [1, 0])
+    evaluation = tracking.Evaluation(
+        {"fd_clf_1step": 12.5, "eval_s": 3.0},
+        {"diagnostics/curve.png": figure},
+        {"fingerprint.fd_clf_1step": "ab"},
+    )
+    returned = tracking.MLflowSink(client, run_id).log_eval(lambda: evaluation, step=20)
+    assert returned == {"fd_clf_1step": 12.5, "eval_s": 3.0}
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "fd_clf_1step")] == [(20, 12.5)]
+    assert client.get_run(run_id).data.tags["fingerprint.fd_clf_1step"] == "ab"
+    assert [f.path for f in client.list_artifacts(run_id, "diagnostics")] == ["diagnostics/curve.png"]
+
+
+def test_rank_nonzero_never_evaluates() -> None:
+    def must_not_evaluate() -> tracking.Evaluation:
+        raise AssertionError("a rank that keeps nothing evaluated")
+
+    assert tracking.NullSink().log_eval(must_not_evaluate, step=1) == {}
