@@ -8,7 +8,7 @@ Dotted paths into this tree ("noise.alpha_max_deg", "loss.latent_con") are what 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from sphere_core.config import (
     ConfigError,
@@ -82,6 +82,26 @@ class TrackingConfig:
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI from the environment
 
 
+# Proxy scores of each evaluated image set, in the committed classifier's features (orchestrator.evaluation).
+EVAL_SCORES = ("fd_clf", "kid_clf", "precision_clf", "recall_clf")
+CLASSIFIER_IMAGES = (1, 10)  # every built-in metric classifier: (channels, classes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSpec:
+    """Proxy metrics at run.eval_every and the final step (rank 0, EMA weights), for Tune and MLflow."""
+
+    dataset: Literal["digits", "mnist", "fashion-mnist", "none"] = (
+        "none"  # whose classifier scores; none: off
+    )
+    num_images: int = 256  # n per image set: small and fixed (FD is biased by n), so marked proxy
+    seed: int = 0  # the same noise, labels and held-out images at every eval and in every trial
+
+    def __post_init__(self) -> None:
+        if self.num_images < 16:
+            raise ConfigError("eval.num_images: must be >= 16 (the metrics need a spread of samples)")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
     name: str = "smoke"
@@ -94,6 +114,31 @@ class ExperimentConfig:
     run: RunSpec = field(default_factory=RunSpec)
     scaling: ScalingSpec = field(default_factory=ScalingSpec)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+
+    def __post_init__(self) -> None:
+        channels, classes = CLASSIFIER_IMAGES
+        if self.eval.dataset != "none" and (
+            self.model.channels != channels or self.model.num_classes not in (0, classes)
+        ):
+            raise ConfigError(
+                f"eval.dataset: the {self.eval.dataset} classifier scores {channels}-channel images of "
+                f"{classes} classes, but model.channels is {self.model.channels} and model.num_classes "
+                f"{self.model.num_classes} (allowed: none for other data)"
+            )
+
+    @property
+    def eval_steps(self) -> tuple[int, ...]:
+        """Forward steps of the evaluated samples: 1 and sampling.steps."""
+        return tuple(dict.fromkeys((1, self.sampling.steps)))
+
+    @property
+    def eval_metrics(self) -> tuple[str, ...]:
+        """What each eval reports (fd_clf_1step, ..., recon_fd_clf, ..., eval_s); () when eval is off."""
+        if self.eval.dataset == "none":
+            return ()
+        samples = [f"{score}_{steps}step" for steps in self.eval_steps for score in EVAL_SCORES]
+        return (*samples, *(f"recon_{score}" for score in EVAL_SCORES), "eval_s")
 
     @property
     def sphere(self) -> SphereConfig:

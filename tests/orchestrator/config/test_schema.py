@@ -1,0 +1,51 @@
+"""ExperimentConfig's eval section: which metrics an eval reports, and data a classifier cannot score."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from orchestrator.config.schema import EvalSpec, ExperimentConfig
+from sphere_core.config import ConfigError, ModelConfig, SamplingConfig
+
+GRAY = ModelConfig(channels=1, num_classes=10)
+
+
+def test_eval_metrics_name_each_step_count_and_the_reconstructions() -> None:
+    cfg = ExperimentConfig(model=GRAY, sampling=SamplingConfig(steps=2), eval=EvalSpec(dataset="digits"))
+    assert cfg.eval_steps == (1, 2)
+    assert cfg.eval_metrics == (
+        "fd_clf_1step",
+        "kid_clf_1step",
+        "precision_clf_1step",
+        "recall_clf_1step",
+        "fd_clf_2step",
+        "kid_clf_2step",
+        "precision_clf_2step",
+        "recall_clf_2step",
+        "recon_fd_clf",
+        "recon_kid_clf",
+        "recon_precision_clf",
+        "recon_recall_clf",
+        "eval_s",
+    )
+    one_step = dataclasses.replace(cfg, sampling=SamplingConfig(steps=1))
+    assert one_step.eval_steps == (1,) and "fd_clf_1step" in one_step.eval_metrics
+
+
+def test_eval_is_off_by_default_for_data_without_a_classifier() -> None:
+    assert ExperimentConfig().eval.dataset == "none" and ExperimentConfig().eval_metrics == ()
+
+
+def test_a_classifier_that_cannot_score_the_model_output_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"eval.dataset: .*model.channels is 3.*allowed: none"):
+        ExperimentConfig(model=ModelConfig(channels=3), eval=EvalSpec(dataset="mnist"))
+    with pytest.raises(ConfigError, match=r"model.num_classes 5"):
+        ExperimentConfig(model=ModelConfig(channels=1, num_classes=5), eval=EvalSpec(dataset="mnist"))
+    ExperimentConfig(model=ModelConfig(channels=1, num_classes=0), eval=EvalSpec(dataset="mnist"))
+
+
+def test_eval_num_images_needs_a_spread() -> None:
+    with pytest.raises(ConfigError, match=r"eval\.num_images"):
+        EvalSpec(num_images=8)
