@@ -1,11 +1,13 @@
-"""The framework-free training loop: cadence only (log every N, sample every M, checkpoint every K).
+"""The framework-free training loop: cadence only (log every N, evaluate every M, checkpoint every K).
 
 It imports neither Ray nor MLflow. The worker hands it a step function (one sphere_core train step on a
-batch), a batch iterator, and two small protocols:
-- Reporter: where metrics and sample grids go (MLflow on rank 0, nothing elsewhere);
+batch), a batch iterator, an evaluation, and two small protocols:
+- Reporter: where metrics, sample grids and evaluations go (MLflow on rank 0, nothing elsewhere: only
+  rank 0 samples and evaluates);
 - Checkpointer: Ray's contract, called on every rank at the same steps (rank 0 writes, all report).
-Every checkpoint step is also a log step and carries that window's metrics, so Tune sees one result per
-checkpoint; the final step is always logged, sampled and checkpointed.
+Every eval and checkpoint step is also a log step. A checkpoint carries that window's metrics plus the
+latest eval's (carried forward from an earlier eval step when it is not one), so Tune sees one result per
+checkpoint; the final step is always logged, evaluated and checkpointed.
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from orchestrator.config.schema import RunSpec
 
+if TYPE_CHECKING:
+    from orchestrator.tracking import Evaluation
+
 StepFn = Callable[[torch.Tensor, torch.Tensor], Mapping[str, float]]  # (images, labels) -> metrics
 SampleFn = Callable[[], Mapping[str, torch.Tensor]]  # name -> images [B, C, H, W] in [0, 1]
+EvalFn = Callable[[], "Evaluation"]
 
 # Always in a checkpoint's metrics besides the step function's own (e.g. "loss", "lr").
-LOOP_METRICS = ("step", "images_per_s", "data_wait_s", "skipped_samples")
+LOOP_METRICS = ("step", "train_images", "images_per_s", "data_wait_s", "skipped_samples")
 
 
 class Reporter(Protocol):
@@ -31,6 +37,10 @@ class Reporter(Protocol):
 
     def log_images(self, render: SampleFn, step: int) -> None:
         """Calls `render` only if the grids are kept, so ranks that log nothing never sample."""
+        ...
+
+    def log_eval(self, evaluate: EvalFn, step: int) -> Mapping[str, float]:
+        """Calls `evaluate` only if its results are kept; returns its metrics ({} where not kept)."""
         ...
 
 
@@ -70,27 +80,40 @@ def run_loop(
     reporter: Reporter,
     checkpointer: Checkpointer,
     sample_fn: SampleFn,
+    eval_fn: EvalFn,
+    global_batch: int,
     skipped_samples: Callable[[], int] = lambda: 0,
 ) -> dict[str, float]:
     """Trains from `start_step` (steps already done) to `run.steps`; returns the last checkpoint's metrics.
 
-    images_per_s counts this worker's images; data_wait_s is the mean time per step spent waiting on
-    the iterator; skipped_samples is the stream's running count of undecodable samples.
+    train_images = step * global_batch (every rank's images: the training-compute axis); images_per_s
+    counts this worker's images and excludes evaluation time; data_wait_s is the mean time per step
+    spent waiting on the iterator; skipped_samples is the stream's running count of undecodable samples.
     """
-    window, latest = _Window(), {"step": float(start_step)}
+    window, latest, evaluated = _Window(), {"step": float(start_step)}, {}
     for step in range(start_step + 1, run.steps + 1):
         waiting_since = time.perf_counter()
         images, labels = next(batches)
         wait_s = time.perf_counter() - waiting_since  # before the step runs: only the data's share
         window.add(step_fn(images, labels), images.shape[0], wait_s)
         last = step == run.steps
+        evaluating = step % run.eval_every == 0 or last
         checkpoint = step % run.checkpoint_every == 0 or last
-        if step % run.log_every == 0 or checkpoint:  # a checkpoint always carries this step's window
-            latest = {**window.means(), "step": float(step), "skipped_samples": float(skipped_samples())}
+        logging = step % run.log_every == 0 or evaluating or checkpoint
+        if logging:  # a checkpoint always carries this step's window; an eval its train_images
+            latest = {
+                **window.means(),
+                "step": float(step),
+                "train_images": float(step * global_batch),
+                "skipped_samples": float(skipped_samples()),
+            }
             reporter.log(latest, step)
-            window = _Window()
-        if step % run.eval_every == 0 or last:
+        if evaluating:
             reporter.log_images(sample_fn, step)
+            evaluated = dict(reporter.log_eval(eval_fn, step))
+        if logging:
+            window = _Window()  # restarted after the eval, whose time is not training throughput
         if checkpoint:
+            latest = {**latest, **evaluated}
             checkpointer.save(step, latest)
     return latest

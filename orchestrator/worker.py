@@ -3,13 +3,16 @@
 Touch points: `prepare_model` wraps the SphereObjective (the module whose forward holds the whole loss,
 so DDP synchronises every gradient); `get_checkpoint` resumes weights, EMA, optimiser, step and the
 merged data cursor; `report` (every rank, at the loop's checkpoint cadence) hands rank 0's checkpoint
-directory to Ray. Rank 0 logs to the trial's MLflow run; the other ranks get a no-op sink.
+directory to Ray. Rank 0 logs to the trial's MLflow run; the other ranks get a no-op sink, which never
+samples nor evaluates, so only rank 0 pays for the proxy metrics and sphere diagnostics (ProxyEval).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,16 +22,27 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from orchestrator.config.schema import ExperimentConfig
+from orchestrator import diagnostics
+from orchestrator.config.schema import EVAL_SCORES, ExperimentConfig
 from orchestrator.data.pipeline import ShardStream
 from orchestrator.data.shards import merge_cursors
+from orchestrator.evaluation.classifier import load_split
+from orchestrator.evaluation.protocol import (
+    MetricResult,
+    Protocol,
+    evaluate_reconstructions,
+    evaluate_samples,
+)
 from orchestrator.loop import run_loop
-from orchestrator.tracking import make_sink
+from orchestrator.tracking import Evaluation, make_sink
 from sphere_core.checkpoint import load_checkpoint, restore, save_checkpoint
-from sphere_core.sampling import generate
+from sphere_core.model import SphereEncoder
+from sphere_core.sampling import generate, to_unit_range
+from sphere_core.spherify import spherify
 from sphere_core.train_step import TrainState, make_train_state, train_step
 
 SAMPLE_GRID = 16  # images per logged grid; labels cycle through the classes
+NOISE_ANGLE_BATCHES = 64  # training-noise draws for the angle histogram (x the per-rank batch)
 
 
 def noise_seed(run_seed: int, world_size: int, rank: int, start_step: int) -> int:
@@ -58,14 +72,19 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         )
         return out.metrics
 
+    reporter = make_sink(rank, config["tracking_uri"], config["run_id"])
+    if start_step == 0:
+        reporter.log_eval(lambda: noise_angle_evaluation(cfg), step=0)
     run_loop(
         step_fn,
         iter(stream),
         run=cfg.run,
         start_step=start_step,
-        reporter=make_sink(rank, config["tracking_uri"], config["run_id"]),
+        reporter=reporter,
         checkpointer=RayCheckpointer(state, cfg, stream, rank),
         sample_fn=lambda: sample_grids(state, cfg),
+        eval_fn=ProxyEval(state, cfg),
+        global_batch=global_batch,
         skipped_samples=lambda: int(stream.stats()["skipped_total"]),
     )
 
@@ -90,13 +109,112 @@ def sample_grids(state: TrainState, cfg: ExperimentConfig) -> dict[str, torch.Te
     if cfg.model.conditional:
         labels = torch.arange(SAMPLE_GRID) % cfg.model.num_classes
     grids = {}
-    for steps in dict.fromkeys((1, cfg.sampling.steps)):
+    for steps in cfg.eval_steps:
         sampling = dataclasses.replace(cfg.sampling, steps=steps)
         generator = torch.Generator().manual_seed(cfg.run.seed)
         grids[f"samples_{steps}step"] = generate(
             model, labels, sampling=sampling, alpha_max_deg=cfg.noise.alpha_max_deg, generator=generator
         )
     return grids
+
+
+def noise_angle_evaluation(cfg: ExperimentConfig) -> Evaluation:
+    """The noise angles this run's NoiseConfig gives in training, at its per-rank batch size."""
+    angles = diagnostics.training_noise_angles(
+        cfg.noise,
+        (cfg.model.num_tokens, cfg.model.token_channels),
+        batch=cfg.data.batch_size,
+        batches=NOISE_ANGLE_BATCHES,
+        seed=cfg.run.seed,
+    )
+    return Evaluation(
+        angles.metrics(), {"diagnostics/noise_angles.png": diagnostics.noise_angle_figure(angles)}
+    )
+
+
+class ProxyEval:
+    """Proxy metrics of the EMA model at eval cadence (eval.num_images per set, seeded by eval.seed, so
+    evals compare across steps and trials) and the latent coverage of the held-out images it reconstructs.
+
+    Metrics: <score>_<T>step for samples of T forward steps (T in 1 and sampling.steps; balanced
+    labels), recon_<score> for reconstructions of held-out test images, the latent_* coverage
+    diagnostics and eval_s. Tags: fingerprint.<metric> and floor(_std).<metric> (real vs real at n)."""
+
+    def __init__(self, state: TrainState, cfg: ExperimentConfig) -> None:
+        self.state, self.cfg = state, cfg
+
+    @functools.cached_property
+    def protocol(self) -> Protocol:  # built at the first eval: only the evaluating rank pays for it
+        return Protocol.for_dataset(
+            self.cfg.eval.dataset,
+            n=self.cfg.eval.num_images,
+            image_size=self.cfg.model.image_size,
+            seed=self.cfg.eval.seed,
+        )
+
+    @functools.cached_property
+    def held_out(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed draw of n test-split images (uint8) and labels: never trained on."""
+        split = load_split(self.cfg.eval.dataset, "test", self.cfg.model.image_size)
+        generator = torch.Generator().manual_seed(self.cfg.eval.seed)
+        pick = torch.randperm(len(split.labels), generator=generator)[: self.cfg.eval.num_images]
+        return split.images[pick], split.labels[pick]
+
+    @torch.no_grad()
+    def __call__(self) -> Evaluation:
+        if self.cfg.eval.dataset == "none":
+            return Evaluation({})
+        started = time.perf_counter()
+        model = self.state.ema.eval()
+        # (metric-name prefix, suffix, result): fd_clf_1step, ..., recon_fd_clf, ...
+        scored = [("", f"_{steps}step", self._samples(model, steps)) for steps in self.cfg.eval_steps]
+        images, labels = self.held_out
+        x = images.float() / 127.5 - 1.0  # uint8 -> [-1, 1], the model's input range
+        y = labels if self.cfg.model.conditional else None
+        v = spherify(model.encode(x, y))  # (n, N, d)
+        recon = evaluate_reconstructions(to_unit_range(model.decode(v, y)), protocol=self.protocol)
+        scored.append(("recon_", "", recon))
+        metrics: dict[str, float] = {}
+        tags: dict[str, str] = {}
+        for prefix, suffix, result in scored:
+            for score in EVAL_SCORES:
+                name = f"{prefix}{score}{suffix}"
+                metrics[name] = result.values[prefix + score]
+                tags |= protocol_tags(name, prefix + score, result)
+        coverage = diagnostics.Coverage.of(v, generator=torch.Generator().manual_seed(self.cfg.eval.seed))
+        figures = {
+            "diagnostics/latent_cosines.png": diagnostics.cosine_histogram_figure(coverage),
+            "diagnostics/latent_projection.png": diagnostics.projection_figure(
+                v, labels, seed=self.cfg.eval.seed
+            ),
+        }
+        metrics |= {**coverage.metrics(), "eval_s": time.perf_counter() - started}
+        return Evaluation(metrics, figures, tags)
+
+    def _samples(self, model: SphereEncoder, steps: int) -> MetricResult:
+        n, classes = self.cfg.eval.num_images, self.cfg.model.num_classes
+        labels: torch.Tensor | int = torch.arange(n) % classes if classes else n
+        sampling = dataclasses.replace(self.cfg.sampling, steps=steps)
+        images = generate(
+            model,
+            labels,
+            sampling=sampling,
+            alpha_max_deg=self.cfg.noise.alpha_max_deg,
+            generator=torch.Generator().manual_seed(self.cfg.eval.seed),
+        )
+        # The same sampler description as the evaluate sweep's, so equal settings share a fingerprint.
+        knobs = {k: v for k, v in dataclasses.asdict(sampling).items() if v is not None}
+        return evaluate_samples(images, protocol=self.protocol.with_sampler(**knobs, seed=self.cfg.eval.seed))
+
+
+def protocol_tags(name: str, key: str, result: MetricResult) -> dict[str, str]:
+    """What makes metric `name` (the protocol's `key`) comparable: its fingerprint, n and floor."""
+    return {
+        f"fingerprint.{name}": result.fingerprint,
+        f"floor.{name}": f"{result.floor[key]:.6g}",
+        f"floor_std.{name}": f"{result.floor_std[key]:.6g}",
+        f"eval_n.{name}": f"{result.n}{' (proxy)' if result.proxy else ''}",
+    }
 
 
 class RayCheckpointer:

@@ -149,6 +149,7 @@ REPORTED = (
     "angle_small_deg",
     "z_rms",
     "step",
+    "train_images",
     "images_per_s",
     "data_wait_s",
     "skipped_samples",
@@ -171,9 +172,18 @@ def _check_trainable(raw: SweepFile, experiment: ExperimentConfig) -> None:
         for n in ("recon_dist", "con_dist", "latent_con")
         if getattr(weights, n) > 0 or f"loss.{n}" in raw.search
     ]
-    if raw.tune.metric not in (*REPORTED, *terms):
+    reported = (*REPORTED, *terms, *experiment.eval_metrics)
+    if raw.tune.metric not in reported:
         raise ConfigError(
-            f"tune.metric: {raw.tune.metric!r} is never reported (allowed: {', '.join((*REPORTED, *terms))})"
+            f"tune.metric: {raw.tune.metric!r} is never reported (allowed: {', '.join(reported)})"
+        )
+    run = experiment.run
+    if raw.tune.metric in experiment.eval_metrics and run.eval_every > run.checkpoint_every:
+        # Each checkpoint report carries the latest eval: one must have run by the first checkpoint.
+        raise ConfigError(
+            f"run.eval_every: {run.eval_every} exceeds run.checkpoint_every {run.checkpoint_every}, so the "
+            f"first checkpoint would report no tune.metric {raw.tune.metric!r} (allowed: "
+            f"run.eval_every <= run.checkpoint_every)"
         )
     if raw.tune.scheduler == "asha" and raw.tune.grace_period > experiment.run.steps:
         raise ConfigError(

@@ -9,13 +9,15 @@ from collections.abc import Iterator, Mapping
 import torch
 
 from orchestrator.config.schema import RunSpec
-from orchestrator.loop import LOOP_METRICS, SampleFn, run_loop
+from orchestrator.loop import LOOP_METRICS, EvalFn, SampleFn, run_loop
+from orchestrator.tracking import Evaluation, NullSink
 
 
 class FakeReporter:
     def __init__(self, keeps_images: bool = True) -> None:
         self.logged: dict[int, dict[str, float]] = {}
         self.image_steps: list[int] = []
+        self.evaluated: dict[int, dict[str, float]] = {}
         self.keeps_images = keeps_images
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
@@ -26,6 +28,12 @@ class FakeReporter:
             grids = render()
             assert grids["one_step"].shape == (4, 1, 8, 8)
             self.image_steps.append(step)
+
+    def log_eval(self, evaluate: EvalFn, step: int) -> dict[str, float]:
+        if not self.keeps_images:
+            return {}
+        self.evaluated[step] = evaluate().metrics
+        return self.evaluated[step]
 
 
 class FakeCheckpointer:
@@ -56,6 +64,17 @@ def sample() -> dict[str, torch.Tensor]:
     return {"one_step": torch.rand(4, 1, 8, 8)}
 
 
+class FakeEval:
+    """fd_clf_1step = 100 / (number of evals so far): each eval returns a new value."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> Evaluation:
+        self.calls += 1
+        return Evaluation({"fd_clf_1step": 100.0 / self.calls, "eval_s": 0.5})
+
+
 RUN = RunSpec(steps=10, log_every=3, eval_every=4, checkpoint_every=5)
 
 
@@ -69,19 +88,25 @@ def test_cadence_logs_samples_and_checkpoints_on_schedule() -> None:
         reporter=reporter,
         checkpointer=checkpointer,
         sample_fn=sample,
+        eval_fn=FakeEval(),
+        global_batch=8,
         skipped_samples=lambda: 7,
     )
     assert step_fn.calls == 10
-    assert sorted(reporter.logged) == [3, 5, 6, 9, 10]  # every 3, plus each checkpoint step and the last
-    assert reporter.image_steps == [4, 8, 10]
+    assert sorted(reporter.logged) == [3, 4, 5, 6, 8, 9, 10]  # every 3, each eval and checkpoint, the last
+    assert reporter.image_steps == [4, 8, 10] and sorted(reporter.evaluated) == [4, 8, 10]
     assert sorted(checkpointer.saved) == [5, 10]
     assert reporter.logged[3]["loss"] == 2.0  # mean of steps 1..3
-    assert reporter.logged[5]["loss"] == 4.5  # the window restarts after each log
-    assert checkpointer.saved[5] == reporter.logged[5]  # a checkpoint carries its step's metrics
+    assert reporter.logged[4]["loss"] == 4.0  # the window restarts after each log
+    # A checkpoint carries its step's window and the latest eval (step 4's, carried to step 5).
+    assert checkpointer.saved[5] == {**reporter.logged[5], **reporter.evaluated[4]}
+    assert checkpointer.saved[5]["fd_clf_1step"] == 100.0
+    assert checkpointer.saved[10]["fd_clf_1step"] == 100.0 / 3  # the final step's own eval
     assert final == checkpointer.saved[10] and final["step"] == 10.0
-    for metrics in reporter.logged.values():
+    for step, metrics in reporter.logged.items():
         assert set(LOOP_METRICS) <= set(metrics) and metrics["skipped_samples"] == 7.0
         assert metrics["images_per_s"] > 0 and metrics["data_wait_s"] >= 0
+        assert metrics["train_images"] == step * 8  # every rank's images: step x global batch
 
 
 def test_resume_continues_from_the_checkpointed_step() -> None:
@@ -94,29 +119,60 @@ def test_resume_continues_from_the_checkpointed_step() -> None:
         reporter=reporter,
         checkpointer=checkpointer,
         sample_fn=sample,
+        eval_fn=FakeEval(),
+        global_batch=8,
     )
     assert step_fn.calls == 10  # steps 6..10 only
-    assert sorted(reporter.logged) == [6, 9, 10] and sorted(checkpointer.saved) == [10]
+    assert sorted(reporter.logged) == [6, 8, 9, 10] and sorted(checkpointer.saved) == [10]
     assert reporter.logged[6]["loss"] == 6.0
+    assert reporter.logged[6]["train_images"] == 48.0  # counted from step 0, not from the resume
 
 
-def test_a_reporter_that_keeps_no_images_never_samples() -> None:
+def test_a_rank_that_logs_nothing_never_samples_nor_evaluates_but_checkpoints_in_step() -> None:
     calls = []
 
     def counting_sample() -> dict[str, torch.Tensor]:
         calls.append(1)
         return sample()
 
+    evaluation, checkpointer = FakeEval(), FakeCheckpointer()
     run_loop(
         Counter(),
         batches(),
         run=RUN,
         start_step=0,
-        reporter=FakeReporter(keeps_images=False),
-        checkpointer=FakeCheckpointer(),
+        reporter=NullSink(),
+        checkpointer=checkpointer,
         sample_fn=counting_sample,
+        eval_fn=evaluation,
+        global_batch=8,
     )
-    assert calls == []
+    assert calls == [] and evaluation.calls == 0
+    assert sorted(checkpointer.saved) == [5, 10]  # every rank reports at the same steps as rank 0
+    assert "fd_clf_1step" not in checkpointer.saved[10]  # Ray Train hands Tune rank 0's metrics
+
+
+def test_images_per_s_excludes_the_eval() -> None:
+    import time
+
+    def slow_eval() -> Evaluation:
+        time.sleep(0.2)
+        return Evaluation({"eval_s": 0.2})
+
+    run = RunSpec(steps=4, log_every=2, eval_every=2, checkpoint_every=4)
+    reporter = FakeReporter()
+    run_loop(
+        Counter(),
+        batches(),
+        run=run,
+        start_step=0,
+        reporter=reporter,
+        checkpointer=FakeCheckpointer(),
+        sample_fn=sample,
+        eval_fn=slow_eval,
+        global_batch=4,
+    )
+    assert reporter.logged[4]["images_per_s"] > 8 / 0.2  # 8 images, not slowed by step 2's 0.2 s eval
 
 
 def test_loop_imports_neither_ray_nor_mlflow() -> None:
@@ -138,7 +194,14 @@ def test_data_wait_counts_the_iterator_not_the_step() -> None:
             yield batch
 
     run = RunSpec(steps=4, log_every=4, eval_every=4, checkpoint_every=4)
-    common = dict(run=run, start_step=0, checkpointer=FakeCheckpointer(), sample_fn=sample)
+    common = dict(
+        run=run,
+        start_step=0,
+        checkpointer=FakeCheckpointer(),
+        sample_fn=sample,
+        eval_fn=FakeEval(),
+        global_batch=4,
+    )
     fast_data = run_loop(slow_step, batches(), reporter=FakeReporter(False), **common)  # type: ignore[arg-type]
     slow_data = run_loop(Counter(), slow_batches(), reporter=FakeReporter(False), **common)  # type: ignore[arg-type]
     assert fast_data["data_wait_s"] < 0.005  # the 30 ms step is not data wait

@@ -10,6 +10,7 @@ import yaml
 from orchestrator.config.loader import load_experiment, load_sweep
 from orchestrator.config.search_space import expand_trials
 from orchestrator.sweep import main
+from sphere_core.config import ConfigError
 from sphere_core.presets import get_preset
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
@@ -62,3 +63,43 @@ def test_smoke_sweep_fits_two_cores_and_is_tiny() -> None:
     assert len(trials) == 2 and cfg.run.steps <= 50
     assert concurrent * (0.01 + cfg.scaling.workers_per_trial * cfg.scaling.cpus_per_worker) <= 2.0
     assert cfg.data.url == "s3://sphere/datasets/mnist/train"
+
+
+@pytest.mark.parametrize("name", ["smoke", "noise", "loss_weights"])
+def test_training_sweeps_rank_on_the_one_step_proxy_fd(name: str) -> None:
+    spec = load_sweep(SWEEPS / f"{name}.yaml")
+    assert (spec.tune.metric, spec.tune.mode) == ("fd_clf_1step", "min")
+    assert spec.tune.metric in spec.experiment.eval_metrics
+    assert spec.experiment.run.eval_every <= spec.experiment.run.checkpoint_every  # in every Tune report
+
+
+def test_smoke_evals_are_small_and_proxy() -> None:
+    cfg = load_sweep(SWEEPS / "smoke.yaml").experiment
+    assert cfg.eval.dataset == "mnist" and cfg.eval.num_images <= 256
+    assert cfg.run.steps // cfg.run.eval_every <= 2  # ~4 s of rank 0's time per eval
+
+
+def write_sweep(tmp_path: Path, overrides: str, metric: str = "fd_clf_1step") -> Path:
+    path = tmp_path / "eval.yaml"
+    path.write_text(
+        f"base: {SWEEPS / 'base' / 'mnist.yaml'}\noverrides: {{{overrides}}}\n"
+        f"search:\n  noise.alpha_max_deg: {{grid: [80.0]}}\ntune: {{metric: {metric}}}\n"
+    )
+    return path
+
+
+def test_an_eval_metric_needs_an_eval_by_the_first_checkpoint(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, "run.eval_every: 20, run.checkpoint_every: 10")
+    with pytest.raises(
+        ConfigError, match=r"run.eval_every: 20 exceeds run.checkpoint_every 10.*fd_clf_1step"
+    ):
+        load_sweep(path)
+    load_sweep(write_sweep(tmp_path, "run.eval_every: 20, run.checkpoint_every: 10", metric="loss"))
+    load_sweep(write_sweep(tmp_path, "run.eval_every: 5, run.checkpoint_every: 10"))  # carried forward
+
+
+def test_eval_metrics_are_not_reported_with_eval_off(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"tune.metric: 'fd_clf_1step' is never reported"):
+        load_sweep(write_sweep(tmp_path, "eval.dataset: none"))
+    with pytest.raises(ConfigError, match=r"tune.metric: 'fd_clf_8step' is never reported"):
+        load_sweep(write_sweep(tmp_path, "eval.dataset: mnist", metric="fd_clf_8step"))  # sampling.steps 4
