@@ -6,8 +6,8 @@ batch), a batch iterator, an evaluation, and two small protocols:
   rank 0 samples and evaluates);
 - Checkpointer: Ray's contract, called on every rank at the same steps (rank 0 writes, all report).
 Every eval and checkpoint step is also a log step. A checkpoint carries that window's metrics plus the
-latest eval's (carried forward from an earlier eval step when it is not one), so Tune sees one result per
-checkpoint; the final step is always logged, evaluated and checkpointed.
+latest eval's and its `eval_step` (carried forward from an earlier eval step when it is not one), so Tune
+sees one result per checkpoint; the final step is always logged, evaluated and checkpointed.
 """
 
 from __future__ import annotations
@@ -111,6 +111,8 @@ def run_loop(
         if evaluating:
             reporter.log_images(sample_fn, step)
             evaluated = dict(reporter.log_eval(eval_fn, step))
+            if evaluated:  # a checkpoint after a non-eval step carries this: pair the metrics with it
+                evaluated["eval_step"] = float(step)
         if logging:
             window = _Window()  # restarted after the eval, whose time is not training throughput
         if checkpoint:

@@ -99,9 +99,10 @@ def test_cadence_logs_samples_and_checkpoints_on_schedule() -> None:
     assert reporter.logged[3]["loss"] == 2.0  # mean of steps 1..3
     assert reporter.logged[4]["loss"] == 4.0  # the window restarts after each log
     # A checkpoint carries its step's window and the latest eval (step 4's, carried to step 5).
-    assert checkpointer.saved[5] == {**reporter.logged[5], **reporter.evaluated[4]}
+    assert checkpointer.saved[5] == {**reporter.logged[5], **reporter.evaluated[4], "eval_step": 4.0}
     assert checkpointer.saved[5]["fd_clf_1step"] == 100.0
     assert checkpointer.saved[10]["fd_clf_1step"] == 100.0 / 3  # the final step's own eval
+    assert checkpointer.saved[10]["eval_step"] == 10.0
     assert final == checkpointer.saved[10] and final["step"] == 10.0
     for step, metrics in reporter.logged.items():
         assert set(LOOP_METRICS) <= set(metrics) and metrics["skipped_samples"] == 7.0
