@@ -2,28 +2,22 @@
 
 A registered version is a plain sphere_core checkpoint directory (see orchestrator/registry.py): it is
 downloaded over the tracking server and loaded with sphere_core alone (EMA weights by default).
-Also the inference-time sweep (`kind: evaluate`): each (steps, cfg, cfg_position) setting on the frozen
-model is a child run with its sample grid and proxy metrics in the committed classifier's features.
+The inference-time evaluation of a frozen model (metrics per sampling setting) is orchestrator.evaluate.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from orchestrator.config.schema import ExperimentConfig
-from orchestrator.config.search_space import apply_trial_params, expand_trials
-from orchestrator.config.sweep_spec import SweepSpec
 from orchestrator.tracking import QUIET_ENV, grid_image, resolve_tracking_uri
 from sphere_core.checkpoint import load_model
 from sphere_core.config import ConfigError, SamplingConfig, SphereConfig
@@ -99,103 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     grid_image(images).save(args.out)
     print(f"wrote {args.out}: {args.num} samples from {args.model}, {args.steps} steps, cfg {args.cfg}")
     return 0
-
-
-# --- the inference-time sweep (kind: evaluate) ------------------------------------------------------
-
-
-def run_evaluate_sweep(spec: SweepSpec) -> None:
-    """Every setting of the grid on one frozen model; a resubmitted sweep skips settings already finished."""
-    from mlflow import MlflowClient
-
-    from orchestrator import registry, tracking
-    from orchestrator.evaluation.protocol import Protocol
-
-    assert spec.evaluate is not None  # the loader requires it for kind: evaluate
-    cfg, evaluate = spec.experiment, spec.evaluate
-    uri = resolve_tracking_uri(cfg)
-    model, config = load_registered(evaluate.model, uri)
-    client = MlflowClient(uri)
-    name, alias = evaluate.model.removeprefix("models:/").split("@", 1)
-    version = client.get_model_version_by_alias(name, alias).version
-    exp_id, parent_id = tracking.open_sweep_run(
-        client, spec, {"model.uri": evaluate.model, "model.version": version}
-    )
-    print(f"sweep {spec.experiment_name}: parent run {parent_id}; {evaluate.model} is version {version}")
-    protocol = Protocol.for_dataset(
-        evaluate.dataset, n=evaluate.num_images, image_size=config.model.image_size, seed=evaluate.seed
-    )
-    rows = []
-    for params in expand_trials(spec.search, 1, "basic"):
-        setting = apply_trial_params(cfg, params).sampling
-        run_name = f"{spec.experiment_name}-" + "-".join(
-            f"{p.rsplit('.', 1)[-1]}{v}" for p, v in params.items()
-        )
-        run_id, _ = tracking.open_run(
-            client,
-            exp_id,
-            name=run_name,
-            key={tracking.TRIAL_TAG: run_name},
-            tags={"mlflow.parentRunId": parent_id, "model.version": version},
-        )
-        run = client.get_run(run_id)
-        if run.info.status != "FINISHED":  # a resubmitted sweep keeps finished settings
-            metrics = evaluate_setting(model, config, setting, protocol, evaluate.seed)
-            tracking.log_config(client, run_id, apply_trial_params(cfg, params), params)
-            sink = tracking.MLflowSink(client, run_id)
-            sink.log(metrics, step=0)
-            sink.log_images(functools.partial(sample_grid, model, config, setting), step=0)
-            client.set_terminated(run_id, "FINISHED")
-            run = client.get_run(run_id)
-        rows.append({"run": run_name, **params, **run.data.metrics})
-        print(f"  {json.dumps(params)}: {_brief(run.data.metrics)}")
-    metric = next(k for k in rows[0] if k.endswith("fd_clf"))
-    registry.log_summary(client, parent_id, rows, metric, "min")
-    client.set_terminated(parent_id, "FINISHED")
-
-
-def evaluate_setting(
-    model: SphereEncoder, config: SphereConfig, sampling: SamplingConfig, protocol: Any, seed: int
-) -> dict[str, float]:
-    """Proxy metrics of n samples (balanced classes, the same noise for every setting) + time per image."""
-    from orchestrator.evaluation.protocol import evaluate_samples
-
-    n, classes = protocol.n, config.model.num_classes
-    labels: torch.Tensor | int = torch.arange(n) % classes if classes else n
-    started = time.perf_counter()
-    images = generate(
-        model,
-        labels,
-        sampling=sampling,
-        alpha_max_deg=config.noise.alpha_max_deg,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    seconds = (time.perf_counter() - started) / n
-    settings = protocol.with_sampler(
-        steps=sampling.steps, cfg=sampling.cfg, cfg_position=sampling.cfg_position, seed=seed
-    )
-    result = evaluate_samples(images, protocol=settings)
-    return {**result.flat(), "seconds_per_image": seconds}
-
-
-def sample_grid(
-    model: SphereEncoder, config: SphereConfig, sampling: SamplingConfig
-) -> dict[str, torch.Tensor]:
-    classes = config.model.num_classes
-    labels: torch.Tensor | int = torch.arange(16) % classes if classes else 16
-    images = generate(
-        model,
-        labels,
-        sampling=sampling,
-        alpha_max_deg=config.noise.alpha_max_deg,
-        generator=torch.Generator().manual_seed(0),
-    )
-    return {f"samples_{sampling.steps}step_cfg{sampling.cfg:g}_{sampling.cfg_position}": images}
-
-
-def _brief(metrics: dict[str, float]) -> str:
-    keys = [k for k in metrics if k.endswith(("fd_clf", "recall_clf", "precision_clf", "seconds_per_image"))]
-    return ", ".join(f"{k} {metrics[k]:.4g}" for k in sorted(keys))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.config.schema import TrackingConfig
 from orchestrator.config.sweep_spec import SweepSpec
+from orchestrator.pareto import Objective, ParetoSummary, summarize
 from orchestrator.tracking import TRIAL_TAG, find_run, trial_name
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 CHECKPOINT_ARTIFACT = "best_checkpoint"
+TRAIN_COMPUTE = "train_images"  # cumulative images seen by a trial: the training-compute axis
 FINGERPRINT_TAG = "fingerprint.{}"  # on a run: the protocol fingerprint of its metric named {}
 
 
@@ -237,3 +239,69 @@ def register_best(
             score=Score(metric, float(best[metric]), spec.tune.mode, fingerprint),
         )
 
+
+# --- Pareto summaries on the parent run -----------------------------------------------------------
+
+
+def log_pareto(client: MlflowClient, run_id: str, name: str, summary: ParetoSummary) -> None:
+    """<name>.md / .csv (Pareto-optimal rows marked) and <name>.png on the run."""
+    client.log_text(run_id, summary.markdown, f"{name}.md")
+    client.log_text(run_id, summary.csv, f"{name}.csv")
+    client.log_figure(run_id, summary.figure, f"{name}.png")
+
+
+def log_evaluation_plots(
+    client: MlflowClient,
+    run_id: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    fd_key: str,
+    varied: Sequence[str],
+) -> None:
+    """An evaluate sweep: FD against network passes per image and against measured images/s, and the
+    1 -> T-step FD curve."""
+    from orchestrator.evaluate import steps_curve
+
+    costs = [Objective("network_passes", "min", "network passes per image"), Objective("images_per_s", "max")]
+    labels = [path.removeprefix("sampling.") for path in varied]
+    summary = summarize(
+        rows, quality=Objective(fd_key, "min"), costs=costs, label_keys=labels, title="FD vs cost"
+    )
+    log_pareto(client, run_id, "pareto", summary)
+    client.log_figure(run_id, steps_curve(rows, fd_key), "fd_vs_steps.png")
+
+
+def training_rows(spec: SweepSpec, results: Sequence[Any]) -> list[dict[str, Any]]:
+    """Every report of every trial that carries a training-compute count: one row per (trial, report)."""
+    rows = []
+    for result, row in zip(results, result_rows(spec, results), strict=True):
+        history = result.metrics_dataframe
+        reports = history.to_dict("records") if history is not None else [result.metrics or {}]
+        rows += [
+            {"trial": row["trial"], **{p: row[p] for p in spec.search}, **report}
+            for report in reports
+            if _finite(report.get(TRAIN_COMPUTE))
+        ]
+    return rows
+
+
+def log_training_pareto(
+    client: MlflowClient, run_id: str, spec: SweepSpec, results: Sequence[Any]
+) -> list[str]:
+    """A training sweep: the 1-step and T-step FD against images seen, when the trials report them.
+    Returns the quality keys plotted (none until the training loop reports FD and train_images)."""
+    rows = training_rows(spec, results)
+    cost = Objective(TRAIN_COMPUTE, "min", "training images seen")
+    plotted = []
+    for key in dict.fromkeys(("fd_clf_1step", f"fd_clf_{spec.experiment.sampling.steps}step")):
+        if any(_finite(r.get(key)) for r in rows):
+            summary = summarize(
+                rows,
+                quality=Objective(key, "min"),
+                costs=[cost],
+                label_keys=["trial"],
+                title=f"{key} vs compute",
+            )
+            log_pareto(client, run_id, f"pareto_{key}", summary)
+            plotted.append(key)
+    return plotted

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
         os.environ.update(QUIET_ENV)  # before mlflow is imported anywhere in this process
         if spec.kind == "evaluate":
-            from orchestrator.generate import run_evaluate_sweep
+            from orchestrator.evaluate import run_evaluate_sweep
 
             run_evaluate_sweep(spec)
         else:
@@ -359,6 +359,7 @@ def finish(
 
     rows = registry.result_rows(spec, results)
     registry.log_summary(client, parent_id, rows, spec.tune.metric, spec.tune.mode)
+    registry.log_training_pareto(client, parent_id, spec, results)
     version = registry.register_best(
         client,
         spec,

@@ -204,11 +204,12 @@ def open_run(
 
 
 def open_sweep_run(
-    client: MlflowClient, spec: SweepSpec, tags: Mapping[str, str] | None = None
+    client: MlflowClient, spec: SweepSpec, tags: Mapping[str, str] | None = None, exp_id: str | None = None
 ) -> tuple[str, str]:
-    """(experiment id, parent run id): the sweep's parent run, found again by its digest on a resubmission."""
+    """(experiment id, parent run id): the sweep's parent run, found again by its digest on a resubmission.
+    exp_id: where it goes (an evaluate sweep joins its model's experiment); default tracking.experiment."""
     cfg = spec.experiment
-    exp_id = experiment_id(client, cfg.tracking.experiment)
+    exp_id = exp_id or experiment_id(client, cfg.tracking.experiment)
     lineage = {"sweep.name": spec.name, "git.commit": git_commit(), "config.hash": config_hash(cfg)}
     parent_id, created = open_run(
         client,
@@ -219,9 +220,7 @@ def open_sweep_run(
     )
     if created:
         log_config(client, parent_id, cfg, {f"search.{p}": d.describe() for p, d in spec.search.items()})
-    print(
-        f"sweep {spec.experiment_name}: MLflow parent run {parent_id} in experiment {cfg.tracking.experiment}"
-    )
+    print(f"sweep {spec.experiment_name}: MLflow parent run {parent_id} in experiment {exp_id}")
     return exp_id, parent_id
 
 

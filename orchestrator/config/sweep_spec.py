@@ -69,17 +69,20 @@ class TuneSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class EvaluateSpec:
-    """Inference-time sweep on a frozen registered model: each setting becomes a child run."""
+    """Inference-time sweep on a frozen model: each setting becomes a child run of the model's run."""
 
-    model: str  # models:/NAME@ALIAS
+    model: str  # models:/NAME@ALIAS, or runs:/RUN_ID/PATH (a checkpoint directory logged on that run)
     dataset: Literal["digits", "mnist", "fashion-mnist"] = "mnist"  # whose committed classifier scores
     num_images: int = 256  # samples per setting for the proxy metrics (FD/KID/P/R in classifier features)
     seed: int = 0  # the same noise and labels for every setting, so settings differ only by their knobs
 
     def __post_init__(self) -> None:
-        if not self.model.startswith("models:/") or "@" not in self.model:
+        alias = self.model.startswith("models:/") and "@" in self.model
+        run = self.model.startswith("runs:/") and len(self.model.removeprefix("runs:/").split("/", 1)) == 2
+        if not (alias or run):
             raise ConfigError(
-                f"evaluate.model: {self.model!r} is not a registry alias (allowed: models:/NAME@ALIAS)"
+                f"evaluate.model: {self.model!r} is not a frozen model (allowed: models:/NAME@ALIAS, "
+                "runs:/RUN_ID/PATH)"
             )
         if self.num_images < 16:
             raise ConfigError("evaluate.num_images: must be >= 16 (the metrics need a spread of samples)")

@@ -1,13 +1,19 @@
 """@slow, end to end on the real local cluster: the shipped smoke sweep as a Ray job -> MLflow runs,
 metrics, sample grids and a registered alias -> `orchestrator.generate` from that alias writes a PNG, and
-an inference-time sweep (kind: evaluate) scores settings of the frozen registered model."""
+an inference-time sweep (kind: evaluate) scores settings of the frozen registered model under the run that
+trained it; the REST API the MLflow UI reads shows the sweeps' summary/Pareto artifacts and comparable
+child runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -98,19 +104,20 @@ def test_smoke_sweep_tracks_registers_and_generates(smoke_sweep: SweepSpec, tmp_
     assert image.mode == "L" and image.size == (3 * 34 + 2, 3 * 34 + 2)  # 8 images of 32 px, 3 per row, pad 2
 
 
-def test_evaluate_sweep_scores_settings_of_the_frozen_model(smoke_sweep: SweepSpec, tmp_path: Path) -> None:
-    from mlflow import MlflowClient
-
+@pytest.fixture(scope="module")
+def evaluate_sweep(smoke_sweep: SweepSpec, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small inference-time sweep (kind: evaluate) on the smoke sweep's registered model; its name."""
     tracked = smoke_sweep.experiment.tracking
-    sweep = tmp_path / "steps.yaml"
+    tmp = tmp_path_factory.mktemp("steps")
+    sweep = tmp / "steps.yaml"
     sweep.write_text(
         f"name: steps-test\nkind: evaluate\nbase: {REPO / 'sweeps' / 'base' / 'mnist.yaml'}\n"
-        "overrides: {tracking.experiment: sphere-steps-test}\n"
         f"evaluate: {{model: 'models:/{tracked.registered_model}@{tracked.alias}', num_images: 32}}\n"
         "search:\n  sampling.steps: {grid: [1, 2]}\n  sampling.cfg: {grid: [1.0, 1.5]}\n"
+        "  sampling.schedule: {grid: [fixed, decay]}\n"
     )
     # The classifier's reference statistics are cached under the test's tmp dir, not in ~/.cache.
-    env = {**os.environ, "SPHERE_EVAL_CACHE": str(tmp_path / "eval-cache")}
+    env = {**os.environ, "SPHERE_EVAL_CACHE": str(tmp / "eval-cache")}
     result = subprocess.run(
         [sys.executable, "-m", "orchestrator.sweep", str(sweep)],
         cwd=REPO,
@@ -120,21 +127,99 @@ def test_evaluate_sweep_scores_settings_of_the_frozen_model(smoke_sweep: SweepSp
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
+    assert "8 settings, 6 with distinct samples" in result.stdout  # T = 1 has no schedule
+    return "steps-test"
+
+
+def test_evaluate_sweep_scores_settings_under_the_models_training_run(
+    smoke_sweep: SweepSpec, evaluate_sweep: str
+) -> None:
+    from mlflow import MlflowClient
+
+    tracked = smoke_sweep.experiment.tracking
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("sphere-steps-test")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
-    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    settings = {(c.data.params["sampling.steps"], c.data.params["sampling.cfg"]) for c in children}
-    assert settings == {("1", "1.0"), ("1", "1.5"), ("2", "1.0"), ("2", "1.5")}
-    for child in children:  # n = 32 < the 1,000 reference images: proxy numbers with their floor beside
-        assert {"proxy/fd_clf", "proxy/fd_clf_floor", "proxy/recall_clf", "seconds_per_image"} <= set(
-            child.data.metrics
-        )
-        assert len(client.list_artifacts(child.info.run_id, "samples")) == 1
-    assert (
-        parent.data.tags["model.version"]
-        == client.get_model_version_by_alias(tracked.registered_model, tracked.alias).version
+    version = client.get_model_version_by_alias(tracked.registered_model, tracked.alias)
+    source = client.get_run(version.tags["source.run_id"])  # the trial that trained the model
+    runs = client.search_runs(
+        [source.info.experiment_id], filter_string=f"tags.`sweep.name` = '{evaluate_sweep}'"
     )
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"summary.csv", "summary.md"}
+    (parent,) = runs
+    assert parent.data.tags["mlflow.parentRunId"] == source.info.run_id
+    assert parent.data.tags["model.version"] == version.version and parent.info.status == "FINISHED"
+    assert {"proxy/recon_fd_clf", "proxy/recon_fd_clf_floor"} <= set(parent.data.metrics)  # once per model
+    assert parent.data.tags["fingerprint.proxy/recon_fd_clf"]
+    children = client.search_runs(
+        [source.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    settings = {
+        (c.data.params["sampling.steps"], c.data.params["sampling.cfg"], c.data.params["sampling.schedule"])
+        for c in children
+    }
+    assert settings == {
+        ("1", "1.0", "fixed"),
+        ("1", "1.5", "fixed"),
+        *(("2", cfg, schedule) for cfg in ("1.0", "1.5") for schedule in ("fixed", "decay")),
+    }
+    for child in children:  # n = 32 < the 1,000 reference images: proxy numbers with their floor beside
+        assert {
+            "proxy/fd_clf",
+            "proxy/fd_clf_floor",
+            "proxy/recall_clf",
+            "network_passes",
+            "images_per_s",
+        } <= set(child.data.metrics)
+        assert child.data.tags["fingerprint.proxy/fd_clf"]
+        assert len(client.list_artifacts(child.info.run_id, "samples")) == 1
+    passes = {
+        (c.data.params["sampling.steps"], c.data.params["sampling.cfg"]): c.data.metrics["network_passes"]
+        for c in children
+    }
+    assert passes == {("1", "1.0"): 1, ("1", "1.5"): 2, ("2", "1.0"): 3, ("2", "1.5"): 6}
+
+
+def _rest(path: str, body: dict[str, Any] | None = None) -> Any:
+    """GET (or POST `body` to) the tracking server's REST API, as the MLflow UI does."""
+    url = f"{os.environ['MLFLOW_TRACKING_URI'].rstrip('/')}/api/2.0/mlflow/{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _artifacts(run_id: str) -> set[str]:
+    return {f["path"] for f in _rest(f"artifacts/list?run_id={run_id}").get("files", [])}
+
+
+def _runs(experiment_id: str, filter_string: str) -> list[dict[str, Any]]:
+    found = _rest(
+        "runs/search", {"experiment_ids": [experiment_id], "filter": filter_string, "max_results": 100}
+    )
+    return list(found.get("runs", []))
+
+
+def _metric_keys(run: dict[str, Any]) -> set[str]:
+    return {m["key"] for m in run["data"].get("metrics", [])}
+
+
+def test_the_ui_shows_pareto_summaries_and_comparable_children(
+    smoke_sweep: SweepSpec, evaluate_sweep: str
+) -> None:
+    """Through the REST API the UI reads: each sweep's parent run holds its summary (and Pareto) artifacts,
+    and its child runs carry the same metric keys, so they line up side by side in the compare view."""
+    name = urllib.parse.quote(smoke_sweep.experiment.tracking.experiment)
+    experiment_id = _rest(f"experiments/get-by-name?experiment_name={name}")["experiment"]["experiment_id"]
+
+    (evaluation,) = _runs(experiment_id, f"tags.`sweep.name` = '{evaluate_sweep}'")
+    assert _artifacts(evaluation["info"]["run_id"]) >= {
+        "summary.md", "summary.csv", "pareto.md", "pareto.csv", "pareto.png", "fd_vs_steps.png",
+    }  # fmt: skip
+    settings = _runs(experiment_id, f"tags.`mlflow.parentRunId` = '{evaluation['info']['run_id']}'")
+    assert len(settings) == 6 and len({frozenset(_metric_keys(r)) for r in settings}) == 1
+
+    (parent,) = _runs(experiment_id, f"tags.`sweep.digest` = '{smoke_sweep.digest}'")
+    trials = _runs(experiment_id, f"tags.`mlflow.parentRunId` = '{parent['info']['run_id']}'")
+    assert len(trials) == 2 and _metric_keys(trials[0]) == _metric_keys(trials[1])
+    expected = {"summary.md", "summary.csv"}
+    if "fd_clf_1step" in _metric_keys(trials[0]) and "train_images" in _metric_keys(trials[0]):
+        expected |= {f"pareto_fd_clf_1step.{ext}" for ext in ("md", "csv", "png")}  # FD vs training compute
+    assert _artifacts(parent["info"]["run_id"]) >= expected

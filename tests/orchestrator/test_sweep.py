@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from ray.tune.schedulers import ASHAScheduler
@@ -12,6 +16,8 @@ from orchestrator.config.sweep_spec import SearchDist, SweepSpec, TuneSpec
 from orchestrator.sweep import check_resources, trial_cpus, tune_config, worker_env
 from orchestrator.tracking import QUIET_ENV, trial_name
 from sphere_core.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_trial_names_are_deterministic_and_distinct() -> None:
@@ -62,3 +68,80 @@ def test_tune_config_uses_the_reported_step_for_asha() -> None:
     assert isinstance(config.scheduler, ASHAScheduler) and config.scheduler._time_attr == "step"
     assert config.scheduler._max_t == spec.experiment.run.steps
     assert (config.metric, config.mode, config.max_concurrent_trials) == ("loss", "min", 3)
+
+
+def test_evaluate_dry_run_lists_every_setting_and_starts_nothing(tmp_path: Path) -> None:
+    """No tracking server, no Ray, no model download: the settings and the resolved config only."""
+    path = tmp_path / "steps.yaml"
+    path.write_text(
+        f"kind: evaluate\nbase: {REPO / 'sweeps' / 'base' / 'mnist.yaml'}\n"
+        "evaluate: {model: 'runs:/0123abcd/checkpoint', num_images: 32}\n"
+        "search:\n  sampling.steps: {grid: [1, 4]}\n  sampling.schedule: {grid: [fixed, decay]}\n"
+    )
+    probe = (
+        "import sys; from orchestrator.sweep import main; code = main([sys.argv[1], '--dry-run']); "
+        "print('loaded:', sorted(m for m in ('ray', 'mlflow') if m in sys.modules)); sys.exit(code)"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no MLFLOW_TRACKING_URI, no RAY_ADDRESS
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "4 trials" in out and "runs:/0123abcd/checkpoint, 32 samples per setting" in out
+    settings = [line for line in out.splitlines() if line.startswith("  trial ")]
+    assert settings[-1] == '  trial 3: {"sampling.steps": 4, "sampling.schedule": "decay"}'
+    assert "loaded: []" in out
+
+
+def test_training_pareto_plots_fd_against_images_seen(tmp_path: Path) -> None:
+    import mlflow
+    import pandas as pd
+
+    from orchestrator.registry import log_training_pareto
+
+    spec = SweepSpec(
+        name="x",
+        kind="train",
+        experiment=ExperimentConfig(),  # sampling.steps 1: the T-step curve is the 1-step one
+        evaluate=None,
+        digest="d",
+        search={"noise.alpha_max_deg": SearchDist(grid=[75.0, 85.0])},
+        tune=TuneSpec(),
+    )
+
+    def result(trial: int, alpha: float, fds: list[float]) -> SimpleNamespace:
+        history = pd.DataFrame(
+            {
+                "train_images": [640.0 * (i + 1) for i in range(len(fds))],
+                "fd_clf_1step": fds,
+                "step": [20, 40],
+            }
+        )
+        metrics = {"trial_id": f"abc_{trial:05d}", **history.iloc[-1].to_dict()}
+        return SimpleNamespace(
+            metrics=metrics, metrics_dataframe=history, config={"noise.alpha_max_deg": alpha}, error=None
+        )
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("sweep", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(exp).info.run_id
+    results = [result(0, 75.0, [40.0, 30.0]), result(1, 85.0, [35.0, 31.0])]
+    assert log_training_pareto(client, parent, spec, results) == ["fd_clf_1step"]
+    artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert artifacts == {"pareto_fd_clf_1step.md", "pareto_fd_clf_1step.csv", "pareto_fd_clf_1step.png"}
+    table = (tmp_path / "artifacts").glob("*/artifacts/pareto_fd_clf_1step.csv")
+    marked = {line.split(",")[3] for line in next(table).read_text().splitlines()[1:] if line.startswith("✓")}
+    assert marked == {"640.0", "1280.0"}  # 35 at 640 images beats 40 there; 30 at 1280 is lowest
+    without = [
+        SimpleNamespace(
+            metrics={"trial_id": "abc_00000", "loss": 0.1}, metrics_dataframe=None, config={}, error=None
+        )
+    ]
+    assert log_training_pareto(client, parent, spec, without) == []  # until trials report FD and images seen

@@ -140,9 +140,51 @@ def test_malformed_sweep_fails_with_one_line(tmp_path: Path, case: str) -> None:
         ),
         ("kind: evaluate\nexperiment: {}\nsearch:\n  sampling.steps: {grid: [1]}\n", "evaluate: required"),
         (
-            "kind: evaluate\nexperiment: {}\nevaluate: {model: runs:/abc/model}\n"
+            "kind: evaluate\nexperiment: {}\nevaluate: {model: runs:/abc}\n"
             "search:\n  sampling.steps: {grid: [1]}\n",
-            "evaluate.model: 'runs:/abc/model' is not a registry alias",
+            "evaluate.model: 'runs:/abc' is not a frozen model (allowed: models:/NAME@ALIAS, "
+            "runs:/RUN_ID/PATH)",
+        ),
+        *(
+            ("kind: evaluate\nexperiment: {}\n" + block + "\nsearch:\n  " + search + "\n", expected)
+            for block, search, expected in [
+                (
+                    "evaluate: {model: 'models:/m@a', dataset: cifar}",
+                    "sampling.steps: {grid: [1]}",
+                    "evaluate.dataset: 'cifar' is not allowed (allowed: 'digits', 'mnist', 'fashion-mnist')",
+                ),
+                (
+                    "evaluate: {model: 'models:/m@a', num_images: 4}",
+                    "sampling.steps: {grid: [1]}",
+                    "must be >= 16",
+                ),
+                (
+                    "evaluate: {model: 'models:/m@a', colour: 1}",
+                    "sampling.steps: {grid: [1]}",
+                    "evaluate.colour: unknown key (allowed: model, dataset, num_images, seed)",
+                ),
+                (
+                    "evaluate: {model: 'models:/m@a'}",
+                    "sampling.schedule: {grid: [fixed, cosine]}",
+                    "search.sampling.schedule.grid: value 'cosine' is invalid: sampling.schedule: "
+                    "'cosine' is not allowed (allowed: 'fixed', 'decay')",
+                ),
+                (
+                    "evaluate: {model: 'models:/m@a'}",
+                    "sampling.cfg_position: {grid: [pixel]}",
+                    "(allowed: 'enc', 'dec', 'combo')",
+                ),
+                (
+                    "evaluate: {model: 'models:/m@a'}",
+                    "sampling.shared_noise: {grid: [true, maybe]}",
+                    "sampling.shared_noise: expected bool, got 'maybe'",
+                ),
+                (
+                    "evaluate: {model: 'models:/m@a'}",
+                    "sampling.cfg: {uniform: [1.0, 2.0]}",
+                    "takes grid only",
+                ),
+            ]
         ),
         (
             "kind: evaluate\nexperiment: {}\nevaluate: {model: 'models:/m@a'}\n"

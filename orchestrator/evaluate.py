@@ -1,0 +1,379 @@
+"""Inference-time evaluation of a frozen model: `python -m orchestrator.evaluate --model URI ...` and the
+`kind: evaluate` sweep (sweeps/steps.yaml) share every line below.
+
+The model is a registry alias (`models:/NAME@ALIAS`) or a run's checkpoint (`runs:/RUN_ID/PATH`). Its
+evaluation belongs to the run that trained it: the parent run goes into that run's experiment, nested
+under it, so the MLflow UI shows the inference-time settings under the training run. The parent holds
+the reconstruction metrics (rFID-proxy, once per model), the summary and Pareto tables and plots; each
+sampling setting is a child run with its proxy metrics, their protocol fingerprint, network passes per
+image, measured images/s and a sample grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from orchestrator.config.schema import ExperimentConfig
+from orchestrator.config.search_space import apply_trial_params, expand_trials
+from orchestrator.config.sweep_spec import EvaluateSpec, SearchDist, SweepSpec, TuneSpec
+from orchestrator.generate import load_registered
+from orchestrator.tracking import QUIET_ENV, resolve_tracking_uri
+from sphere_core.config import ConfigError, SamplingConfig, SphereConfig
+from sphere_core.model import SphereEncoder
+from sphere_core.sampling import generate, guidance_weights, network_passes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from mlflow import MlflowClient
+
+    from orchestrator.evaluation.protocol import Protocol
+
+TABLE_METRICS = ("fd_clf", "kid_clf", "precision_clf", "recall_clf")  # the printed columns, floor beside FD
+
+
+@dataclass(frozen=True)
+class FrozenModel:
+    uri: str
+    model: SphereEncoder
+    config: SphereConfig
+    source_run_id: str  # the run that trained it: evaluations nest under it
+    experiment_id: str  # that run's experiment
+    version: str  # registry version, or "" for a runs:/ URI
+
+
+def load_frozen(client: MlflowClient, uri: str, tracking_uri: str) -> FrozenModel:
+    """The model and its lineage: a registered version's `source.run_id` tag, or the run in runs:/RUN_ID."""
+    model, config = load_registered(uri, tracking_uri)
+    version = ""
+    if uri.startswith("models:/"):
+        name, alias = uri.removeprefix("models:/").split("@", 1)
+        registered = client.get_model_version_by_alias(name, alias)
+        version, source = registered.version, registered.tags.get("source.run_id") or registered.run_id
+    else:
+        source = uri.removeprefix("runs:/").split("/", 1)[0]
+    if not source:
+        raise ConfigError(f"evaluate.model: {uri} names no run that trained it (tag source.run_id)")
+    return FrozenModel(uri, model, config, source, client.get_run(source).info.experiment_id, version)
+
+
+# --- one setting ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SettingScore:
+    metrics: dict[str, float]  # proxy metrics (+ floors), network_passes, images_per_s, seconds_per_image
+    fingerprint: str
+    fd_key: str  # "fd_clf", or "proxy/fd_clf" below the dataset's standard n
+
+
+def passes_per_image(model: SphereEncoder, sampling: SamplingConfig) -> int:
+    """sphere_core's count, refined for guidance on one network only: a guided network runs on
+    [cond; uncond], so only its own passes double (T decoder passes, T-1 encoder passes)."""
+    w_enc, w_dec = guidance_weights(model, sampling)
+    steps = sampling.steps
+    return network_passes(steps, False) + steps * (w_dec != 1.0) + (steps - 1) * (w_enc != 1.0)
+
+
+def score_setting(
+    frozen: FrozenModel, sampling: SamplingConfig, protocol: Protocol, seed: int
+) -> SettingScore:
+    """Proxy metrics of n samples (balanced classes, the same noise for every setting), and their speed."""
+    from orchestrator.evaluation.protocol import evaluate_samples
+
+    n, classes = protocol.n, frozen.config.model.num_classes
+    labels: torch.Tensor | int = torch.arange(n) % classes if classes else n
+    started = time.perf_counter()
+    images = generate(
+        frozen.model,
+        labels,
+        sampling=sampling,
+        alpha_max_deg=frozen.config.noise.alpha_max_deg,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    seconds = time.perf_counter() - started
+    knobs = dataclasses.asdict(sampling)
+    result = evaluate_samples(
+        images, protocol=protocol.with_sampler(**{k: v for k, v in knobs.items() if v is not None}, seed=seed)
+    )
+    metrics = {
+        **result.flat(),
+        "network_passes": float(passes_per_image(frozen.model, sampling)),
+        "images_per_s": n / seconds,
+        "seconds_per_image": seconds / n,
+    }
+    fd_key = next(k for k in metrics if k.endswith("fd_clf"))
+    return SettingScore(metrics, result.fingerprint, fd_key)
+
+
+def score_reconstructions(frozen: FrozenModel, protocol: Protocol) -> tuple[dict[str, float], str]:
+    """rFID-proxy: D(f(E(x))) of the first n held-out images, in the same features; (metrics, fingerprint)."""
+    from orchestrator.evaluation.classifier import load_split
+    from orchestrator.evaluation.protocol import evaluate_reconstructions
+    from sphere_core.editing import reconstruct
+
+    real = load_split(protocol.dataset, "test", frozen.config.model.image_size).images[: protocol.n]
+    result = evaluate_reconstructions(
+        reconstruct(frozen.model, real.float() / 127.5 - 1.0), protocol=protocol
+    )
+    return result.flat(), result.fingerprint
+
+
+def canonical(model: SphereEncoder, sampling: SamplingConfig) -> SamplingConfig:
+    """The setting with every knob that cannot change the samples at its default, so that equal samples
+    are scored once: a 1-step sample has no refinement (schedule and noise sharing unused) and never
+    meets the encoder (enc guidance unused); unguided sampling has no position."""
+    if sampling.steps == 1:
+        sampling = dataclasses.replace(sampling, schedule="fixed", shared_noise=True)
+    w_enc, w_dec = guidance_weights(model, sampling)
+    if w_dec == 1.0 and (w_enc == 1.0 or sampling.steps == 1):
+        sampling = dataclasses.replace(sampling, cfg=1.0, cfg_position="combo")
+    return sampling
+
+
+def sample_grid(frozen: FrozenModel, sampling: SamplingConfig) -> dict[str, torch.Tensor]:
+    classes = frozen.config.model.num_classes
+    labels: torch.Tensor | int = torch.arange(16) % classes if classes else 16
+    images = generate(
+        frozen.model,
+        labels,
+        sampling=sampling,
+        alpha_max_deg=frozen.config.noise.alpha_max_deg,
+        generator=torch.Generator().manual_seed(0),
+    )
+    return {f"samples_{setting_name(sampling)}": images}
+
+
+def setting_name(sampling: SamplingConfig) -> str:
+    noise = "shared" if sampling.shared_noise else "indep"
+    return f"{sampling.steps}step_cfg{sampling.cfg:g}_{sampling.cfg_position}_{sampling.schedule}_{noise}"
+
+
+# --- the grid on one model (the sweep and the CLI) ---------------------------------------------
+
+
+def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every setting of the grid on one frozen model; returns the table rows. A resubmission against the
+    same model version skips the settings already finished."""
+    from mlflow import MlflowClient
+
+    from orchestrator import registry, tracking
+    from orchestrator.evaluation.protocol import Protocol
+
+    assert spec.evaluate is not None  # the loader requires it for kind: evaluate
+    evaluate = spec.evaluate
+    uri = resolve_tracking_uri(spec.experiment)
+    client = MlflowClient(uri)
+    frozen = load_frozen(client, evaluate.model, uri)
+    # The same sweep file against a newly promoted version is a new evaluation, not a resumed one.
+    identity = f"{spec.digest}:{frozen.source_run_id}:{frozen.version}"
+    spec = dataclasses.replace(spec, digest=hashlib.sha256(identity.encode()).hexdigest()[:10])
+    lineage = {
+        "mlflow.parentRunId": frozen.source_run_id,
+        "model.uri": frozen.uri,
+        "model.version": frozen.version,
+    }
+    exp_id, parent_id = tracking.open_sweep_run(client, spec, lineage, exp_id=frozen.experiment_id)
+    print(f"{frozen.uri} (version {frozen.version or '-'}, trained in run {frozen.source_run_id})")
+    protocol = Protocol.for_dataset(
+        evaluate.dataset, n=evaluate.num_images, image_size=frozen.config.model.image_size, seed=evaluate.seed
+    )
+    try:
+        _log_reconstructions(client, parent_id, frozen, protocol)
+        grid = [
+            apply_trial_params(spec.experiment, p).sampling for p in expand_trials(spec.search, 1, "basic")
+        ]
+        distinct = list(dict.fromkeys(canonical(frozen.model, sampling) for sampling in grid))
+        print(f"{len(grid)} settings, {len(distinct)} with distinct samples (each scored once)")
+        rows = [
+            _evaluate_child(client, spec, exp_id, parent_id, frozen, protocol, sampling)
+            for sampling in distinct
+        ]
+        fd_key = next(k for k in rows[0] if k.endswith("fd_clf"))
+        registry.log_summary(client, parent_id, rows, fd_key, "min")
+        registry.log_evaluation_plots(client, parent_id, rows, fd_key=fd_key, varied=list(spec.search))
+    except BaseException:
+        client.set_terminated(parent_id, "FAILED")
+        raise
+    client.set_terminated(parent_id, "FINISHED")
+    print(format_table(rows, fd_key))
+    return rows
+
+
+def _log_reconstructions(
+    client: MlflowClient, parent_id: str, frozen: FrozenModel, protocol: Protocol
+) -> None:
+    if any(k.endswith("recon_fd_clf") for k in client.get_run(parent_id).data.metrics):
+        return  # once per model
+    from orchestrator.registry import FINGERPRINT_TAG
+    from orchestrator.tracking import MLflowSink
+
+    metrics, fingerprint = score_reconstructions(frozen, protocol)
+    MLflowSink(client, parent_id).log(metrics, step=0)
+    key = next(k for k in metrics if k.endswith("recon_fd_clf"))
+    client.set_tag(parent_id, FINGERPRINT_TAG.format(key), fingerprint)
+    print(f"  reconstructions: {key} {metrics[key]:.4g} (floor {metrics[key + '_floor']:.4g})")
+
+
+def _evaluate_child(
+    client: MlflowClient,
+    spec: SweepSpec,
+    exp_id: str,
+    parent_id: str,
+    frozen: FrozenModel,
+    protocol: Protocol,
+    sampling: SamplingConfig,
+) -> dict[str, Any]:
+    from orchestrator import tracking
+    from orchestrator.registry import FINGERPRINT_TAG
+
+    assert spec.evaluate is not None
+    params = {path: getattr(sampling, path.removeprefix("sampling.")) for path in spec.search}
+    cfg = apply_trial_params(spec.experiment, params)
+    run_name = f"{spec.experiment_name}-{setting_name(sampling)}"
+    run_id, _ = tracking.open_run(
+        client,
+        exp_id,
+        name=run_name,
+        key={tracking.TRIAL_TAG: run_name},
+        tags={"mlflow.parentRunId": parent_id, "model.version": frozen.version},
+    )
+    run = client.get_run(run_id)
+    if run.info.status != "FINISHED":  # a resubmitted sweep keeps finished settings
+        score = score_setting(frozen, sampling, protocol, spec.evaluate.seed)
+        tracking.log_config(client, run_id, cfg, params)
+        client.set_tag(run_id, FINGERPRINT_TAG.format(score.fd_key), score.fingerprint)
+        sink = tracking.MLflowSink(client, run_id)
+        sink.log(score.metrics, step=0)
+        sink.log_images(lambda: sample_grid(frozen, sampling), step=0)
+        client.set_terminated(run_id, "FINISHED")
+        run = client.get_run(run_id)
+    fingerprints = {
+        k.removeprefix("fingerprint."): v for k, v in run.data.tags.items() if k.startswith("fingerprint.")
+    }
+    return {
+        "setting": setting_name(sampling),
+        **dataclasses.asdict(sampling),
+        **run.data.metrics,
+        "fingerprint": next(iter(fingerprints.values()), "")[:12],
+        "run": run_name,
+    }
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], fd_key: str) -> str:
+    """setting, passes/image, images/s, fd_clf, kid, precision, recall, the floor at that n, fingerprint."""
+    prefix = fd_key.removesuffix("fd_clf")
+    columns = ["setting", "passes", "images/s", *TABLE_METRICS, "fd floor", "fingerprint"]
+    lines = [columns]
+    for row in rows:
+        floor = f"{row[fd_key + '_floor']:.4g}±{row.get(fd_key + '_floor_std', 0.0):.2g}"
+        values = [f"{row.get(prefix + m, float('nan')):.4g}" for m in TABLE_METRICS]
+        lines.append(
+            [
+                row["setting"],
+                f"{row['network_passes']:g}",
+                f"{row['images_per_s']:.0f}",
+                *values,
+                floor,
+                row["fingerprint"],
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
+
+
+def steps_curve(rows: Sequence[Mapping[str, Any]], fd_key: str) -> Figure:
+    """The 1 -> T-step FD curve: one line per (cfg, position, schedule, noise) over forward steps."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = figure.subplots()
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        label = row["setting"].split("_", 1)[1]
+        curves.setdefault(label, []).append((int(row["steps"]), float(row[fd_key])))
+    for label, points in sorted(curves.items()):
+        ax.plot(*zip(*sorted(points), strict=True), "o-", label=label)
+    ax.axhline(rows[0][fd_key + "_floor"], color="0.5", linestyle="--", label="real-vs-real floor")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("forward steps T")
+    ax.set_ylabel(f"{fd_key} (lower is better)")
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    return figure
+
+
+# --- the one-off CLI ----------------------------------------------------------------------------
+
+
+def one_off_spec(args: argparse.Namespace) -> SweepSpec:
+    """The CLI's grid as an evaluate sweep of its own (named by its arguments, so a rerun reuses results)."""
+    search = {
+        "sampling.steps": SearchDist(grid=list(args.steps)),
+        "sampling.cfg": SearchDist(grid=list(args.cfg)),
+        "sampling.cfg_position": SearchDist(grid=list(args.cfg_position)),
+        "sampling.schedule": SearchDist(grid=list(args.schedule)),
+        "sampling.shared_noise": SearchDist(grid=[mode == "shared" for mode in args.noise]),
+    }
+    base = ExperimentConfig()
+    for path, dist in search.items():  # every value must build a valid SamplingConfig
+        for value in dist.spec:
+            apply_trial_params(base, {path: value})
+    evaluate = EvaluateSpec(model=args.model, dataset=args.dataset, num_images=args.num, seed=args.seed)
+    content = json.dumps(
+        {"evaluate": dataclasses.asdict(evaluate), "search": {k: v.spec for k, v in search.items()}}
+    )
+    digest = hashlib.sha256(content.encode()).hexdigest()[:10]
+    return SweepSpec(
+        name="evaluate",
+        kind="evaluate",
+        experiment=base,
+        search=search,
+        tune=TuneSpec(),
+        evaluate=evaluate,
+        digest=digest,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.evaluate", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--model", required=True, help="models:/NAME@ALIAS or runs:/RUN_ID/PATH")
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4], help="forward steps T")
+    parser.add_argument("--cfg", type=float, nargs="+", default=[1.0], help="guidance scales (1 = off)")
+    parser.add_argument("--cfg-position", nargs="+", choices=("enc", "dec", "combo"), default=["combo"])
+    parser.add_argument("--schedule", nargs="+", choices=("fixed", "decay"), default=["fixed"])
+    parser.add_argument("--noise", nargs="+", choices=("shared", "independent"), default=["shared"])
+    parser.add_argument("--num", type=int, default=256, help="samples per setting (fixed: FD is biased by n)")
+    parser.add_argument("--dataset", choices=("digits", "mnist", "fashion-mnist"), default="mnist")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.update(QUIET_ENV)
+    try:
+        run_evaluate_sweep(one_off_spec(args))
+    except ConfigError as exc:
+        message = str(exc)
+        for field, flag in (
+            ("evaluate.num_images", "--num"),
+            ("evaluate.model", "--model"),
+            ("sampling.", "--"),
+        ):
+            message = message.replace(field, flag)  # the dataclasses name their fields; the user typed flags
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

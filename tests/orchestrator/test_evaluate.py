@@ -1,0 +1,127 @@
+"""Per-setting evaluation of a frozen model without a tracking server: a tiny untrained model scored in
+the digits classifier's features at a small n; network passes; the printed table and the steps curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.evaluate import (
+    FrozenModel,
+    canonical,
+    format_table,
+    one_off_spec,
+    passes_per_image,
+    score_reconstructions,
+    score_setting,
+    setting_name,
+    steps_curve,
+)
+from orchestrator.evaluation.protocol import Protocol
+from sphere_core.config import ConfigError, SamplingConfig, SphereConfig
+from tests.sphere_core.tiny import tiny_model
+
+N = 32
+
+
+@pytest.fixture(scope="module")
+def frozen() -> FrozenModel:
+    model = tiny_model(channels=1, num_classes=10).eval()
+    return FrozenModel("runs:/r/checkpoint", model, SphereConfig(model=model.cfg), "r", "0", "")
+
+
+@pytest.fixture(scope="module")
+def protocol(tmp_path_factory: pytest.TempPathFactory) -> Protocol:
+    cache = str(tmp_path_factory.mktemp("eval-cache"))
+    return Protocol.for_dataset("digits", n=N, image_size=16, cache=cache)
+
+
+def test_guidance_doubles_only_the_guided_networks_passes(frozen: FrozenModel) -> None:
+    def passes(**knobs: object) -> int:
+        return passes_per_image(frozen.model, SamplingConfig(**knobs))  # type: ignore[arg-type]
+
+    assert [passes(steps=t) for t in (1, 2, 4, 8)] == [1, 3, 7, 15]  # 1 decoder + (T-1) x (enc + dec)
+    assert passes(steps=4, cfg=1.5, cfg_position="combo") == 14
+    assert passes(steps=4, cfg=1.5, cfg_position="dec") == 7 + 4
+    assert passes(steps=4, cfg=1.5, cfg_position="enc") == 7 + 3
+    assert passes(steps=1, cfg=1.5, cfg_position="enc") == 1  # a 1-step sample never meets the encoder
+
+
+def test_a_setting_is_scored_with_a_fingerprint_that_names_its_sampler(
+    frozen: FrozenModel, protocol: Protocol
+) -> None:
+    fixed = score_setting(frozen, SamplingConfig(steps=2), protocol, seed=0)
+    again = score_setting(frozen, SamplingConfig(steps=2), protocol, seed=0)
+    decay = score_setting(frozen, SamplingConfig(steps=2, schedule="decay"), protocol, seed=0)
+    assert fixed.fd_key == "proxy/fd_clf"  # n = 32 < digits' 594 held-out images
+    assert {"proxy/fd_clf", "proxy/fd_clf_floor", "proxy/kid_clf", "proxy/recall_clf"} <= set(fixed.metrics)
+    assert fixed.metrics["network_passes"] == 3 and fixed.metrics["images_per_s"] > 0
+    assert fixed.metrics["proxy/fd_clf"] == pytest.approx(again.metrics["proxy/fd_clf"])  # same noise
+    assert fixed.fingerprint == again.fingerprint != decay.fingerprint
+    recon, recon_fingerprint = score_reconstructions(frozen, protocol)
+    assert "proxy/recon_fd_clf" in recon and recon_fingerprint not in (fixed.fingerprint, "")
+
+
+def test_table_and_steps_curve(tmp_path: Path) -> None:
+    rows = [
+        {
+            "setting": setting_name(SamplingConfig(steps=t, cfg=cfg)),
+            "steps": t,
+            "network_passes": float(2 * t - 1),
+            "images_per_s": 1000.0 / t,
+            "proxy/fd_clf": 40.0 / t + cfg,
+            "proxy/fd_clf_floor": 5.0,
+            "proxy/fd_clf_floor_std": 0.5,
+            "proxy/kid_clf": 0.1,
+            "proxy/precision_clf": 0.5,
+            "proxy/recall_clf": 0.4,
+            "fingerprint": "abcdef123456",
+        }
+        for t in (1, 2, 4)
+        for cfg in (1.0, 1.5)
+    ]
+    table = format_table(rows, "proxy/fd_clf").splitlines()
+    assert table[0].split() == [
+        "setting", "passes", "images/s", "fd_clf", "kid_clf", "precision_clf", "recall_clf", "fd", "floor",
+        "fingerprint",
+    ]  # fmt: skip
+    assert table[1].split() == [
+        "1step_cfg1_combo_fixed_shared", "1", "1000", "41", "0.1", "0.5", "0.4", "5±0.5", "abcdef123456",
+    ]  # fmt: skip
+    figure = steps_curve(rows, "proxy/fd_clf")
+    assert len(figure.axes[0].lines) == 3  # one curve per cfg, and the floor
+    figure.savefig(tmp_path / "curve.png")
+
+
+def test_the_cli_grid_is_validated_before_anything_loads() -> None:
+    from argparse import Namespace
+
+    args = Namespace(
+        model="models:/m@a", steps=[1, 4], cfg=[1.0, 1.5], cfg_position=["combo"],
+        schedule=["fixed", "decay"], noise=["shared"], num=64, dataset="mnist", seed=0,
+    )  # fmt: skip
+    spec = one_off_spec(args)
+    assert spec.kind == "evaluate" and spec.evaluate is not None and spec.evaluate.num_images == 64
+    assert spec.search["sampling.shared_noise"].spec == [True]
+    assert one_off_spec(args).digest == spec.digest  # the same one-off again finds its earlier results
+    args.steps = [0]
+    with pytest.raises(ConfigError, match=r"sampling\.steps: must be >= 1"):
+        one_off_spec(args)
+
+
+def test_settings_that_cannot_change_the_samples_collapse_to_one(frozen: FrozenModel) -> None:
+    def canon(**knobs: object) -> SamplingConfig:
+        return canonical(frozen.model, SamplingConfig(**knobs))  # type: ignore[arg-type]
+
+    one_step = canon(steps=1)
+    assert canon(steps=1, schedule="decay", shared_noise=False) == one_step
+    assert canon(steps=1, cfg=1.5, cfg_position="enc") == one_step  # the decoder alone makes a 1-step sample
+    assert canon(steps=1, cfg=1.5, cfg_position="dec") != one_step
+    assert canon(steps=4, cfg=1.0, cfg_position="enc") == canon(steps=4, cfg=1.0, cfg_position="dec")
+    assert canon(steps=4, cfg=1.5, cfg_position="enc") != canon(steps=4, cfg=1.5, cfg_position="dec")
+    assert canon(steps=4, schedule="decay") != canon(steps=4)
+    shipped = [SamplingConfig(steps=t, cfg=c, cfg_position=p, schedule=s, shared_noise=n)  # sweeps/steps.yaml
+               for t in (1, 2, 4, 8) for c in (1.0, 1.5) for p in ("enc", "dec", "combo")
+               for s in ("fixed", "decay") for n in (True, False)]  # fmt: skip
+    assert len({canonical(frozen.model, s) for s in shipped}) == 3 + 3 * 16  # of 96
