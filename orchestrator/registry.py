@@ -272,7 +272,9 @@ def log_evaluation_plots(
 
 
 def training_rows(spec: SweepSpec, results: Sequence[Any]) -> list[dict[str, Any]]:
-    """Every report of every trial that carries a training-compute count: one row per (trial, report)."""
+    """One row per (trial, evaluation): the reports whose metrics were measured at their own step, with
+    the training compute spent by then. A report that carries an earlier eval forward (eval_step < step)
+    would pair that FD with a later, larger train_images, so it is left out."""
     rows = []
     for result, row in zip(results, result_rows(spec, results), strict=True):
         history = result.metrics_dataframe
@@ -281,6 +283,7 @@ def training_rows(spec: SweepSpec, results: Sequence[Any]) -> list[dict[str, Any
             {"trial": row["trial"], **{p: row[p] for p in spec.search}, **report}
             for report in reports
             if _finite(report.get(TRAIN_COMPUTE))
+            and report.get("eval_step", report.get("step")) == report.get("step")
         ]
     return rows
 

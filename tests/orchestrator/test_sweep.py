@@ -116,11 +116,12 @@ def test_training_pareto_plots_fd_against_images_seen(tmp_path: Path) -> None:
     )
 
     def result(trial: int, alpha: float, fds: list[float]) -> SimpleNamespace:
-        history = pd.DataFrame(
+        history = pd.DataFrame(  # step 30 only carries step 20's eval forward: not a point of its own
             {
-                "train_images": [640.0 * (i + 1) for i in range(len(fds))],
-                "fd_clf_1step": fds,
-                "step": [20, 40],
+                "train_images": [640.0, 960.0, 1280.0],
+                "fd_clf_1step": [fds[0], fds[0], fds[1]],
+                "step": [20.0, 30.0, 40.0],
+                "eval_step": [20.0, 20.0, 40.0],
             }
         )
         metrics = {"trial_id": f"abc_{trial:05d}", **history.iloc[-1].to_dict()}
@@ -137,7 +138,9 @@ def test_training_pareto_plots_fd_against_images_seen(tmp_path: Path) -> None:
     artifacts = {a.path for a in client.list_artifacts(parent)}
     assert artifacts == {"pareto_fd_clf_1step.md", "pareto_fd_clf_1step.csv", "pareto_fd_clf_1step.png"}
     table = (tmp_path / "artifacts").glob("*/artifacts/pareto_fd_clf_1step.csv")
-    marked = {line.split(",")[3] for line in next(table).read_text().splitlines()[1:] if line.startswith("✓")}
+    lines = next(table).read_text().splitlines()[1:]
+    assert len(lines) == 4  # 2 trials x 2 evaluations
+    marked = {line.split(",")[3] for line in lines if line.startswith("✓")}
     assert marked == {"640.0", "1280.0"}  # 35 at 640 images beats 40 there; 30 at 1280 is lowest
     without = [
         SimpleNamespace(
