@@ -64,7 +64,10 @@ def kid(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
         metric = KernelInceptionDistance(
-            feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=subset_size
+            feature=_Precomputed(real.shape[1]),
+            subsets=subsets,
+            subset_size=subset_size,
+            sync_on_compute=False,  # local features: never gather (only rank 0 evaluates in training)
         )
     metric.update(real.to(torch.float64), real=True)
     metric.update(fake.to(torch.float64), real=False)
@@ -79,7 +82,9 @@ def inception_score(logits: torch.Tensor, *, splits: int, seed: int) -> tuple[fl
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
         # normalize=False: with True torchmetrics would cast our float logits to uint8
-        metric = InceptionScore(feature=_Precomputed(logits.shape[1]), splits=splits, normalize=False)
+        metric = InceptionScore(
+            feature=_Precomputed(logits.shape[1]), splits=splits, normalize=False, sync_on_compute=False
+        )
     metric.update(logits.to(torch.float64))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -101,3 +103,37 @@ def test_precision_recall_separate_fidelity_from_mode_dropping() -> None:
     assert p_full > 0.9 and r_full > 0.9
     assert p_one > 0.9  # every sample still looks real ...
     assert r_one < 0.3  # ... but four of five modes are never covered
+
+
+def _score_on_rank_zero_only(rank: int, store_path: str) -> None:
+    """One rank of a 2-process gloo group, as in Ray Train: rank 0 alone scores, then both meet."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    store = dist.FileStore(store_path, 2)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=2, timeout=timedelta(seconds=30))
+    if rank == 0:
+        features = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+        kid(features, features + 0.1, subsets=4, subset_size=16, seed=0)
+        inception_score(features, splits=2, seed=0)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_metrics_never_sync_across_an_initialised_process_group(tmp_path: Path) -> None:
+    """torchmetrics gathers across ranks on compute by default: with only rank 0 evaluating inside a
+    Ray Train worker group, that gather waited forever for the other ranks."""
+    context = torch.multiprocessing.get_context("spawn")
+    procs = [
+        context.Process(target=_score_on_rank_zero_only, args=(rank, str(tmp_path / "store")))
+        for rank in (0, 1)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    alive = [p for p in procs if p.is_alive()]
+    for proc in alive:
+        proc.kill()
+    assert not alive and [p.exitcode for p in procs] == [0, 0]
