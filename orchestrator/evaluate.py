@@ -201,7 +201,7 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
         ]
         fd_key = next(k for k in rows[0] if k.endswith("fd_clf"))
         registry.log_summary(client, parent_id, rows, fd_key, "min")
-        registry.log_evaluation_plots(client, parent_id, rows, fd_key=fd_key, varied=list(spec.search))
+        registry.log_evaluation_plots(client, parent_id, rows, fd_key=fd_key)
     except BaseException:
         client.set_terminated(parent_id, "FAILED")
         raise
@@ -266,6 +266,7 @@ def _evaluate_child(
         **dataclasses.asdict(sampling),
         **run.data.metrics,
         "fingerprint": next(iter(fingerprints.values()), "")[:12],
+        "curve_start": setting_name(canonical(frozen.model, dataclasses.replace(sampling, steps=1))),
         "run": run_name,
     }
 
@@ -293,15 +294,24 @@ def format_table(rows: Sequence[Mapping[str, Any]], fd_key: str) -> str:
 
 
 def steps_curve(rows: Sequence[Mapping[str, Any]], fd_key: str) -> Figure:
-    """The 1 -> T-step FD curve: one line per (cfg, position, schedule, noise) over forward steps."""
+    """The 1 -> T-step FD curve: one line per (cfg, position, schedule, noise), each starting at the
+    1-step sample it refines (`curve_start`: scored once, shared by several curves)."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = figure.subplots()
+    fd = {row["setting"]: float(row[fd_key]) for row in rows}
     curves: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
-        label = row["setting"].split("_", 1)[1]
-        curves.setdefault(label, []).append((int(row["steps"]), float(row[fd_key])))
+        if row["steps"] > 1:
+            points = curves.setdefault(row["setting"].split("_", 1)[1], [])
+            points.append((int(row["steps"]), fd[row["setting"]]))
+            if row["curve_start"] in fd and (1, fd[row["curve_start"]]) not in points:
+                points.append((1, fd[row["curve_start"]]))
+    starts = {row["curve_start"] for row in rows if row["steps"] > 1}
+    for row in rows:  # a 1-step setting that starts no curve is a point of its own
+        if row["steps"] == 1 and row["setting"] not in starts:
+            curves.setdefault(row["setting"].split("_", 1)[1], [(1, fd[row["setting"]])])
     for label, points in sorted(curves.items()):
         ax.plot(*zip(*sorted(points), strict=True), "o-", label=label)
     ax.axhline(rows[0][fd_key + "_floor"], color="0.5", linestyle="--", label="real-vs-real floor")

@@ -256,16 +256,14 @@ def log_evaluation_plots(
     rows: Sequence[Mapping[str, Any]],
     *,
     fd_key: str,
-    varied: Sequence[str],
 ) -> None:
     """An evaluate sweep: FD against network passes per image and against measured images/s, and the
     1 -> T-step FD curve."""
     from orchestrator.evaluate import steps_curve
 
     costs = [Objective("network_passes", "min", "network passes per image"), Objective("images_per_s", "max")]
-    labels = [path.removeprefix("sampling.") for path in varied]
     summary = summarize(
-        rows, quality=Objective(fd_key, "min"), costs=costs, label_keys=labels, title="FD vs cost"
+        rows, quality=Objective(fd_key, "min"), costs=costs, label_keys=["setting"], title="FD vs cost"
     )
     log_pareto(client, run_id, "pareto", summary)
     client.log_figure(run_id, steps_curve(rows, fd_key), "fd_vs_steps.png")

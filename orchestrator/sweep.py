@@ -89,7 +89,9 @@ def dry_run_report(spec: SweepSpec) -> str:
         trials = expand_trials(spec.search, 1, "basic")
         details = [
             f"evaluate: {evaluate.model}, {evaluate.num_images} samples per setting (seed {evaluate.seed}), "
-            f"proxy metrics in the {evaluate.dataset} classifier's features"
+            f"proxy metrics in the {evaluate.dataset} classifier's features",
+            "runs: a parent nested under the run that trained the model, in that run's experiment; one "
+            "child per setting with distinct samples",
         ]
     else:
         trials = expand_trials(spec.search, t.num_samples, t.search_alg)

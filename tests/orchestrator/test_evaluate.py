@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from orchestrator.evaluate import (
@@ -77,11 +78,15 @@ def test_table_and_steps_curve(tmp_path: Path) -> None:
             "proxy/precision_clf": 0.5,
             "proxy/recall_clf": 0.4,
             "fingerprint": "abcdef123456",
+            "curve_start": setting_name(SamplingConfig(steps=1, cfg=cfg)),
         }
         for t in (1, 2, 4)
         for cfg in (1.0, 1.5)
-    ]
-    table = format_table(rows, "proxy/fd_clf").splitlines()
+    ] + [  # decay: its curve starts at the 1-step sample that the fixed-schedule curve also starts from
+        {"setting": setting_name(SamplingConfig(steps=4, schedule="decay")), "steps": 4, "proxy/fd_clf": 7.0,
+         "curve_start": setting_name(SamplingConfig(steps=1))}
+    ]  # fmt: skip
+    table = format_table(rows[:-1], "proxy/fd_clf").splitlines()
     assert table[0].split() == [
         "setting", "passes", "images/s", "fd_clf", "kid_clf", "precision_clf", "recall_clf", "fd", "floor",
         "fingerprint",
@@ -90,7 +95,10 @@ def test_table_and_steps_curve(tmp_path: Path) -> None:
         "1step_cfg1_combo_fixed_shared", "1", "1000", "41", "0.1", "0.5", "0.4", "5±0.5", "abcdef123456",
     ]  # fmt: skip
     figure = steps_curve(rows, "proxy/fd_clf")
-    assert len(figure.axes[0].lines) == 3  # one curve per cfg, and the floor
+    lines = {str(line.get_label()): np.asarray(line.get_xydata()).tolist() for line in figure.axes[0].lines}
+    assert lines["cfg1_combo_decay_shared"] == [[1, 41], [4, 7]]  # starts at the shared 1-step sample
+    assert lines["cfg1.5_combo_fixed_shared"] == [[1, 41.5], [2, 21.5], [4, 11.5]]
+    assert len(lines) == 4  # cfg 1 fixed, cfg 1.5 fixed, cfg 1 decay, and the floor
     figure.savefig(tmp_path / "curve.png")
 
 
