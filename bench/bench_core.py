@@ -20,7 +20,7 @@ import torch
 
 from sphere_core.config import SamplingConfig
 from sphere_core.presets import PRESETS, get_preset
-from sphere_core.sampling import generate, network_passes
+from sphere_core.sampling import generate, passes_for
 from sphere_core.train_step import make_train_state, train_step
 
 STEPS = (1, 2, 4, 8)
@@ -83,7 +83,7 @@ def main() -> None:
                 )
 
             rate = images_per_s(sample, args.batch, args.repeats)
-            passes = network_passes(steps, cfg_active=cfg_scale > 1.0)
+            passes = passes_for(model, sampling)
             print(f"{steps:>5} {cfg_scale:>4} {passes:>13} {rate:>9.1f}")
 
 

@@ -31,7 +31,7 @@ from orchestrator.generate import load_registered
 from orchestrator.tracking import QUIET_ENV, resolve_tracking_uri
 from sphere_core.config import ConfigError, SamplingConfig, SphereConfig
 from sphere_core.model import SphereEncoder
-from sphere_core.sampling import generate, guidance_weights, network_passes
+from sphere_core.sampling import generate, guidance_weights, passes_for
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -77,14 +77,6 @@ class SettingScore:
     fd_key: str  # "fd_clf", or "proxy/fd_clf" below the dataset's standard n
 
 
-def passes_per_image(model: SphereEncoder, sampling: SamplingConfig) -> int:
-    """sphere_core's count, refined for guidance on one network only: a guided network runs on
-    [cond; uncond], so only its own passes double (T decoder passes, T-1 encoder passes)."""
-    w_enc, w_dec = guidance_weights(model, sampling)
-    steps = sampling.steps
-    return network_passes(steps, False) + steps * (w_dec != 1.0) + (steps - 1) * (w_enc != 1.0)
-
-
 def score_setting(
     frozen: FrozenModel, sampling: SamplingConfig, protocol: Protocol, seed: int
 ) -> SettingScore:
@@ -108,7 +100,7 @@ def score_setting(
     )
     metrics = {
         **result.flat(),
-        "network_passes": float(passes_per_image(frozen.model, sampling)),
+        "network_passes": float(passes_for(frozen.model, sampling)),
         "images_per_s": n / seconds,
         "seconds_per_image": seconds / n,
     }
@@ -132,9 +124,12 @@ def score_reconstructions(frozen: FrozenModel, protocol: Protocol) -> tuple[dict
 def canonical(model: SphereEncoder, sampling: SamplingConfig) -> SamplingConfig:
     """The setting with every knob that cannot change the samples at its default, so that equal samples
     are scored once: a 1-step sample has no refinement (schedule and noise sharing unused) and never
-    meets the encoder (enc guidance unused); unguided sampling has no position."""
+    meets the encoder (enc guidance unused); 2 steps draw refinement noise once, shared or not;
+    unguided sampling has no position."""
     if sampling.steps == 1:
         sampling = dataclasses.replace(sampling, schedule="fixed", shared_noise=True)
+    if sampling.steps == 2:
+        sampling = dataclasses.replace(sampling, shared_noise=True)
     w_enc, w_dec = guidance_weights(model, sampling)
     if w_dec == 1.0 and (w_enc == 1.0 or sampling.steps == 1):
         sampling = dataclasses.replace(sampling, cfg=1.0, cfg_position="combo")

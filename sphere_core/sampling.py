@@ -184,8 +184,14 @@ def generate(
     )
 
 
-def network_passes(steps: int, cfg_active: bool) -> int:
-    """Network evaluations for T steps: 1 decoder + (T-1) x (encoder + decoder), all doubled by
-    (combo) CFG, which runs every pass on [cond; uncond]."""
-    passes = 1 + 2 * (steps - 1)
-    return 2 * passes if cfg_active else passes
+def network_passes(steps: int, *, guide_enc: bool = False, guide_dec: bool = False) -> int:
+    """Network evaluations per image for T steps: 1 decoder + (T-1) x (encoder + decoder) = 1 + 2(T-1).
+    A guided network runs on [cond; uncond], so its own passes double: all T decoder passes with CFG on
+    the decoder, the T-1 refinement encoder passes with CFG on the encoder (combo guides both)."""
+    return 1 + 2 * (steps - 1) + steps * guide_dec + (steps - 1) * guide_enc
+
+
+def passes_for(model: SphereEncoder, sampling: SamplingConfig) -> int:
+    """`network_passes` of this model sampled with these settings (cfg <= 1 or unconditional: no CFG)."""
+    w_enc, w_dec = guidance_weights(model, sampling)
+    return network_passes(sampling.steps, guide_enc=w_enc != 1.0, guide_dec=w_dec != 1.0)

@@ -3,17 +3,18 @@ the digits classifier's features at a small n; network passes; the printed table
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from orchestrator.evaluate import (
     FrozenModel,
     canonical,
     format_table,
     one_off_spec,
-    passes_per_image,
     score_reconstructions,
     score_setting,
     setting_name,
@@ -21,6 +22,7 @@ from orchestrator.evaluate import (
 )
 from orchestrator.evaluation.protocol import Protocol
 from sphere_core.config import ConfigError, SamplingConfig, SphereConfig
+from sphere_core.sampling import generate, passes_for
 from tests.sphere_core.tiny import tiny_model
 
 N = 32
@@ -40,7 +42,7 @@ def protocol(tmp_path_factory: pytest.TempPathFactory) -> Protocol:
 
 def test_guidance_doubles_only_the_guided_networks_passes(frozen: FrozenModel) -> None:
     def passes(**knobs: object) -> int:
-        return passes_per_image(frozen.model, SamplingConfig(**knobs))  # type: ignore[arg-type]
+        return passes_for(frozen.model, SamplingConfig(**knobs))  # type: ignore[arg-type]
 
     assert [passes(steps=t) for t in (1, 2, 4, 8)] == [1, 3, 7, 15]  # 1 decoder + (T-1) x (enc + dec)
     assert passes(steps=4, cfg=1.5, cfg_position="combo") == 14
@@ -132,4 +134,22 @@ def test_settings_that_cannot_change_the_samples_collapse_to_one(frozen: FrozenM
     shipped = [SamplingConfig(steps=t, cfg=c, cfg_position=p, schedule=s, shared_noise=n)  # sweeps/steps.yaml
                for t in (1, 2, 4, 8) for c in (1.0, 1.5) for p in ("enc", "dec", "combo")
                for s in ("fixed", "decay") for n in (True, False)]  # fmt: skip
-    assert len({canonical(frozen.model, s) for s in shipped}) == 3 + 3 * 16  # of 96
+    assert len({canonical(frozen.model, s) for s in shipped}) == 3 + 8 + 2 * 16  # of 96
+    assert canon(steps=2, shared_noise=False) == canon(steps=2)
+
+
+def test_two_steps_give_the_same_samples_with_shared_or_independent_noise(frozen: FrozenModel) -> None:
+    def sample(shared: bool) -> torch.Tensor:
+        sampling = SamplingConfig(steps=2, shared_noise=shared)
+        generator = torch.Generator().manual_seed(3)
+        return generate(
+            frozen.model, torch.arange(4), sampling=sampling, alpha_max_deg=80.0, generator=generator
+        )
+
+    assert torch.equal(sample(True), sample(False))
+    sampling = SamplingConfig(steps=3, shared_noise=False)
+    three = generate(frozen.model, torch.arange(4), sampling=sampling, alpha_max_deg=80.0,
+                     generator=torch.Generator().manual_seed(3))  # fmt: skip
+    assert not torch.equal(three, generate(frozen.model, torch.arange(4),
+                           sampling=dataclasses.replace(sampling, shared_noise=True), alpha_max_deg=80.0,
+                           generator=torch.Generator().manual_seed(3)))  # fmt: skip

@@ -122,8 +122,9 @@ def test_noise_scale_and_angle_override_change_the_refinement(model: SphereEncod
 
 
 def test_network_passes() -> None:
-    assert [network_passes(t, False) for t in (1, 2, 4)] == [1, 3, 7]
-    assert network_passes(4, True) == 14
+    assert [network_passes(t) for t in (1, 2, 4, 8)] == [1, 3, 7, 15]  # 1 + 2(T-1)
+    assert network_passes(4, guide_enc=True, guide_dec=True) == 14  # combo CFG doubles every pass
+    assert network_passes(4, guide_dec=True) == 11 and network_passes(4, guide_enc=True) == 10
 
 
 GOLDEN = [0.479925, 0.119781, 0.454027, 0.50779]  # mean, std, two pixels (CPU float32)
