@@ -21,9 +21,10 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from fsspec.core import url_to_fs
 
 from orchestrator import diagnostics
-from orchestrator.config.schema import EVAL_SCORES, ExperimentConfig
+from orchestrator.config.schema import EVAL_SCORES, ExperimentConfig, PerceptualWeights
 from orchestrator.data.pipeline import ShardStream
 from orchestrator.data.shards import merge_cursors
 from orchestrator.evaluation.classifier import load_split
@@ -37,6 +38,7 @@ from orchestrator.loop import run_loop
 from orchestrator.tracking import Evaluation, make_sink
 from sphere_core.checkpoint import load_checkpoint, restore, save_checkpoint
 from sphere_core.model import SphereEncoder
+from sphere_core.perceptual import PerceptualLoss, build_perceptual, perceptual_status
 from sphere_core.sampling import generate, to_unit_range
 from sphere_core.spherify import spherify
 from sphere_core.train_step import TrainState, make_train_state, train_step
@@ -58,7 +60,10 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    state = make_train_state(cfg.sphere, device=device)
+    perceptual = load_perceptual(cfg.perceptual, device)
+    if rank == 0:
+        print(perceptual_status(perceptual, cfg.loss))  # in the job's log: which loss terms are live
+    state = make_train_state(cfg.sphere, device=device, perceptual=perceptual)
     state.objective = ray.train.torch.prepare_model(state.objective)
     start_step, cursor = resume(state, device)
     stream = ShardStream(cfg.data, rank=rank, world_size=world, cursor=cursor)
@@ -87,6 +92,23 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         global_batch=global_batch,
         skipped_samples=lambda: int(stream.stats()["skipped_total"]),
     )
+
+
+def load_perceptual(weights: PerceptualWeights, device: torch.device) -> PerceptualLoss | None:
+    """The frozen perceptual networks from the configured files (local or any fsspec URL), or None."""
+    if not weights.given:
+        return None
+    with tempfile.TemporaryDirectory(prefix="sphere-perceptual-") as tmp:
+        local = {}
+        for name in ("vgg16", "lpips", "convnext_small"):
+            url = getattr(weights, name)
+            if url is not None:
+                local[name] = Path(tmp) / name
+                fs, path = url_to_fs(url)
+                fs.get(path, str(local[name]))
+        return build_perceptual(
+            local.get("vgg16"), local.get("lpips"), local.get("convnext_small"), device=device
+        )
 
 
 def resume(state: TrainState, device: torch.device) -> tuple[int, dict[str, Any] | None]:

@@ -7,7 +7,6 @@ and what is allowed; entry points print it and exit 2.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -75,11 +74,6 @@ def _resolve(raw: SweepFile, path: Path) -> SweepSpec:
     validate_search(experiment, raw.search, raw.tune.search_alg)
     if raw.kind == "train":
         _check_trainable(raw, experiment)
-    if raw.tune.search_alg == "optuna" and importlib.util.find_spec("optuna") is None:
-        raise ConfigError(
-            "tune.search_alg: optuna is not installed (run `.venv/bin/pip install optuna`, "
-            "or use search_alg: basic)"
-        )
     content = {
         "name": name,
         "kind": raw.kind,
@@ -154,17 +148,18 @@ REPORTED = (
     "data_wait_s",
     "skipped_samples",
 )
-PERCEPTUAL = ("recon_perc", "con_perc")  # need perceptual weight files that no sweep loads
+PERCEPTUAL = ("recon_perc", "con_perc")  # need the perceptual weight files of `perceptual:`
 
 
 def _check_trainable(raw: SweepFile, experiment: ExperimentConfig) -> None:
     for name in PERCEPTUAL:
         dist = raw.search.get(f"loss.{name}")
         values = [getattr(experiment.loss, name), *(dist.spec if dist is not None else ())]
-        if any(v > 0 for v in values):
+        if any(v > 0 for v in values) and not experiment.perceptual.given:
             raise ConfigError(
-                f"loss.{name}: {max(values)} needs a perceptual network, and sweeps load no "
-                "perceptual weights (allowed: 0.0)"
+                f"loss.{name}: {max(values)} needs perceptual weight files (set perceptual.vgg16 + "
+                "perceptual.lpips and/or perceptual.convnext_small; none ship offline) (allowed without "
+                "them: 0.0)"
             )
     weights = experiment.loss
     terms = [

@@ -103,6 +103,25 @@ class EvalSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PerceptualWeights:
+    """Weight files of the frozen perceptual networks (spec 1.4), as paths or fsspec URLs (s3://, gs://).
+    None ship with the project and nothing is fetched from the internet: without them the perceptual
+    loss terms must be 0. LPIPS needs both vgg16 and lpips; ConvNeXt-S alone is allowed."""
+
+    vgg16: str | None = None  # torchvision vgg16 state_dict (vgg16-397923af.pth)
+    lpips: str | None = None  # LPIPS linear heads (the lpips package's weights/v0.1/vgg.pth)
+    convnext_small: str | None = None  # torchvision convnext_small state_dict
+
+    def __post_init__(self) -> None:
+        if (self.vgg16 is None) != (self.lpips is None):
+            raise ConfigError("perceptual.lpips: LPIPS needs both perceptual.vgg16 and perceptual.lpips")
+
+    @property
+    def given(self) -> bool:
+        return self.vgg16 is not None or self.convnext_small is not None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
     name: str = "smoke"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -115,6 +134,7 @@ class ExperimentConfig:
     scaling: ScalingSpec = field(default_factory=ScalingSpec)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalSpec = field(default_factory=EvalSpec)
+    perceptual: PerceptualWeights = field(default_factory=PerceptualWeights)
 
     def __post_init__(self) -> None:
         channels, classes = CLASSIFIER_IMAGES

@@ -70,6 +70,28 @@ def test_tune_config_uses_the_reported_step_for_asha() -> None:
     assert (config.metric, config.mode, config.max_concurrent_trials) == ("loss", "min", 3)
 
 
+def test_optuna_search_samples_the_sweeps_distributions_with_the_run_seed() -> None:
+    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.config.search_space import to_param_space
+
+    search = {"noise.alpha_max_deg": SearchDist(uniform=(70.0, 85.0))}
+    spec = SweepSpec(
+        name="x",
+        kind="train",
+        experiment=ExperimentConfig(),
+        evaluate=None,
+        digest="d",
+        search=search,
+        tune=TuneSpec(search_alg="optuna", metric="loss", num_samples=4),
+    )
+    config = tune_config(spec)
+    assert isinstance(config.search_alg, OptunaSearch) and config.num_samples == 4
+    config.search_alg.set_search_properties("loss", "min", to_param_space(search))
+    suggested = config.search_alg.suggest("trial-1")
+    assert suggested is not None and 70.0 <= suggested["noise.alpha_max_deg"] <= 85.0
+
+
 def test_evaluate_dry_run_lists_every_setting_and_starts_nothing(tmp_path: Path) -> None:
     """No tracking server, no Ray, no model download: the settings and the resolved config only."""
     path = tmp_path / "steps.yaml"

@@ -83,3 +83,35 @@ def test_noise_angle_evaluation_is_the_runs_training_noise() -> None:
     median = result.metrics["noise_angle_median_deg"]
     assert 60.0 < median < cfg.noise.alpha_max_deg  # stratified in magnitude: most angles are large
     assert 0.0 < result.metrics["noise_angle_frac_beyond_alpha_max"] < 0.5
+
+
+def test_perceptual_networks_load_from_s3_and_local_files(
+    perceptual_weight_files: dict[str, Path], s3_bucket: str
+) -> None:
+    import fsspec
+
+    from orchestrator.config.schema import PerceptualWeights
+    from orchestrator.worker import load_perceptual
+
+    assert load_perceptual(PerceptualWeights(), torch.device("cpu")) is None
+    fs = fsspec.filesystem("s3")
+    for name in ("vgg_path", "lpips_path"):
+        fs.put(str(perceptual_weight_files[name]), f"{s3_bucket}/weights/{name}.pth")
+    weights = PerceptualWeights(
+        vgg16=f"s3://{s3_bucket}/weights/vgg_path.pth",
+        lpips=f"s3://{s3_bucket}/weights/lpips_path.pth",
+        convnext_small=str(perceptual_weight_files["convnext_path"]),
+    )
+    perceptual = load_perceptual(weights, torch.device("cpu"))
+    assert perceptual is not None and perceptual.lpips is not None and perceptual.convnext is not None
+    x = torch.rand(2, 1, 32, 32)
+    assert perceptual(x, x).abs().max() < 1e-5 and (perceptual(x, x.flip(-1)) > 0).all()
+
+
+def test_perceptual_weights_need_their_files() -> None:
+    from orchestrator.config.schema import PerceptualWeights
+    from sphere_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"perceptual\.lpips: LPIPS needs both"):
+        PerceptualWeights(vgg16="s3://b/vgg16.pth")
+    assert PerceptualWeights(convnext_small="/w/cnx.pth").given and not PerceptualWeights().given

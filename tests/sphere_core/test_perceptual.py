@@ -25,25 +25,6 @@ VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 TINY_CONVNEXT = ((8, 16, 1), (16, None, 1))
 
 
-@pytest.fixture(scope="module")
-def weight_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Random weights in the torchvision vgg16 / LPIPS vgg.pth / torchvision convnext_small layouts."""
-    root = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    vgg = {f"features.{k}": v for k, v in vgg16_features().state_dict().items()}
-    vgg["classifier.6.bias"] = torch.zeros(1000)  # a full vgg16 file: classifier keys are ignored
-    lins = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate((64, 128, 256, 512, 512))}
-    paths = {
-        "vgg_path": root / "vgg16.pth",
-        "lpips_path": root / "vgg.pth",
-        "convnext_path": root / "cnx.pth",
-    }
-    torch.save(vgg, paths["vgg_path"])
-    torch.save(lins, paths["lpips_path"])
-    torch.save(ConvNeXt().state_dict(), paths["convnext_path"])
-    return paths
-
-
 def tiny_perceptual(seed: int = 0) -> PerceptualLoss:
     torch.manual_seed(seed)
     lpips = LPIPS()
@@ -83,12 +64,14 @@ def test_architectures_match_the_published_layouts() -> None:
         assert lpips.features[tap - 1].out_channels == channels
 
 
-def test_build_from_files_offline(weight_files: dict[str, Path]) -> None:
+def test_build_from_files_offline(perceptual_weight_files: dict[str, Path]) -> None:
     perceptual = build_perceptual(
-        weight_files["vgg_path"], weight_files["lpips_path"], weight_files["convnext_path"]
+        perceptual_weight_files["vgg_path"],
+        perceptual_weight_files["lpips_path"],
+        perceptual_weight_files["convnext_path"],
     )
     assert perceptual is not None and perceptual.lpips is not None and perceptual.convnext is not None
-    saved = torch.load(weight_files["convnext_path"], weights_only=True)
+    saved = torch.load(perceptual_weight_files["convnext_path"], weights_only=True)
     assert torch.equal(perceptual.convnext.state_dict()["classifier.2.weight"], saved["classifier.2.weight"])
     assert all(not p.requires_grad for p in perceptual.parameters())
     a, b = pair(0)
@@ -99,11 +82,11 @@ def test_build_from_files_offline(weight_files: dict[str, Path]) -> None:
     assert "ON" in perceptual_status(perceptual)
 
 
-def test_partial_weight_sets(weight_files: dict[str, Path]) -> None:
+def test_partial_weight_sets(perceptual_weight_files: dict[str, Path]) -> None:
     assert build_perceptual() is None
     with pytest.raises(ValueError, match="needs both"):
-        build_perceptual(vgg_path=weight_files["vgg_path"])
-    lpips_only = build_perceptual(weight_files["vgg_path"], weight_files["lpips_path"])
+        build_perceptual(vgg_path=perceptual_weight_files["vgg_path"])
+    lpips_only = build_perceptual(perceptual_weight_files["vgg_path"], perceptual_weight_files["lpips_path"])
     assert lpips_only is not None and lpips_only.convnext is None
     a, b = pair(1)
     # With LPIPS alone its weight renormalises to 1: Perc is the plain LPIPS distance.
