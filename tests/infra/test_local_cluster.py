@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -48,17 +49,28 @@ def test_second_up_changes_nothing(local_cluster: LocalCluster) -> None:
 
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs `ss` (iproute2) to list listening sockets")
 def test_every_listener_of_the_cluster_is_loopback(local_cluster: LocalCluster) -> None:
-    pids = set(local_cluster.pids())
-    listeners = []  # (address, port) of every listening TCP socket held by a process of the cluster
+    configured = {int(v) for k, v in local_cluster.settings.items() if k.endswith("_PORT")}
+    deadline = time.monotonic() + 30
+    while True:  # Ray's agents may be mid-restart on a loaded machine: rescan until every service is seen
+        listeners = cluster_listeners(local_cluster)
+        if configured <= {port for _, port in listeners} or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert configured <= {port for _, port in listeners}  # the scan saw the services, so it can fail
+    assert {address for address, _ in listeners} <= {"127.0.0.1", "[::ffff:127.0.0.1]"}, listeners
+
+
+def cluster_listeners(cluster: LocalCluster) -> list[tuple[str, int]]:
+    """(address, port) of every listening TCP socket held by a process of the cluster."""
+    pids = set(cluster.pids())
+    listeners = []
     ss = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True)
     for line in ss.stdout.splitlines():
         owners = {int(pid) for pid in re.findall(r"pid=(\d+)", line)}
         if owners & pids:
             address, _, port = line.split()[3].rpartition(":")
             listeners.append((address, int(port)))
-    configured = {int(v) for k, v in local_cluster.settings.items() if k.endswith("_PORT")}
-    assert configured <= {port for _, port in listeners}  # the scan saw the services, so it can fail
-    assert {address for address, _ in listeners} <= {"127.0.0.1", "[::ffff:127.0.0.1]"}, listeners
+    return listeners
 
 
 def test_bucket_exists_and_mlflow_artifacts_land_in_it(local_cluster: LocalCluster) -> None:

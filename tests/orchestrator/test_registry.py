@@ -96,7 +96,7 @@ def test_result_rows_name_trials_like_their_driver(tmp_path: Path) -> None:
 
     spec = load_sweep(Path(__file__).resolve().parents[2] / "sweeps" / "smoke.yaml")
     ok = SimpleNamespace(
-        metrics={"trial_id": "ab12c_00001", "loss": 0.2, "step": 20.0, "checkpoint_path": "b/c"},
+        metrics={"trial_id": "ab12c_00001", "fd_clf_1step": 812.5, "step": 20.0, "checkpoint_path": "b/c"},
         config={"noise.alpha_max_deg": 85.0},
         error=None,
     )
@@ -106,11 +106,11 @@ def test_result_rows_name_trials_like_their_driver(tmp_path: Path) -> None:
         "trial": trial_name(spec.experiment_name, "ab12c_00001", {"noise.alpha_max_deg": 85.0}),
         "status": "ok",
         "noise.alpha_max_deg": 85.0,
-        "loss": 0.2,
+        "fd_clf_1step": 812.5,
         "step": 20.0,
         "checkpoint_path": "b/c",
     }
-    assert rows[1]["status"] == "error" and rows[1]["trial"] == "" and rows[1]["loss"] is None
+    assert rows[1]["status"] == "error" and rows[1]["trial"] == "" and rows[1]["fd_clf_1step"] is None
     assert rows[0]["trial"].startswith(f"{spec.experiment_name}-t001-")
 
 

@@ -54,15 +54,22 @@ def test_worker_env_forwards_storage_credentials_and_quiets_mlflow(monkeypatch: 
     assert "AWS_ACCESS_KEY_ID" not in env and QUIET_ENV.items() <= env.items()
 
 
-def test_tune_config_uses_the_reported_step_for_asha() -> None:
-    spec = SweepSpec(
+def train_spec(search: dict[str, SearchDist], tune: TuneSpec) -> SweepSpec:
+    return SweepSpec(
         name="x",
         kind="train",
         experiment=ExperimentConfig(),
         evaluate=None,
         digest="d",
-        search={"noise.alpha_max_deg": SearchDist(grid=[80.0])},
-        tune=TuneSpec(scheduler="asha", grace_period=20, max_concurrent_trials=3),
+        search=search,
+        tune=tune,
+    )
+
+
+def test_tune_config_uses_the_reported_step_for_asha() -> None:
+    spec = train_spec(
+        {"noise.alpha_max_deg": SearchDist(grid=[80.0])},
+        TuneSpec(scheduler="asha", grace_period=20, max_concurrent_trials=3),
     )
     config = tune_config(spec)
     assert isinstance(config.scheduler, ASHAScheduler) and config.scheduler._time_attr == "step"
@@ -76,15 +83,7 @@ def test_optuna_search_samples_the_sweeps_distributions_with_the_run_seed() -> N
     from orchestrator.config.search_space import to_param_space
 
     search = {"noise.alpha_max_deg": SearchDist(uniform=(70.0, 85.0))}
-    spec = SweepSpec(
-        name="x",
-        kind="train",
-        experiment=ExperimentConfig(),
-        evaluate=None,
-        digest="d",
-        search=search,
-        tune=TuneSpec(search_alg="optuna", metric="loss", num_samples=4),
-    )
+    spec = train_spec(search, TuneSpec(search_alg="optuna", metric="loss", num_samples=4))
     config = tune_config(spec)
     assert isinstance(config.search_alg, OptunaSearch) and config.num_samples == 4
     config.search_alg.set_search_properties("loss", "min", to_param_space(search))
