@@ -1,8 +1,9 @@
 """Process helpers for the local cluster (Linux /proc; stdlib only).
 
 Every process of a cluster carries the marker variable CLUSTER_MARKER=<state dir> in its environment: services
-get it at start and Ray's workers and job drivers inherit it from the raylet. Scanning /proc for it finds the
-whole cluster, including processes that left the head's process group, and nothing of any other cluster.
+get it at start and Ray's workers and job drivers inherit it from the raylet. Scanning /proc for it (plus the
+descendants of marked processes) finds the whole cluster, including processes that left the head's process
+group, and nothing of any other cluster.
 """
 
 import contextlib
@@ -43,21 +44,31 @@ def _ancestors() -> set[int]:
 
 
 def marked_pids(state_dir: Path) -> list[int]:
-    """Pids of live processes whose environment holds CLUSTER_MARKER=<state_dir>."""
+    """Pids of live processes whose environment holds CLUSTER_MARKER=<state_dir>, and their descendants:
+    Ray's raylet starts its dashboard and runtime-env agents with an environment of its own making."""
     needle = f"{CLUSTER_MARKER}={state_dir}".encode()
     skip = _ancestors()
-    pids = []
+    marked: set[int] = set()
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").glob("[0-9]*"):
         pid = int(entry.name)
         if pid in skip:
             continue
         try:
             environ = (entry / "environ").read_bytes()
-        except OSError:  # gone meanwhile, or another user's process
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone meanwhile, or another user's process
             continue
-        if needle in environ.split(b"\0") and is_alive(pid):
-            pids.append(pid)
-    return sorted(pids)
+        children.setdefault(parent, []).append(pid)
+        if needle in environ.split(b"\0"):
+            marked.add(pid)
+    pending = list(marked)
+    while pending:
+        for child in children.get(pending.pop(), []):
+            if child not in marked:
+                marked.add(child)
+                pending.append(child)
+    return sorted(pid for pid in marked if is_alive(pid))
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
