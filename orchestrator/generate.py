@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from orchestrator.config.schema import ExperimentConfig
+from orchestrator.mlflow_model import checkpoint_dir
 from orchestrator.tracking import QUIET_ENV, grid_image, resolve_tracking_uri
 from sphere_core.checkpoint import load_model
 from sphere_core.config import ConfigError, SamplingConfig, SphereConfig
@@ -37,6 +38,7 @@ def load_registered(
             local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp, tracking_uri=tracking_uri))
         except MlflowException as exc:
             raise ConfigError(f"--model: {uri} cannot be resolved ({exc.message.splitlines()[0]})") from None
+        local = checkpoint_dir(local)
         config = SphereConfig.from_dict(json.loads((local / "config.json").read_text()))
         return load_model(local, use_ema=use_ema), config
 

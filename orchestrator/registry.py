@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.config.schema import TrackingConfig
 from orchestrator.config.sweep_spec import SweepSpec
+from orchestrator.mlflow_model import save_pyfunc
 from orchestrator.pareto import Objective, ParetoSummary, summarize
 from orchestrator.tracking import TRIAL_TAG, find_run, trial_name
 
@@ -154,7 +155,8 @@ def register_checkpoint(
     tags: Mapping[str, str],
     score: Score | None = None,
 ) -> ModelVersion:
-    """Logs the directory on the parent run, registers it as a new version and moves the alias to it
+    """Logs the directory on the parent run as an MLflow pyfunc model (orchestrator/mlflow_model.py),
+    registers it as a new version and moves the alias to it
     when `promotion` allows (printing why not otherwise).
 
     A sweep resumed after it had registered finds its version by the `key` tags and does not register twice.
@@ -169,7 +171,9 @@ def register_checkpoint(
     if existing:
         version = existing[0]
     else:
-        client.log_artifacts(parent_run_id, str(checkpoint_dir), CHECKPOINT_ARTIFACT)
+        with tempfile.TemporaryDirectory(prefix="sphere-pyfunc-") as tmp:
+            save_pyfunc(checkpoint_dir, Path(tmp) / "model")
+            client.log_artifacts(parent_run_id, str(Path(tmp) / "model"), CHECKPOINT_ARTIFACT)
         version = client.create_model_version(
             name,
             f"runs:/{parent_run_id}/{CHECKPOINT_ARTIFACT}",

@@ -6,11 +6,14 @@ import os
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 from orchestrator import registry, tracking
 from orchestrator.config.schema import TrackingConfig
+from orchestrator.mlflow_model import checkpoint_dir
 from orchestrator.registry import Score, promotion
+from sphere_core.config import ConfigError
 
 os.environ.update(tracking.QUIET_ENV)
 
@@ -47,6 +50,37 @@ def test_summary_tables_sort_best_first_and_hide_storage_paths() -> None:
     )
 
 
+def test_registered_version_loads_as_a_pyfunc_sampler(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from sphere_core.checkpoint import save_checkpoint
+    from tests.sphere_core.tiny import CONFIG, fresh_state
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    exp = client.create_experiment("sweep", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(exp).info.run_id
+    checkpoint = save_checkpoint(tmp_path / "ckpt", fresh_state(), CONFIG)
+    registry.register_checkpoint(
+        client,
+        TrackingConfig(registered_model="sphere-pyfunc", alias="champion"),
+        parent_run_id=parent,
+        checkpoint_dir=checkpoint,
+        key={"sweep.digest": "d"},
+        tags={},
+    )
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    sampler = mlflow.pyfunc.load_model("models:/sphere-pyfunc@champion")
+    request = pd.DataFrame({"label": [0, 1, -1], "steps": 2, "cfg": 1.5, "seed": 7})
+    images = sampler.predict(request)
+    size = CONFIG.model.image_size
+    assert images.shape == (3, CONFIG.model.channels, size, size) and 0 <= images.min() <= images.max() <= 1
+    np.testing.assert_array_equal(images, sampler.predict(request))  # the seed fixes the samples
+    with pytest.raises(ConfigError, match="steps: one value per request"):
+        sampler.predict(pd.DataFrame({"label": [0, 1], "steps": [1, 2]}))
+
+
 def test_register_checkpoint_sets_the_alias_and_resolves_from_the_registry(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(uri, registry_uri=uri)
@@ -68,7 +102,8 @@ def test_register_checkpoint_sets_the_alias_and_resolves_from_the_registry(tmp_p
     local = Path(
         mlflow.artifacts.download_artifacts("models:/sphere-test@champion", dst_path=str(tmp_path / "dl"))
     )
-    assert sorted(p.name for p in local.iterdir()) == ["config.json", "step.json"]
+    assert (local / "MLmodel").exists()  # an MLflow pyfunc model, the checkpoint unchanged inside it
+    assert sorted(p.name for p in checkpoint_dir(local).iterdir()) == ["config.json", "step.json"]
     again = registry.register_checkpoint(
         client, settings, parent_run_id=parent, checkpoint_dir=checkpoint, key=key, tags=lineage
     )
