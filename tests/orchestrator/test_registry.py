@@ -50,16 +50,21 @@ def test_summary_tables_sort_best_first_and_hide_storage_paths() -> None:
     )
 
 
+def sqlite_registry(tmp_path: Path) -> tuple[str, mlflow.MlflowClient, str]:
+    """A real tracking + registry store in SQLite with local artifacts: (uri, client, a parent run id)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    exp = client.create_experiment("sweep", artifact_location=str(tmp_path / "artifacts"))
+    return uri, client, client.create_run(exp).info.run_id
+
+
 def test_registered_version_loads_as_a_pyfunc_sampler(tmp_path: Path) -> None:
     import pandas as pd
 
     from sphere_core.checkpoint import save_checkpoint
     from tests.sphere_core.tiny import CONFIG, fresh_state
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = mlflow.MlflowClient(uri, registry_uri=uri)
-    exp = client.create_experiment("sweep", artifact_location=str(tmp_path / "artifacts"))
-    parent = client.create_run(exp).info.run_id
+    uri, client, parent = sqlite_registry(tmp_path)
     checkpoint = save_checkpoint(tmp_path / "ckpt", fresh_state(), CONFIG)
     registry.register_checkpoint(
         client,
@@ -82,10 +87,7 @@ def test_registered_version_loads_as_a_pyfunc_sampler(tmp_path: Path) -> None:
 
 
 def test_register_checkpoint_sets_the_alias_and_resolves_from_the_registry(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = mlflow.MlflowClient(uri, registry_uri=uri)
-    exp = client.create_experiment("sweep", artifact_location=str(tmp_path / "artifacts"))
-    parent = client.create_run(exp).info.run_id
+    uri, client, parent = sqlite_registry(tmp_path)
     checkpoint = tmp_path / "ckpt"
     checkpoint.mkdir()
     (checkpoint / "config.json").write_text('{"model": {}}')
@@ -179,10 +181,7 @@ def test_promotion_under_one_protocol_follows_the_metric_direction() -> None:
 def test_registration_tags_the_score_and_moves_the_alias_only_under_one_protocol(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = mlflow.MlflowClient(uri, registry_uri=uri)
-    exp = client.create_experiment("sweep", artifact_location=str(tmp_path / "artifacts"))
-    parent = client.create_run(exp).info.run_id
+    _, client, parent = sqlite_registry(tmp_path)
     checkpoint = tmp_path / "ckpt"
     checkpoint.mkdir()
     (checkpoint / "config.json").write_text("{}")
