@@ -8,7 +8,7 @@ from pathlib import Path
 
 from orchestrator.data.builtin import BUILTINS, builtin_sources
 from orchestrator.data.shards import DataError, Manifest, join_url
-from orchestrator.data.sources import Source, image_folder, json_lines
+from orchestrator.data.sources import Source, image_folder, json_lines, shuffled
 from orchestrator.data.verify import verify_dataset
 from orchestrator.data.writer import write_dataset
 
@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--shard-size", type=int, default=256, help="samples per shard (default 256)")
     build.add_argument("--channels", type=int, choices=(1, 3), default=3, help="folders and lists only")
+    build.add_argument(
+        "--keep-order",
+        action="store_true",
+        help="folders and lists: write in listing order (default: a seeded shuffle, so shards mix classes)",
+    )
     build.add_argument("--overwrite", action="store_true", help="replace a dataset already at --out")
     build.add_argument("--no-progress", action="store_true")
     verify = verbs.add_parser("verify", help="re-read every shard against manifest.json")
@@ -52,7 +57,7 @@ def _sources(args: argparse.Namespace) -> dict[str, Source]:
         if path.is_file()
         else image_folder(path, image_size=size, channels=args.channels)
     )
-    return {args.out: source}
+    return {args.out: source if args.keep_order else shuffled(source)}
 
 
 def _summary(m: Manifest) -> str:

@@ -19,6 +19,7 @@ decoding, so each sample is still seen once per epoch (order after the resume di
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import tarfile
@@ -122,48 +123,88 @@ class _Readers(IterableDataset[dict[str, Any]]):
         skipped.clear()
         return chunk
 
-    def _skip(self, shard: ShardInfo, skipped: Counter[str], first: int, why: str) -> None:
-        """Count the unseen positions first.. of `shard` as skipped."""
-        bits = self.seen.get(shard.name)
-        lost = sum(not seen_has(bits, p) for p in range(first, shard.samples))
-        if lost:
-            skipped[shard.name] += lost
-            log.warning("skipping %d samples of %s: %s", lost, shard.name, why)
-
     def _read(self, shard: ShardInfo, skipped: Counter[str]) -> Iterator[Item]:
-        bits = self.seen.get(shard.name)
-        if seen_count(bits) == shard.samples:
-            return
-        url = self.manifest.shard_url(shard)
-        fs, path = url_to_fs(url)
-        try:
-            size = fs.size(path)
-        except FileNotFoundError:
-            size = -1
-        if size != shard.bytes:
-            self._skip(shard, skipped, 0, f"{size} bytes (-1: missing), manifest says {shard.bytes}")
-            return
-        position = 0
-        stream = gopen(url)
-        try:
-            for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
-                position += 1
-                if seen_has(bits, position - 1):
-                    continue
-                try:
-                    image, label = decode_sample(sample, self.manifest)
-                except ValueError as exc:
-                    skipped[shard.name] += 1
-                    log.warning("skipping sample %s of %s: %s", sample.get("__key__"), shard.name, exc)
-                    continue
-                if self.image_size != self.manifest.image_size:
-                    image = fit_square(image, self.image_size)
-                yield to_signed_unit(image), label, shard.name, position - 1
-        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:  # the tar itself is broken
-            log.warning("%s stops after %d samples: %s: %s", shard.name, position, type(exc).__name__, exc)
-        finally:
-            stream.close()
-        self._skip(shard, skipped, position, "tar ended early")
+        for image, label, position in read_shard(
+            self.manifest, shard, image_size=self.image_size, skipped=skipped, seen=self.seen.get(shard.name)
+        ):
+            yield to_signed_unit(image), label, shard.name, position
+
+
+def _skip(shard: ShardInfo, skipped: Counter[str], seen: bytearray | None, first: int, why: str) -> None:
+    """Count the unseen positions first.. of `shard` as skipped."""
+    lost = sum(not seen_has(seen, p) for p in range(first, shard.samples))
+    if lost:
+        skipped[shard.name] += lost
+        log.warning("skipping %d samples of %s: %s", lost, shard.name, why)
+
+
+def read_shard(
+    manifest: Manifest,
+    shard: ShardInfo,
+    *,
+    image_size: int,
+    skipped: Counter[str],
+    seen: bytearray | None = None,
+) -> Iterator[tuple[torch.Tensor, int, int]]:
+    """(uint8 (C, image_size, image_size), class id, position) of each sample of `shard` not in `seen`.
+
+    A sample that does not decode, or a shard whose size differs from the manifest or whose tar breaks off,
+    is logged and counted in `skipped[shard.name]`; the rest is read."""
+    if seen_count(seen) == shard.samples:
+        return
+    url = manifest.shard_url(shard)
+    fs, path = url_to_fs(url)
+    try:
+        size = fs.size(path)
+    except FileNotFoundError:
+        size = -1
+    if size != shard.bytes:
+        _skip(shard, skipped, seen, 0, f"{size} bytes (-1: missing), manifest says {shard.bytes}")
+        return
+    position = 0
+    stream = gopen(url)
+    try:
+        for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
+            position += 1
+            if seen_has(seen, position - 1):
+                continue
+            try:
+                image, label = decode_sample(sample, manifest)
+            except ValueError as exc:
+                skipped[shard.name] += 1
+                log.warning("skipping sample %s of %s: %s", sample.get("__key__"), shard.name, exc)
+                continue
+            if image_size != manifest.image_size:
+                image = fit_square(image, image_size)
+            yield image, label, position - 1
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:  # the tar itself is broken
+        log.warning("%s stops after %d samples: %s: %s", shard.name, position, type(exc).__name__, exc)
+    finally:
+        stream.close()
+    _skip(shard, skipped, seen, position, "tar ended early")
+
+
+def read_images(
+    url: str, *, image_size: int | None = None, limit: int | None = None, seed: int | None = None
+) -> tuple[Manifest, torch.Tensor, torch.Tensor, Counter[str]]:
+    """A dataset folder's images in memory: (manifest, uint8 (N, C, S, S), int64 labels (N,), skipped per
+    shard), for evaluation's real images. Shards in manifest order, or a seeded permutation of them when
+    `seed` is given; stops after `limit` samples. S: `image_size`, default the manifest's."""
+    manifest = read_manifest(url)
+    register_gopen(url)
+    size = image_size or manifest.image_size
+    shards = manifest.shards if seed is None else epoch_order(manifest.shards, seed=seed, epoch=0)
+    skipped: Counter[str] = Counter()
+    samples = (
+        sample for shard in shards for sample in read_shard(manifest, shard, image_size=size, skipped=skipped)
+    )
+    read = list(itertools.islice(samples, limit))
+    samples.close()  # closes the open shard's stream when `limit` stopped the read inside it
+    if not read:
+        raise DataError(f"{url}: no readable image in its {len(manifest.shards)} shards")
+    images = torch.stack([image for image, _, _ in read])
+    labels = torch.tensor([label for _, label, _ in read], dtype=torch.int64)
+    return manifest, images, labels, skipped
 
 
 # --- the rank's stream (main process) --------------------------------------------------------------

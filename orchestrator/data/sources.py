@@ -7,8 +7,10 @@ the file and line, before any shard is written where that can be checked up fron
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +125,15 @@ class FileListSource:
             yield SourceSample(
                 load_image(entry.path, self.channels, self.image_size), entry.class_id, entry.meta
             )
+
+
+def shuffled(source: FileListSource, *, seed: int = 0) -> FileListSource:
+    """The same images in a seeded random order. Folders and lists come grouped by class, and shards
+    written in that order hold one or two classes each: a reader's bounded shuffle buffer then yields
+    class-skewed batches, and evaluation's real-image pools (read shard by shard) would be skewed too."""
+    entries = list(source.entries)
+    random.Random(seed).shuffle(entries)
+    return dataclasses.replace(source, entries=entries)
 
 
 def _images_under(folder: Path) -> list[Path]:

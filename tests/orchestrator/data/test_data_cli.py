@@ -14,7 +14,7 @@ from PIL import Image
 
 from orchestrator.config.schema import DataConfig
 from orchestrator.data.cli import main
-from orchestrator.data.pipeline import ShardStream
+from orchestrator.data.pipeline import ShardStream, read_images
 from orchestrator.data.shards import Manifest, read_manifest
 
 
@@ -121,3 +121,25 @@ def test_module_entry_point_lists_builtins() -> None:
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["builtin:digits", "builtin:mnist", "builtin:fashion-mnist"]
     assert "CC BY 4.0" in lines[0] and "LeCun & Cortes" in lines[1] and "MIT (Zalando)" in lines[2]
+
+
+def test_folders_are_written_in_a_seeded_shuffled_order_unless_kept(tmp_path: Path) -> None:
+    for label in ("a", "b"):
+        (tmp_path / "src" / label).mkdir(parents=True)
+        for i in range(8):
+            Image.new("L", (8, 8), i).save(tmp_path / "src" / label / f"{i}.png")
+
+    def build(out: str, *extra: str) -> list[str]:
+        argv = ["build", "--source", str(tmp_path / "src"), "--out", out, "--channels", "1", "--no-progress"]
+        assert main([*argv, *extra]) == 0
+        _, _, labels, _ = read_images(out)
+        return [str(label) for label in labels.tolist()]
+
+    shuffled = build(f"file://{tmp_path}/shuffled")
+    assert sorted(shuffled) == ["0"] * 8 + ["1"] * 8 and shuffled != sorted(shuffled)
+    assert build(f"file://{tmp_path}/again") == shuffled  # the same shards on every machine
+    assert (
+        read_manifest(f"file://{tmp_path}/again").digest
+        == read_manifest(f"file://{tmp_path}/shuffled").digest
+    )
+    assert build(f"file://{tmp_path}/kept", "--keep-order") == sorted(shuffled)

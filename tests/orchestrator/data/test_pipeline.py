@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from orchestrator.config.schema import DataConfig
-from orchestrator.data.pipeline import ShardStream
+from orchestrator.data.pipeline import ShardStream, read_images
 from orchestrator.data.shards import DataError, Manifest, epoch_order, merge_cursors, rank_shards
+from sphere_core.transforms import to_signed_unit
 
 IdsOf = Callable[[torch.Tensor], list[int]]
 
@@ -157,3 +158,34 @@ def test_batch_larger_than_a_rank_share_is_refused(make_dataset: Callable[..., M
     cfg = DataConfig(url=url, batch_size=11, loader_workers=0)
     with pytest.raises(DataError, match="batch_size 11 exceeds the 10 samples of the smallest of 2 ranks"):
         ShardStream(cfg, rank=0, world_size=2)
+
+
+def test_read_images_reads_every_readable_sample_in_manifest_order(
+    dataset_url: str,
+    make_dataset: Callable[..., Manifest],
+    corrupt: Callable[[Manifest], tuple[str, str]],
+    ids_of: IdsOf,
+) -> None:
+    manifest = make_dataset(dataset_url, 40, 10)
+    truncated, poisoned = corrupt(manifest)
+    read, images, labels, skipped = read_images(dataset_url)
+    assert read.digest == manifest.digest and images.dtype == torch.uint8 and images.shape == (29, 1, 8, 8)
+    readable = [i for i in range(40) if not 10 <= i < 20 and i != 23]
+    assert ids_of(to_signed_unit(images)) == readable
+    assert labels.tolist() == [i % 3 for i in readable]
+    assert skipped == {truncated: 10, poisoned: 1}
+
+
+def test_read_images_limit_and_seeded_shard_order(
+    dataset_url: str, make_dataset: Callable[..., Manifest], ids_of: IdsOf
+) -> None:
+    manifest = make_dataset(dataset_url, 40, 10)
+    assert ids_of(to_signed_unit(read_images(dataset_url, limit=5)[1])) == [0, 1, 2, 3, 4]
+    order = [
+        int(s.name.removeprefix("shard-").removesuffix(".tar"))
+        for s in epoch_order(manifest.shards, seed=3, epoch=0)
+    ]
+    _, pool, _, _ = read_images(dataset_url, limit=15, seed=3)
+    expected = list(range(10 * order[0], 10 * order[0] + 10)) + list(range(10 * order[1], 10 * order[1] + 5))
+    assert ids_of(to_signed_unit(pool)) == expected
+    assert read_images(dataset_url, limit=15, seed=3, image_size=4)[1].shape == (15, 1, 4, 4)
