@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 import torch
@@ -61,10 +60,8 @@ def test_spherified_latent_has_radius_sqrt_L() -> None:
     assert torch.allclose(norms, torch.full_like(norms, model.cfg.latent_dim**0.5), rtol=1e-4)
 
 
-def test_build_model_xl_on_meta_is_quick() -> None:
-    start = time.perf_counter()
+def test_build_model_xl_on_meta_allocates_no_weights() -> None:
     model = build_model("imagenet-256-xl", device="meta")
-    assert time.perf_counter() - start < 10.0
     assert all(p.is_meta for p in model.parameters())
 
 
