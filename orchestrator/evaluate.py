@@ -20,11 +20,11 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from orchestrator.config.schema import ExperimentConfig
+from orchestrator.config.schema import ExperimentConfig, eval_scores
 from orchestrator.config.search_space import apply_trial_params, expand_trials
 from orchestrator.config.sweep_spec import EvaluateSpec, SearchDist, SweepSpec, TuneSpec
 from orchestrator.generate import load_registered
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from orchestrator.evaluation.protocol import Protocol
-
-TABLE_METRICS = ("fd_clf", "kid_clf", "precision_clf", "recall_clf")  # the printed columns, floor beside FD
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ def load_frozen(client: MlflowClient, uri: str, tracking_uri: str) -> FrozenMode
 class SettingScore:
     metrics: dict[str, float]  # proxy metrics (+ floors), network_passes, images_per_s, seconds_per_image
     fingerprint: str
-    fd_key: str  # "fd_clf", or "proxy/fd_clf" below the dataset's standard n
+    fd_key: str  # e.g. "fd_clf", or "proxy/fd_clf" below the dataset's standard n
 
 
 def score_setting(
@@ -104,17 +102,16 @@ def score_setting(
         "images_per_s": n / seconds,
         "seconds_per_image": seconds / n,
     }
-    fd_key = next(k for k in metrics if k.endswith("fd_clf"))
+    fd_key = next(k for k in metrics if k.endswith(f"fd_{protocol.extractor.tag}"))
     return SettingScore(metrics, result.fingerprint, fd_key)
 
 
 def score_reconstructions(frozen: FrozenModel, protocol: Protocol) -> tuple[dict[str, float], str]:
     """rFID-proxy: D(f(E(x))) of the first n held-out images, in the same features; (metrics, fingerprint)."""
-    from orchestrator.evaluation.classifier import load_split
     from orchestrator.evaluation.protocol import evaluate_reconstructions
     from sphere_core.editing import reconstruct
 
-    real = load_split(protocol.dataset, "test", frozen.config.model.image_size).images[: protocol.n]
+    real = protocol.real.images[: protocol.n]
     result = evaluate_reconstructions(
         reconstruct(frozen.model, real.float() / 127.5 - 1.0), protocol=protocol
     )
@@ -163,7 +160,7 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
     from mlflow import MlflowClient
 
     from orchestrator import registry, tracking
-    from orchestrator.evaluation.protocol import Protocol
+    from orchestrator.evaluation.protocol import protocol_for
 
     assert spec.evaluate is not None  # the loader requires it for kind: evaluate
     evaluate = spec.evaluate
@@ -180,8 +177,13 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
     }
     exp_id, parent_id = tracking.open_sweep_run(client, spec, lineage, exp_id=frozen.experiment_id)
     print(f"{frozen.uri} (version {frozen.version or '-'}, trained in run {frozen.source_run_id})")
-    protocol = Protocol.for_dataset(
-        evaluate.dataset, n=evaluate.num_images, image_size=frozen.config.model.image_size, seed=evaluate.seed
+    model = frozen.config.model
+    protocol = protocol_for(
+        evaluate,
+        n=evaluate.num_images,
+        image_size=model.image_size,
+        channels=model.channels,
+        seed=evaluate.seed,
     )
     try:
         _log_reconstructions(client, parent_id, frozen, protocol)
@@ -194,7 +196,7 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
             _evaluate_child(client, spec, exp_id, parent_id, frozen, protocol, sampling)
             for sampling in distinct
         ]
-        fd_key = next(k for k in rows[0] if k.endswith("fd_clf"))
+        fd_key = next(k for k in rows[0] if k.endswith(f"fd_{protocol.extractor.tag}"))
         registry.log_summary(client, parent_id, rows, fd_key, "min")
         registry.log_evaluation_plots(client, parent_id, rows, fd_key=fd_key)
     except BaseException:
@@ -208,14 +210,15 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
 def _log_reconstructions(
     client: MlflowClient, parent_id: str, frozen: FrozenModel, protocol: Protocol
 ) -> None:
-    if any(k.endswith("recon_fd_clf") for k in client.get_run(parent_id).data.metrics):
+    recon_fd = f"recon_fd_{protocol.extractor.tag}"
+    if any(k.endswith(recon_fd) for k in client.get_run(parent_id).data.metrics):
         return  # once per model
     from orchestrator.registry import FINGERPRINT_TAG
     from orchestrator.tracking import MLflowSink
 
     metrics, fingerprint = score_reconstructions(frozen, protocol)
     MLflowSink(client, parent_id).log(metrics, step=0)
-    key = next(k for k in metrics if k.endswith("recon_fd_clf"))
+    key = next(k for k in metrics if k.endswith(recon_fd))
     client.set_tag(parent_id, FINGERPRINT_TAG.format(key), fingerprint)
     print(f"  reconstructions: {key} {metrics[key]:.4g} (floor {metrics[key + '_floor']:.4g})")
 
@@ -267,13 +270,15 @@ def _evaluate_child(
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], fd_key: str) -> str:
-    """setting, passes/image, images/s, fd_clf, kid, precision, recall, the floor at that n, fingerprint."""
-    prefix = fd_key.removesuffix("fd_clf")
-    columns = ["setting", "passes", "images/s", *TABLE_METRICS, "fd floor", "fingerprint"]
+    """setting, passes/image, images/s, fd, kid, precision, recall (e.g. *_clf), the floor at that n,
+    fingerprint. fd_key: the FD metric's full name (e.g. proxy/fd_clf)."""
+    prefix, tag = fd_key.rsplit("fd_", 1)
+    table_metrics = eval_scores(tag)
+    columns = ["setting", "passes", "images/s", *table_metrics, "fd floor", "fingerprint"]
     lines = [columns]
     for row in rows:
         floor = f"{row[fd_key + '_floor']:.4g}±{row.get(fd_key + '_floor_std', 0.0):.2g}"
-        values = [f"{row.get(prefix + m, float('nan')):.4g}" for m in TABLE_METRICS]
+        values = [f"{row.get(prefix + m, float('nan')):.4g}" for m in table_metrics]
         lines.append(
             [
                 row["setting"],
@@ -334,7 +339,16 @@ def one_off_spec(args: argparse.Namespace) -> SweepSpec:
     for path, dist in search.items():  # every value must build a valid SamplingConfig
         for value in dist.spec:
             apply_trial_params(base, {path: value})
-    evaluate = EvaluateSpec(model=args.model, dataset=args.dataset, num_images=args.num, seed=args.seed)
+    default: Literal["none", "mnist"] = "none" if args.reference else "mnist"
+    evaluate = EvaluateSpec(
+        model=args.model,
+        dataset=args.dataset or default,
+        inception=args.inception,
+        reference=args.reference,
+        floor=args.floor,
+        num_images=args.num,
+        seed=args.seed,
+    )
     content = json.dumps(
         {"evaluate": dataclasses.asdict(evaluate), "search": {k: v.spec for k, v in search.items()}}
     )
@@ -361,7 +375,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schedule", nargs="+", choices=("fixed", "decay"), default=["fixed"])
     parser.add_argument("--noise", nargs="+", choices=("shared", "independent"), default=["shared"])
     parser.add_argument("--num", type=int, default=256, help="samples per setting (fixed: FD is biased by n)")
-    parser.add_argument("--dataset", choices=("digits", "mnist", "fashion-mnist"), default="mnist")
+    parser.add_argument(
+        "--dataset",
+        choices=("digits", "mnist", "fashion-mnist", "none"),
+        help="built-in whose classifier scores and whose splits are the real images (default: mnist; "
+        "none with --reference)",
+    )
+    parser.add_argument(
+        "--inception", help="FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth): path/URL"
+    )
+    parser.add_argument(
+        "--reference", help="held-out shards (fsspec URL) to compare with, e.g. s3://b/data/val"
+    )
+    parser.add_argument("--floor", help="training shards (fsspec URL) for the real-vs-real floor")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     os.environ.update(QUIET_ENV)
@@ -371,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc)
         for field, flag in (
             ("evaluate.num_images", "--num"),
-            ("evaluate.model", "--model"),
+            ("evaluate.", "--"),
             ("sampling.", "--"),
         ):
             message = message.replace(field, flag)  # the dataclasses name their fields; the user typed flags

@@ -298,7 +298,8 @@ def log_training_pareto(
     rows = training_rows(spec, results)
     cost = Objective(TRAIN_COMPUTE, "min", "training images seen")
     plotted = []
-    for key in dict.fromkeys(("fd_clf_1step", f"fd_clf_{spec.experiment.sampling.steps}step")):
+    fd = f"fd_{spec.experiment.eval.tag}"
+    for key in dict.fromkeys((f"{fd}_1step", f"{fd}_{spec.experiment.sampling.steps}step")):
         if any(_finite(r.get(key)) for r in rows):
             summary = summarize(
                 rows,

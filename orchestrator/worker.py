@@ -24,15 +24,15 @@ import torch.distributed as dist
 from fsspec.core import url_to_fs
 
 from orchestrator import diagnostics
-from orchestrator.config.schema import EVAL_SCORES, ExperimentConfig, PerceptualWeights
+from orchestrator.config.schema import ExperimentConfig, PerceptualWeights, eval_scores
 from orchestrator.data.pipeline import ShardStream
 from orchestrator.data.shards import merge_cursors
-from orchestrator.evaluation.classifier import load_split
 from orchestrator.evaluation.protocol import (
     MetricResult,
     Protocol,
     evaluate_reconstructions,
     evaluate_samples,
+    protocol_for,
 )
 from orchestrator.loop import run_loop
 from orchestrator.tracking import Evaluation, make_sink
@@ -167,24 +167,26 @@ class ProxyEval:
 
     @functools.cached_property
     def protocol(self) -> Protocol:  # built at the first eval: only the evaluating rank pays for it
-        return Protocol.for_dataset(
-            self.cfg.eval.dataset,
+        return protocol_for(
+            self.cfg.eval,
             n=self.cfg.eval.num_images,
             image_size=self.cfg.model.image_size,
+            channels=self.cfg.model.channels,
             seed=self.cfg.eval.seed,
+            floor=self.cfg.eval_floor,
         )
 
     @functools.cached_property
     def held_out(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A fixed draw of n test-split images (uint8) and labels: never trained on."""
-        split = load_split(self.cfg.eval.dataset, "test", self.cfg.model.image_size)
+        """A fixed draw of n held-out images (uint8) and labels: never trained on."""
+        split = self.protocol.real
         generator = torch.Generator().manual_seed(self.cfg.eval.seed)
         pick = torch.randperm(len(split.labels), generator=generator)[: self.cfg.eval.num_images]
         return split.images[pick], split.labels[pick]
 
     @torch.no_grad()
     def __call__(self) -> Evaluation:
-        if self.cfg.eval.dataset == "none":
+        if not self.cfg.eval.enabled:
             return Evaluation({})
         started = time.perf_counter()
         model = self.state.ema.eval()
@@ -199,7 +201,7 @@ class ProxyEval:
         metrics: dict[str, float] = {}
         tags: dict[str, str] = {}
         for prefix, suffix, result in scored:
-            for score in EVAL_SCORES:
+            for score in eval_scores(self.cfg.eval.tag):
                 name = f"{prefix}{score}{suffix}"
                 metrics[name] = result.values[prefix + score]
                 tags |= protocol_tags(name, prefix + score, result)

@@ -8,7 +8,7 @@ Dotted paths into this tree ("noise.alpha_max_deg", "loss.latent_con") are what 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from sphere_core.config import (
     ConfigError,
@@ -82,22 +82,70 @@ class TrackingConfig:
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI from the environment
 
 
-# Proxy scores of each evaluated image set, in the committed classifier's features (orchestrator.evaluation).
-EVAL_SCORES = ("fd_clf", "kid_clf", "precision_clf", "recall_clf")
+SCORES = ("fd", "kid", "precision", "recall")  # what each evaluated image set reports, per feature space
 CLASSIFIER_IMAGES = (1, 10)  # every built-in metric classifier: (channels, classes)
 
 
-@dataclass(frozen=True, kw_only=True)
-class EvalSpec:
-    """Proxy metrics at run.eval_every and the final step (rank 0, EMA weights), for Tune and MLflow."""
+def eval_scores(tag: str) -> tuple[str, ...]:
+    """Metric names in one feature space: ("fd_clf", "kid_clf", ...) or ("fd_inception", ...)."""
+    return tuple(f"{score}_{tag}" for score in SCORES)
 
-    dataset: Literal["digits", "mnist", "fashion-mnist", "none"] = (
-        "none"  # whose classifier scores; none: off
-    )
+
+@dataclass(frozen=True, kw_only=True)
+class MetricSource:
+    """Which features score images, and which real images they are compared with.
+
+    - features: Inception-v3 when `inception` names its weights, else the committed classifier of the
+      built-in `dataset` (1-channel, 10 classes);
+    - real images: the `reference` shards (a folder written by `python -m orchestrator.data build`, e.g.
+      your held-out split) when given, else the built-in dataset's test split;
+    - the real-vs-real floor: `floor` shards (training images), else the built-in's train split."""
+
+    section: ClassVar[str]  # the YAML section, for error messages
+    dataset: Literal["digits", "mnist", "fashion-mnist", "none"] = "none"
+    inception: str | None = None  # pt_inception-2015-12-05-6726825d.pth: a path or fsspec URL
+    reference: str | None = None  # fsspec URL of held-out shards
+    floor: str | None = None  # fsspec URL of training shards
+
+    def __post_init__(self) -> None:
+        s = self.section
+        if self.dataset == "none" and self.reference is None:
+            for name in ("inception", "floor"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(
+                        f"{s}.{name}: set {s}.dataset (allowed: digits, mnist, fashion-mnist) or "
+                        f"{s}.reference (held-out shards): the real images to compare with"
+                    )
+        if self.dataset == "none" and self.reference is not None and self.inception is None:
+            raise ConfigError(
+                f"{s}.inception: required with {s}.reference when {s}.dataset is none: the committed "
+                "classifiers score only the built-in datasets (allowed: a path or fsspec URL of "
+                "pt_inception-2015-12-05-6726825d.pth)"
+            )
+        if self.floor is not None and self.reference is None:
+            raise ConfigError(f"{s}.floor: only with {s}.reference (a built-in's floor is its train split)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.dataset != "none" or self.reference is not None
+
+    @property
+    def tag(self) -> str:
+        """The feature space's metric-name suffix."""
+        return "inception" if self.inception is not None else "clf"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSpec(MetricSource):
+    """Proxy metrics at run.eval_every and the final step (rank 0, EMA weights), for Tune and MLflow.
+    Off while neither eval.dataset nor eval.reference is set; eval.floor defaults to data.url."""
+
+    section: ClassVar[str] = "eval"
     num_images: int = 256  # n per image set: small and fixed (FD is biased by n), so marked proxy
     seed: int = 0  # the same noise, labels and held-out images at every eval and in every trial
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.num_images < 16:
             raise ConfigError("eval.num_images: must be >= 16 (the metrics need a spread of samples)")
 
@@ -138,14 +186,21 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         channels, classes = CLASSIFIER_IMAGES
-        if self.eval.dataset != "none" and (
-            self.model.channels != channels or self.model.num_classes not in (0, classes)
+        if (
+            self.eval.enabled
+            and self.eval.tag == "clf"
+            and (self.model.channels != channels or self.model.num_classes not in (0, classes))
         ):
             raise ConfigError(
                 f"eval.dataset: the {self.eval.dataset} classifier scores {channels}-channel images of "
                 f"{classes} classes, but model.channels is {self.model.channels} and model.num_classes "
-                f"{self.model.num_classes} (allowed: none for other data)"
+                f"{self.model.num_classes} (allowed: none, or eval.inception for other data)"
             )
+
+    @property
+    def eval_floor(self) -> str | None:
+        """The training shards behind the real-vs-real floor when eval.reference is set."""
+        return (self.eval.floor or self.data.url) if self.eval.reference is not None else None
 
     @property
     def eval_steps(self) -> tuple[int, ...]:
@@ -155,10 +210,11 @@ class ExperimentConfig:
     @property
     def eval_metrics(self) -> tuple[str, ...]:
         """What each eval reports (fd_clf_1step, ..., recon_fd_clf, ..., eval_s); () when eval is off."""
-        if self.eval.dataset == "none":
+        if not self.eval.enabled:
             return ()
-        samples = [f"{score}_{steps}step" for steps in self.eval_steps for score in EVAL_SCORES]
-        return (*samples, *(f"recon_{score}" for score in EVAL_SCORES), "eval_s")
+        scores = eval_scores(self.eval.tag)
+        samples = [f"{score}_{steps}step" for steps in self.eval_steps for score in scores]
+        return (*samples, *(f"recon_{score}" for score in scores), "eval_s")
 
     @property
     def sphere(self) -> SphereConfig:

@@ -15,9 +15,9 @@ A sweep file is an overlay on an ExperimentConfig:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from orchestrator.config.schema import ExperimentConfig
+from orchestrator.config.schema import ExperimentConfig, MetricSource
 from sphere_core.config import ConfigError
 
 DIST_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -68,15 +68,19 @@ class TuneSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvaluateSpec:
-    """Inference-time sweep on a frozen model: each setting becomes a child run of the model's run."""
+class EvaluateSpec(MetricSource):
+    """Inference-time sweep on a frozen model: each setting becomes a child run of the model's run.
+    With `reference` (held-out shards), `floor` (training shards) is required: the model's run does not
+    say where its training data lived."""
 
+    section: ClassVar[str] = "evaluate"
     model: str  # models:/NAME@ALIAS, or runs:/RUN_ID/PATH (a checkpoint directory logged on that run)
-    dataset: Literal["digits", "mnist", "fashion-mnist"] = "mnist"  # whose committed classifier scores
-    num_images: int = 256  # samples per setting for the proxy metrics (FD/KID/P/R in classifier features)
+    dataset: Literal["digits", "mnist", "fashion-mnist", "none"] = "mnist"
+    num_images: int = 256  # samples per setting (FD/KID/P/R are biased by n: keep it fixed)
     seed: int = 0  # the same noise and labels for every setting, so settings differ only by their knobs
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         alias = self.model.startswith("models:/") and "@" in self.model
         run = self.model.startswith("runs:/") and len(self.model.removeprefix("runs:/").split("/", 1)) == 2
         if not (alias or run):
@@ -86,6 +90,16 @@ class EvaluateSpec:
             )
         if self.num_images < 16:
             raise ConfigError("evaluate.num_images: must be >= 16 (the metrics need a spread of samples)")
+        if not self.enabled:
+            raise ConfigError(
+                "evaluate.dataset: none needs evaluate.reference (allowed: digits, mnist, fashion-mnist, or "
+                "none with reference shards)"
+            )
+        if self.reference is not None and self.floor is None:
+            raise ConfigError(
+                "evaluate.floor: required with evaluate.reference (allowed: an fsspec URL of training "
+                "shards, for the real-vs-real floor)"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

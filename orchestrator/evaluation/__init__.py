@@ -9,6 +9,7 @@ from orchestrator.evaluation.protocol import (
     comparable,
     evaluate_reconstructions,
     evaluate_samples,
+    protocol_for,
     require_comparable,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "evaluate_samples",
     "load_classifier",
     "load_inception",
+    "protocol_for",
     "require_comparable",
 ]

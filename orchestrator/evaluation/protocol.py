@@ -16,14 +16,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torchmetrics
 
-from orchestrator.evaluation.classifier import load_split
-from orchestrator.evaluation.features import FeatureExtractor, load_classifier
+from orchestrator.config.schema import CLASSIFIER_IMAGES, MetricSource
+from orchestrator.data.pipeline import read_images
+from orchestrator.evaluation.classifier import LabelledImages, load_split
+from orchestrator.evaluation.features import FeatureExtractor, load_classifier, load_inception
 from orchestrator.evaluation.metrics import (
     GaussianStats,
     frechet_distance,
@@ -39,7 +42,9 @@ from orchestrator.evaluation.reference import (
     extract,
     reference_stats,
 )
+from sphere_core.config import ConfigError
 
+log = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1  # bump whenever a change here or in metrics.py can move a value
 STANDARD_N = {"digits": 594, "mnist": 1000, "fashion-mnist": 10_000}  # = each held-out split's size
 KINDS = {"samples": "", "reconstructions": "recon_"}  # what was scored -> metric-name prefix
@@ -97,9 +102,10 @@ def require_comparable(a: MetricResult, b: MetricResult, *, allow_proxy: bool = 
 class Protocol:
     """Everything that fixes a metric value. Build with `for_dataset`; vary sampling with `with_sampler`."""
 
-    dataset: str
+    dataset: str  # a built-in's name, or shards-<reference digest>-<floor digest>
     extractor: FeatureExtractor
     reference: ReferenceStats  # the real held-out split
+    real: LabelledImages  # that split's images (uint8) and labels: reconstructions start from them
     floor: dict[str, float]  # real-vs-real at this n: mean over draws of train images (never the reference)
     floor_std: dict[str, float]  # std over those draws (FD of one draw of 1,000 MNIST images: 33..61)
     n: int  # samples per evaluation: fixed, because FD is biased by n
@@ -151,26 +157,28 @@ class Protocol:
         n: int | None = None,
         image_size: int | None = None,
         extractor: FeatureExtractor | None = None,
-        reference: torch.Tensor | None = None,
+        reference: LabelledImages | None = None,
         floor_source: torch.Tensor | None = None,
         seed: int = 0,
         cache: str | None = None,
     ) -> Protocol:
         """Built-in datasets need only the name: the committed classifier, the held-out split as
         reference and the train split for the floor, at `image_size` (the size the model generates;
-        default: the data plane's default for the dataset). Other datasets pass `extractor` (e.g.
-        Inception), `reference` and `floor_source` images (N, C, H, W) uint8. cache: directory/fsspec
-        URL (default $SPHERE_EVAL_CACHE or ~/.cache/sphere-orchestrator/evaluation)."""
+        default: the data plane's default for the dataset). Other data pass `extractor` (e.g.
+        Inception), the `reference` images (N, C, H, W) uint8 with labels and `floor_source` images
+        (`protocol_for` reads both from shards). cache: directory/fsspec URL (default
+        $SPHERE_EVAL_CACHE or ~/.cache/sphere-orchestrator/evaluation)."""
         cache = cache or default_cache()
         extractor = extractor or load_classifier(dataset)
-        real = reference if reference is not None else load_split(dataset, "test", image_size).images
-        ref = reference_stats(real, extractor=extractor, cache=cache)
+        real = reference if reference is not None else load_split(dataset, "test", image_size)
+        ref = reference_stats(real.images, extractor=extractor, cache=cache)
         standard_n = STANDARD_N.get(dataset, ref.n)
         n = n or standard_n
         protocol = cls(
             dataset=dataset,
             extractor=extractor,
             reference=ref,
+            real=real,
             floor={},
             floor_std={},
             n=n,
@@ -184,6 +192,88 @@ class Protocol:
         return dataclasses.replace(protocol, floor=floor, floor_std=floor_std)
 
 
+def protocol_for(
+    source: MetricSource,
+    *,
+    n: int,
+    image_size: int,
+    channels: int,
+    seed: int,
+    floor: str | None = None,
+    cache: str | None = None,
+) -> Protocol:
+    """The protocol a config asks for (`eval:` in training, `evaluate:` on a frozen model), at the
+    model's image size. Shards are read into memory: the whole `reference` (10,000 RGB images of 256 px
+    take 2 GB) and n x floor_draws images of `floor` (default: source.floor), in a seeded shard order."""
+    extractor = _inception(source) if source.inception is not None else None
+    if extractor is None and channels != CLASSIFIER_IMAGES[0]:
+        raise ConfigError(
+            f"{source.section}.inception: the {source.dataset} classifier scores 1-channel images, the model "
+            f"makes {channels}-channel ones (allowed: Inception weights for them)"
+        )
+    if source.reference is None:
+        return Protocol.for_dataset(
+            source.dataset, n=n, image_size=image_size, extractor=extractor, seed=seed, cache=cache
+        )
+    floor_url = floor or source.floor
+    if floor_url is None:
+        raise ConfigError(f"{source.section}.floor: training shards for the real-vs-real floor are needed")
+    if extractor is None:
+        extractor = load_classifier(source.dataset)
+    reference, reference_digest = _read_real(source, source.reference, image_size, channels)
+    pool, floor_digest = _read_real(
+        source, floor_url, image_size, channels, limit=n * Protocol.floor_draws, shard_seed=seed
+    )
+    for name, url, images, needed in (
+        ("reference", source.reference, reference, max(2, n // 2)),  # KID draws subsets of n // 2
+        ("floor", floor_url, pool, n),
+    ):
+        if len(images.labels) < needed:
+            raise ConfigError(
+                f"{source.section}.{name}: {url} has {len(images.labels)} readable images, "
+                f"n = {n} needs at least {needed}"
+            )
+    return Protocol.for_dataset(
+        f"shards-{reference_digest[:12]}-{floor_digest[:12]}",
+        n=n,
+        extractor=extractor,
+        reference=reference,
+        floor_source=pool.images,
+        seed=seed,
+        cache=cache,
+    )
+
+
+def _inception(source: MetricSource) -> FeatureExtractor:
+    assert source.inception is not None
+    try:
+        return load_inception(source.inception)
+    except (OSError, ValueError, RuntimeError) as exc:  # missing file, not a state_dict, wrong layout
+        raise ConfigError(f"{source.section}.inception: {source.inception}: {exc}") from None
+
+
+def _read_real(
+    source: MetricSource,
+    url: str,
+    image_size: int,
+    channels: int,
+    *,
+    limit: int | None = None,
+    shard_seed: int | None = None,
+) -> tuple[LabelledImages, str]:
+    """Real images from shards at the model's size, all of them in manifest order or the first `limit`
+    in a seeded shard order; (images, the dataset's digest)."""
+    manifest, images, labels, skipped = read_images(url, image_size=image_size, limit=limit, seed=shard_seed)
+    if manifest.channels != channels:
+        raise ConfigError(
+            f"{source.section}: {url} holds {manifest.channels}-channel images, "
+            f"the model makes {channels}-channel ones"
+        )
+    if skipped:
+        log.warning("%s: skipped %d unreadable samples %s", url, sum(skipped.values()), dict(skipped))
+    return LabelledImages(images, labels), manifest.digest
+
+
 def _floor(protocol: Protocol, images: torch.Tensor, cache: str) -> tuple[dict[str, float], dict[str, float]]:
     """Mean and std of the metrics of `floor_draws` seeded draws of n real train images against the
     reference; cached by fingerprint."""
@@ -195,10 +285,10 @@ def _floor(protocol: Protocol, images: torch.Tensor, cache: str) -> tuple[dict[s
     if len(images) < protocol.n:
         raise ValueError(f"floor needs n={protocol.n} real images, the floor source has {len(images)}")
     gen = torch.Generator().manual_seed(protocol.seed)
-    draws = []
-    for _ in range(protocol.floor_draws):
-        pick = torch.randperm(len(images), generator=gen)[: protocol.n]
-        draws.append(_score(protocol, *extract(protocol.extractor, images[pick]), prefix=""))
+    picks = [torch.randperm(len(images), generator=gen)[: protocol.n] for _ in range(protocol.floor_draws)]
+    drawn, where = torch.cat(picks).unique(return_inverse=True)  # each drawn image is extracted once
+    features, logits = extract(protocol.extractor, images[drawn])
+    draws = [_score(protocol, features[index], logits[index], prefix="") for index in where.split(protocol.n)]
     values = {k: torch.tensor([d[k] for d in draws], dtype=torch.float64) for k in draws[0]}
     mean = {k: float(v.mean()) for k, v in values.items()}
     std = {k: float(v.std()) if len(v) > 1 else 0.0 for k, v in values.items()}

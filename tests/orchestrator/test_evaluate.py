@@ -14,6 +14,7 @@ from orchestrator.evaluate import (
     FrozenModel,
     canonical,
     format_table,
+    main,
     one_off_spec,
     score_reconstructions,
     score_setting,
@@ -110,6 +111,7 @@ def test_the_cli_grid_is_validated_before_anything_loads() -> None:
     args = Namespace(
         model="models:/m@a", steps=[1, 4], cfg=[1.0, 1.5], cfg_position=["combo"],
         schedule=["fixed", "decay"], noise=["shared"], num=64, dataset="mnist", seed=0,
+        inception=None, reference=None, floor=None,
     )  # fmt: skip
     spec = one_off_spec(args)
     assert spec.kind == "evaluate" and spec.evaluate is not None and spec.evaluate.num_images == 64
@@ -118,6 +120,37 @@ def test_the_cli_grid_is_validated_before_anything_loads() -> None:
     args.steps = [0]
     with pytest.raises(ConfigError, match=r"sampling\.steps: must be >= 1"):
         one_off_spec(args)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--reference", "s3://b/val", "--inception", "w.pth"], "error: --floor: required with --reference"),
+        (
+            ["--reference", "s3://b/val", "--floor", "s3://b/train"],
+            "error: --inception: required with --reference",
+        ),
+        (["--inception", "w.pth", "--dataset", "none"], "error: --inception: set --dataset"),
+    ],
+)
+def test_cli_metric_source_errors_are_one_line_before_any_tracking_server(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--model", "models:/m@a", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err
+
+
+def test_cli_reference_shards_default_to_no_builtin_dataset() -> None:
+    from argparse import Namespace
+
+    args = Namespace(
+        model="models:/m@a", steps=[1], cfg=[1.0], cfg_position=["combo"], schedule=["fixed"],
+        noise=["shared"], num=64, dataset=None, seed=0, inception="w.pth", reference="s3://b/val",
+        floor="s3://b/train",
+    )  # fmt: skip
+    spec = one_off_spec(args)
+    assert spec.evaluate is not None and spec.evaluate.dataset == "none" and spec.evaluate.tag == "inception"
 
 
 def test_settings_that_cannot_change_the_samples_collapse_to_one(frozen: FrozenModel) -> None:

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from orchestrator.config.loader import load_sweep
-from orchestrator.config.schema import EVAL_SCORES, EvalSpec, ExperimentConfig
+from orchestrator.config.schema import EvalSpec, ExperimentConfig, eval_scores
+from orchestrator.data.builtin import builtin_sources
+from orchestrator.data.writer import write_dataset
 from orchestrator.tracking import Evaluation
 from orchestrator.worker import SAMPLE_GRID, ProxyEval, noise_angle_evaluation, noise_seed, sample_grids
 from sphere_core.train_step import make_train_state
@@ -40,22 +42,32 @@ def test_sample_grids_are_one_and_multi_step_from_the_same_noise_each_time() -> 
 # --- proxy evaluation and diagnostics (rank 0 at eval cadence) --------------------------------------
 
 
-@pytest.fixture
-def digits_cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ExperimentConfig:
-    """The smoke config scored by the digits classifier (loads in ~1 s) at a small n, cache in tmp."""
+@pytest.fixture(params=["builtin", "shards"])
+def digits_cfg(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> ExperimentConfig:
+    """The smoke config scored by the digits classifier (loads in ~1 s) at a small n, cache in tmp; the
+    real images are the package's digits splits, or the same splits read back from shards."""
     monkeypatch.setenv("SPHERE_EVAL_CACHE", str(tmp_path / "eval-cache"))
     cfg = load_sweep(SMOKE).experiment
-    return dataclasses.replace(cfg, eval=EvalSpec(dataset="digits", num_images=32, seed=3))
+    if request.param == "builtin":
+        return dataclasses.replace(cfg, eval=EvalSpec(dataset="digits", num_images=32, seed=3))
+    for split, source in builtin_sources("digits", cfg.model.image_size).items():
+        write_dataset(source, f"file://{tmp_path}/digits/{split}", shard_size=300, progress=False)
+    eval_spec = EvalSpec(dataset="digits", reference=f"file://{tmp_path}/digits/test", num_images=32, seed=3)
+    data = dataclasses.replace(cfg.data, url=f"file://{tmp_path}/digits/train")  # the floor's source
+    return dataclasses.replace(cfg, data=data, eval=eval_spec)
 
 
 def test_proxy_eval_reports_the_contract_metrics_with_fingerprints(digits_cfg: ExperimentConfig) -> None:
     torch.manual_seed(0)
     state = make_train_state(digits_cfg.sphere, device="cpu")
     first = ProxyEval(state, digits_cfg)()
+    scores = eval_scores("clf")
     assert digits_cfg.eval_metrics == (
-        *(f"{s}_1step" for s in EVAL_SCORES),
-        *(f"{s}_4step" for s in EVAL_SCORES),
-        *(f"recon_{s}" for s in EVAL_SCORES),
+        *(f"{s}_1step" for s in scores),
+        *(f"{s}_4step" for s in scores),
+        *(f"recon_{s}" for s in scores),
         "eval_s",
     )
     assert set(digits_cfg.eval_metrics) <= set(first.metrics)

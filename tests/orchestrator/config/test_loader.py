@@ -90,6 +90,14 @@ MALFORMED = {
         "search:\n  loss.con_perc: {choice: [0.0, 0.5]}\n",
         "loss.con_perc: 0.5 needs perceptual weight files",
     ),
+    "eval reference shards without Inception": (
+        GOOD_SEARCH + "overrides: {eval.dataset: none, eval.reference: 's3://b/val'}\n",
+        "eval.inception: required with eval.reference when eval.dataset is none",
+    ),
+    "eval floor without reference": (
+        GOOD_SEARCH + "overrides: {eval.floor: 's3://b/train'}\n",
+        "eval.floor: only with eval.reference",
+    ),
     "optuna with a grid": (
         GOOD_SEARCH + "tune: {search_alg: optuna}\n",
         "search.noise.alpha_max_deg.grid: optuna",
@@ -150,7 +158,8 @@ def test_malformed_sweep_fails_with_one_line(tmp_path: Path, case: str) -> None:
                 (
                     "evaluate: {model: 'models:/m@a', dataset: cifar}",
                     "sampling.steps: {grid: [1]}",
-                    "evaluate.dataset: 'cifar' is not allowed (allowed: 'digits', 'mnist', 'fashion-mnist')",
+                    "evaluate.dataset: 'cifar' is not allowed (allowed: 'digits', 'mnist', 'fashion-mnist', "
+                    "'none')",
                 ),
                 (
                     "evaluate: {model: 'models:/m@a', num_images: 4}",
@@ -160,7 +169,23 @@ def test_malformed_sweep_fails_with_one_line(tmp_path: Path, case: str) -> None:
                 (
                     "evaluate: {model: 'models:/m@a', colour: 1}",
                     "sampling.steps: {grid: [1]}",
-                    "evaluate.colour: unknown key (allowed: model, dataset, num_images, seed)",
+                    "evaluate.colour: unknown key (allowed: dataset, inception, reference, floor, model, "
+                    "num_images, seed)",
+                ),
+                (
+                    "evaluate: {model: 'models:/m@a', reference: 's3://b/val'}",
+                    "sampling.steps: {grid: [1]}",
+                    "evaluate.floor: required with evaluate.reference (allowed: an fsspec URL of training",
+                ),
+                (
+                    "evaluate: {model: 'models:/m@a', dataset: none}",
+                    "sampling.steps: {grid: [1]}",
+                    "evaluate.dataset: none needs evaluate.reference",
+                ),
+                (
+                    "evaluate: {model: 'models:/m@a', dataset: none, reference: 's3://b/val', floor: 's3://b/tr'}",
+                    "sampling.steps: {grid: [1]}",
+                    "evaluate.inception: required with evaluate.reference when evaluate.dataset is none",
                 ),
                 (
                     "evaluate: {model: 'models:/m@a'}",

@@ -46,6 +46,19 @@ def test_a_classifier_that_cannot_score_the_model_output_is_refused() -> None:
     ExperimentConfig(model=ModelConfig(channels=1, num_classes=0), eval=EvalSpec(dataset="mnist"))
 
 
+def test_inception_scores_any_images_against_reference_shards() -> None:
+    cfg = ExperimentConfig(
+        model=ModelConfig(channels=3, num_classes=1000),
+        eval=EvalSpec(reference="s3://b/imagenet/val", inception="s3://b/weights/pt_inception.pth"),
+    )
+    assert cfg.eval.enabled and cfg.eval_metrics[0] == "fd_inception_1step"
+    assert "recon_recall_inception" in cfg.eval_metrics
+    assert cfg.eval_floor == cfg.data.url  # the floor's real images default to the training shards
+    floor = dataclasses.replace(cfg.eval, floor="s3://b/imagenet/train-subset")
+    assert dataclasses.replace(cfg, eval=floor).eval_floor == "s3://b/imagenet/train-subset"
+    assert ExperimentConfig(eval=EvalSpec(dataset="mnist", inception="w.pth")).eval_floor is None  # built-in
+
+
 def test_eval_num_images_needs_a_spread() -> None:
     with pytest.raises(ConfigError, match=r"eval\.num_images"):
         EvalSpec(num_images=8)

@@ -7,8 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from orchestrator.config.schema import EvalSpec
+from orchestrator.data.builtin import ArraySource, builtin_sources
+from orchestrator.data.writer import write_dataset
 from orchestrator.evaluation.classifier import LabelledImages
 from orchestrator.evaluation.features import load_classifier
+from orchestrator.evaluation.inception import FIDInceptionV3
 from orchestrator.evaluation.protocol import (
     MetricResult,
     Protocol,
@@ -16,9 +20,11 @@ from orchestrator.evaluation.protocol import (
     comparable,
     evaluate_reconstructions,
     evaluate_samples,
+    protocol_for,
     require_comparable,
 )
 from orchestrator.evaluation.reference import ReferenceStats
+from sphere_core.config import ConfigError
 
 
 def noisy(images: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
@@ -181,3 +187,65 @@ def test_reference_cache_on_an_fsspec_url_and_corruption_is_detected(
         torch.save(saved, f)
     with pytest.raises(ValueError, match="corrupt"):
         reference_stats(digits_test.images, extractor=digits_protocol.extractor, cache=url)
+
+
+# --- real images from shards (eval.reference / evaluate.reference) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_shards(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The digits splits written as shards: the same pixels as the package's splits, read back."""
+    root = tmp_path_factory.mktemp("digits-shards")
+    for split, source in builtin_sources("digits").items():
+        write_dataset(source, f"file://{root}/{split}", shard_size=250, progress=False)
+    return f"file://{root}"
+
+
+def test_shards_give_the_reference_statistics_of_the_same_images(
+    digits_shards: str, digits_protocol: Protocol, eval_cache: str
+) -> None:
+    source = EvalSpec(dataset="digits", reference=f"{digits_shards}/test")
+    protocol = protocol_for(
+        source, n=594, image_size=16, channels=1, seed=0, floor=f"{digits_shards}/train", cache=eval_cache
+    )
+    assert protocol.reference.sha256 == digits_protocol.reference.sha256  # PNG shards are lossless
+    assert torch.equal(protocol.real.labels, digits_protocol.real.labels)
+    assert protocol.dataset.startswith("shards-") and protocol.standard_n == 594
+    assert protocol.fingerprint() != digits_protocol.fingerprint()  # a different floor source
+    # The floor draws come from a pool of n x draws shard images instead of the whole split: same scale.
+    assert 0.5 < protocol.floor["fd_clf"] / digits_protocol.floor["fd_clf"] < 2.0
+
+
+def test_inception_features_score_shards_of_rgb_images(tmp_path: Path, eval_cache: str) -> None:
+    """Random weights in the FID file's layout: exercises the wiring (3-channel shards, *_inception metric
+    names, the weights' sha256 in the fingerprint), not real FID values."""
+    generator = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        images = torch.randint(0, 256, (20, 3, 12, 12), dtype=torch.uint8, generator=generator)
+        source = ArraySource(f"random/{split}", ("a", "b"), 12, 3, images, torch.arange(20) % 2)
+        write_dataset(source, f"file://{tmp_path}/{split}", shard_size=10, progress=False)
+    torch.manual_seed(0)
+    torch.save(FIDInceptionV3().state_dict(), tmp_path / "inception.pth")
+    source = EvalSpec(reference=f"file://{tmp_path}/test", inception=str(tmp_path / "inception.pth"))
+    protocol = protocol_for(
+        source, n=16, image_size=12, channels=3, seed=0, floor=f"file://{tmp_path}/train", cache=eval_cache
+    )
+    assert protocol.extractor.name == "inception-2015-12-05" and protocol.real.images.shape == (20, 3, 12, 12)
+    samples = torch.rand(16, 3, 12, 12, generator=generator)
+    result = evaluate_samples(samples, protocol=protocol)
+    assert {"fd_inception", "kid_inception", "precision_inception", "recall_inception"} <= set(result.values)
+    assert result.proxy and result.values["fd_inception"] > 0 and result.floor["fd_inception"] > 0
+    assert protocol.describe()["extractor_sha256"] == protocol.extractor.weights_sha256
+
+    with pytest.raises(ConfigError, match=r"eval: .*holds 3-channel images, the model makes 1-channel"):
+        protocol_for(source, n=16, image_size=12, channels=1, seed=0, floor=f"file://{tmp_path}/train")
+    with pytest.raises(
+        ConfigError, match=r"eval\.floor: .* has 20 readable images, n = 32 needs at least 32"
+    ):
+        protocol_for(source, n=32, image_size=12, channels=3, seed=0, floor=f"file://{tmp_path}/train")
+    missing = dataclasses.replace(source, inception=str(tmp_path / "nowhere.pth"))
+    with pytest.raises(ConfigError, match=r"eval.inception: .*nowhere.pth"):
+        protocol_for(missing, n=16, image_size=12, channels=3, seed=0, floor=f"file://{tmp_path}/train")
+    classifier = EvalSpec(dataset="digits", reference=f"file://{tmp_path}/test")
+    with pytest.raises(ConfigError, match=r"eval\.inception: the digits classifier scores 1-channel images"):
+        protocol_for(classifier, n=16, image_size=12, channels=3, seed=0, floor=f"file://{tmp_path}/train")
