@@ -87,9 +87,19 @@ def dry_run_report(spec: SweepSpec) -> str:
     cfg, t, evaluate = spec.experiment, spec.tune, spec.evaluate
     if evaluate is not None:  # kind: evaluate: one run per grid point on the frozen model, no Tune
         trials = expand_trials(spec.search, 1, "basic")
+        features = (
+            f"Inception-v3 features ({evaluate.inception})"
+            if evaluate.inception is not None
+            else f"the {evaluate.dataset} classifier's features"
+        )
+        real = (
+            f"held-out shards {evaluate.reference}, floor from {evaluate.floor}"
+            if evaluate.reference is not None
+            else f"the {evaluate.dataset} test split"
+        )
         details = [
             f"evaluate: {evaluate.model}, {evaluate.num_images} samples per setting (seed {evaluate.seed}), "
-            f"proxy metrics in the {evaluate.dataset} classifier's features",
+            f"metrics in {features} against {real}",
             "runs: a parent nested under the run that trained the model, in that run's experiment; one "
             "child per setting with distinct samples",
         ]
