@@ -66,6 +66,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     state = make_train_state(cfg.sphere, device=device, perceptual=perceptual)
     state.objective = ray.train.torch.prepare_model(state.objective)
     start_step, cursor = resume(state, device)
+    if rank == 0 and start_step:
+        print(f"resumed from the checkpoint at step {start_step}")  # Ray forwards it to the job's log
     stream = ShardStream(cfg.data, rank=rank, world_size=world, cursor=cursor)
     generator = torch.Generator().manual_seed(noise_seed(cfg.run.seed, world, rank, start_step))
     global_batch = cfg.data.batch_size * world
@@ -119,7 +121,6 @@ def resume(state: TrainState, device: torch.device) -> tuple[int, dict[str, Any]
     with checkpoint.as_directory() as directory:
         loaded = load_checkpoint(directory, device=device)
     restore(state, loaded)
-    print(f"resumed from the checkpoint at step {loaded.step}")  # Ray forwards it to the job's log
     return loaded.step, loaded.extra.get("cursor")
 
 

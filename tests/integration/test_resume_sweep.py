@@ -1,15 +1,20 @@
-"""@slow, end to end: stop a sweep's driver mid-run, resubmit the same file, and the sweep resumes:
-the Tune experiment is restored, the finished trial is not rerun, the interrupted one resumes from its
-Train checkpoint, and the MLflow parent and child runs are reused rather than duplicated."""
+"""@slow, end to end, both ways a sweep loses a process on a real cluster:
+- a Train worker is killed mid-trial: Ray restarts the worker group from the trial's latest checkpoint
+  (run.max_failures) and the trial finishes;
+- the sweep's driver is stopped mid-run and the same file resubmitted: the Tune experiment is restored,
+  the finished trial is not rerun, the interrupted one resumes from its Train checkpoint, and the MLflow
+  parent and child runs are reused rather than duplicated."""
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
 from ray.job_submission import JobStatus
+from ray.util.state import list_actors
 
 from orchestrator.config.loader import load_sweep
 from tests.integration.conftest import REPO, Jobs
@@ -20,11 +25,11 @@ SWEEP = f"""
 name: resume-test
 base: {REPO / "sweeps" / "base" / "mnist.yaml"}
 overrides:
-  run.steps: 20
+  run.steps: 30
   run.log_every: 5
-  run.eval_every: 20
+  run.eval_every: 30
   run.checkpoint_every: 5
-  optim.total_steps: 20
+  optim.total_steps: 30
   data.batch_size: 16
   data.shuffle_buffer: 100
   tracking.experiment: sphere-resume-test
@@ -36,7 +41,7 @@ tune:
 """
 
 
-def test_resubmitted_sweep_resumes_after_the_driver_died(
+def test_a_killed_worker_and_a_stopped_driver_both_resume(
     jobs: Jobs, mnist_shards: str, tmp_path: Path
 ) -> None:
     from mlflow import MlflowClient
@@ -53,19 +58,40 @@ def test_resubmitted_sweep_resumes_after_the_driver_died(
         runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
         return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
 
-    def second_trial_past_step_10() -> bool:
+    def trial_past_step_10(index: int) -> bool:
         runs = children()
-        return len(runs) == 2 and any(
-            m.step >= 10 for m in client.get_metric_history(runs[1].info.run_id, "loss")
+        return len(runs) == index + 1 and any(
+            m.step >= 10 for m in client.get_metric_history(runs[index].info.run_id, "loss")
         )
 
+    def loss_history(run_id: str) -> list[tuple[int, float, int]]:
+        return [(m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, "loss")]
+
+    def resumed_steps(logs: str) -> list[int]:
+        return [int(step) for step in re.findall(r"resumed from the checkpoint at step (\d+)", logs)]
+
     first_job = jobs.submit(path)
-    status = jobs.wait(first_job, timeout_s=300, until=second_trial_past_step_10)
+    status = jobs.wait(first_job, timeout_s=300, until=lambda: trial_past_step_10(0))
+    assert status == JobStatus.RUNNING, jobs.logs(first_job)[-6000:]
+    workers = list_actors(
+        address=jobs.cluster.dashboard_url,
+        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+    )
+    assert len(workers) == spec.experiment.scaling.workers_per_trial  # the first trial's worker group
+    os.kill(int(workers[-1].pid), signal.SIGKILL)
+
+    status = jobs.wait(first_job, timeout_s=300, until=lambda: trial_past_step_10(1))
     assert status == JobStatus.RUNNING, jobs.logs(first_job)[-6000:]
     jobs.client.stop_job(first_job)  # the driver dies with the second trial half done
     assert jobs.wait(first_job, timeout_s=120) == JobStatus.STOPPED
+    first_logs = jobs.logs(first_job)
+    restarted_at = set(resumed_steps(first_logs))  # Ray's log forwarding may repeat a worker's line
+    assert len(restarted_at) == 1, first_logs[-6000:]
+    assert 5 <= restarted_at.pop() < 30  # from a checkpoint, not from scratch
     finished_before = [r.info.run_id for r in children() if r.info.status == "FINISHED"]
     assert len(finished_before) == 1
+    history_before = loss_history(finished_before[0])
+    assert max(step for step, _, _ in history_before) == 30
 
     second_job = jobs.submit(path)
     status = jobs.wait(second_job, timeout_s=300)
@@ -75,9 +101,8 @@ def test_resubmitted_sweep_resumes_after_the_driver_died(
 
     runs = children()
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)  # reused, not duplicated
-    steps = [m.step for m in client.get_metric_history(finished_before[0], "loss")]
-    assert steps == [5, 10, 15, 20]  # the finished trial was not rerun: each step logged exactly once
-    resumed = [int(step) for step in re.findall(r"resumed from the checkpoint at step (\d+)", logs)]
+    assert loss_history(finished_before[0]) == history_before  # the finished trial was not rerun
+    resumed = resumed_steps(logs)
     assert resumed and min(resumed) >= 5  # the interrupted trial continued from its Train checkpoint
     parents = client.search_runs(
         [runs[0].info.experiment_id], filter_string=f"tags.`sweep.digest` = '{spec.digest}'"
