@@ -22,13 +22,17 @@ def _frequencies(num: int, base: float, device: torch.device | None) -> torch.Te
 
 
 def sincos_2d(grid: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
-    """Fixed absolute embedding (N, dim): half the channels encode the row, half the column,
-    each as [sin(pos * w), cos(pos * w)] with w = 10000^(-i / (dim/4)) (MAE/DiT convention)."""
+    """Fixed absolute embedding (N, dim): the first half of the channels encodes the column, the second
+    half the row, each as [sin(pos * w), cos(pos * w)] with w = 10000^(-i / (dim/4)).
+
+    Column first, as MAE's `get_2d_sincos_pos_embed` (which the official model uses): its meshgrid puts
+    the width coordinate first, so the half it calls "h" is in fact the column index."""
     if dim % 4:
         raise ValueError(f"sin-cos 2-D embedding needs dim divisible by 4, got {dim}")
     omega = _frequencies(dim // 4, 10000.0, device)  # (dim/4,)
+    rows, cols = grid_coords(grid, device)
     parts = []
-    for pos in grid_coords(grid, device):
+    for pos in (cols, rows):
         angles = pos[:, None] * omega[None, :]  # (N, dim/4)
         parts += [angles.sin(), angles.cos()]
     return torch.cat(parts, dim=1)  # (N, dim)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
+import numpy as np
 import pytest
 import torch
 
 from sphere_core.model import SphereEncoder
 from sphere_core.nn.layers import AdaLN
-from sphere_core.nn.posemb import apply_rope, grid_coords, rope_2d, sincos_2d
+from sphere_core.nn.posemb import apply_rope, grid_coords, rope_2d
 from sphere_core.nn.transformer import Block
 from sphere_core.presets import PRESETS, build_model, get_preset
 from sphere_core.spherify import spherify
@@ -149,10 +151,29 @@ def test_unconditional_encoder_leaves_the_origin_on_the_second_step() -> None:
     assert torch.allclose(z.flatten(1).norm(dim=1), torch.full((4,), model.cfg.latent_dim**0.5), rtol=1e-3)
 
 
-def test_position_embedding_is_frozen_sincos_and_in_state_dict() -> None:
-    model = tiny_model()
+def mae_sincos_2d(grid: int, dim: int) -> np.ndarray:
+    """MAE's get_2d_sincos_pos_embed written out in float64: channels [0, dim/2) encode the column j of
+    token t = i * grid + j and channels [dim/2, dim) its row i, each as [sin(pos w_k), cos(pos w_k)] with
+    w_k = 10000^(-k / (dim/4))."""
+    omega = 1.0 / 10000.0 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))
+    rows, cols = np.divmod(np.arange(grid * grid), grid)
+
+    def half(pos: np.ndarray) -> np.ndarray:
+        angles = np.outer(pos, omega)  # (N, dim/4)
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    return np.concatenate([half(cols), half(rows)], axis=1)
+
+
+def test_position_embedding_is_the_frozen_mae_sincos_table_and_in_state_dict() -> None:
+    model = tiny_model(decoder_size="micro")
+    for net, width in ((model.encoder, 64), (model.decoder, 128)):
+        pos = net.transformer.pos_embed
+        assert not pos.requires_grad
+        np.testing.assert_allclose(pos.double().numpy(), mae_sincos_2d(4, width), atol=1e-6)
     pos = model.encoder.transformer.pos_embed
-    assert not pos.requires_grad and torch.equal(pos, sincos_2d(4, 64))
+    # Token 1 sits at row 0, column 1: the column half comes first, so it starts at sin(1), the row half at 0.
+    assert pos[1, 0] == pytest.approx(math.sin(1.0)) and pos[1, 32] == 0.0
     assert "encoder.transformer.pos_embed" in model.state_dict()
 
 

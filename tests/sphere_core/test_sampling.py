@@ -127,7 +127,7 @@ def test_network_passes() -> None:
     assert network_passes(4, guide_dec=True) == 11 and network_passes(4, guide_enc=True) == 10
 
 
-GOLDEN = [0.479925, 0.119781, 0.454027, 0.50779]  # mean, std, two pixels (CPU float32)
+GOLDEN = [0.48312, 0.117688, 0.448625, 0.540025]  # mean, std, two pixels (CPU float32)
 
 
 def test_golden_numbers() -> None:
