@@ -1,7 +1,7 @@
 """Decoder D(v, y) -> image (B, C, H, W) in [-1, 1] (spec section 2).
 
 Linear(d -> width) -> MLP-Mixer over (N, width) -> + sin-cos pos emb -> ViT blocks -> pixel head
-("linear" at 256 px, "conv" for CIFAR) -> tanh.
+("linear" at 256 px, "conv" for CIFAR) -> tanh. Weights are set by `SphereEncoder.initialize_weights`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ class LinearPixelHead(nn.Module):
         self.grid, self.patch, self.channels = cfg.grid_size, cfg.patch_size, cfg.channels
         self.linear = ModulatedLinear(width, self.patch**2 * self.channels, cond_width=cond_width)
         self.smooth = nn.Conv2d(self.channels, self.channels, 3, padding=1, padding_mode="reflect")
-        nn.init.xavier_uniform_(self.smooth.weight, gain=0.01)  # official: a near-zero seam smoother
-        nn.init.zeros_(self.smooth.bias)  # type: ignore[arg-type]  # bias=True, never None
 
     def forward(self, h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         x = unpatchify(self.linear(h, c), self.grid, self.patch, self.channels)  # (B, C, H, W)
@@ -63,8 +61,6 @@ class Decoder(nn.Module):
         self.width = width
         self.label_embed = label_embedding(cfg.num_classes, width) if cfg.conditional else None
         self.latent_proj = nn.Linear(cfg.token_channels, width)
-        nn.init.normal_(self.latent_proj.weight, std=1.0)  # official N(0, 1); the mixer's RMSNorm rescales
-        nn.init.zeros_(self.latent_proj.bias)
         self.mixer = MLPMixer(cfg.num_tokens, width, cfg.decoder_mixer_depth, affine_norm=True)
         self.transformer = Transformer(
             width, depth, heads, grid=cfg.grid_size, rope_theta=cfg.rope_theta, cond_width=cond_width

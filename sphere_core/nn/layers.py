@@ -3,6 +3,9 @@
 AdaLN-Zero: a condition c (a label embedding) goes through SiLU -> Linear(width, k*width) whose
 weights start at zero, so every modulated layer starts as the unmodulated one. Unconditional models
 build no AdaLN module at all (`cond_width=None`).
+
+These modules keep PyTorch's default init: every rule of the official init (zeroed AdaLN and heads,
+N(0, 0.02) label tables, ...) lives in one pass, `SphereEncoder.initialize_weights`.
 """
 
 from __future__ import annotations
@@ -24,20 +27,16 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 def label_embedding(num_classes: int, width: int) -> nn.Embedding:
     """(num_classes + 1) x width table; row num_classes is the null class used for CFG."""
-    table = nn.Embedding(num_classes + 1, width)
-    nn.init.normal_(table.weight, std=0.02)  # DiT's label-embedding init
-    return table
+    return nn.Embedding(num_classes + 1, width)
 
 
 class AdaLN(nn.Module):
-    """SiLU -> Linear(cond_width, chunks*width), zero-initialised; returns `chunks` tensors (B, width)."""
+    """SiLU -> Linear(cond_width, chunks*width); returns `chunks` tensors (B, width)."""
 
     def __init__(self, cond_width: int, width: int, chunks: int) -> None:
         super().__init__()
         self.chunks = chunks
         self.proj = nn.Linear(cond_width, chunks * width)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
 
     def forward(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.proj(nn.functional.silu(c)).chunk(self.chunks, dim=-1)
@@ -58,10 +57,9 @@ class SwiGLU(nn.Module):
 
 
 class ModulatedLinear(nn.Module):
-    """The output head of either network.
+    """The encoder's latent head and the projection that starts the decoder's pixel head (official `ffn`).
 
-    Conditional: RMSNorm -> AdaLN shift/scale (zero-init) -> Linear.
-    Unconditional: a plain Linear, zero-initialised (spec section 2, encoder head).
+    Conditional: RMSNorm -> AdaLN shift/scale -> Linear. Unconditional: a plain Linear.
     """
 
     def __init__(self, width: int, out_features: int, *, cond_width: int | None) -> None:
@@ -73,9 +71,6 @@ class ModulatedLinear(nn.Module):
             # AdaLN supplies the scale, so the norm carries no gain of its own (as in DiT's final layer).
             self.norm = rms_norm(width, affine=False)
             self.adaln = AdaLN(cond_width, width, chunks=2)
-        else:
-            nn.init.zeros_(self.linear.weight)
-            nn.init.zeros_(self.linear.bias)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, N, width); c: (B, cond_width) or None -> (B, N, out_features)."""
