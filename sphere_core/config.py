@@ -52,7 +52,7 @@ class ModelConfig:
     latent_resolution: Literal["low", "high"] = "high"  # high halves the base patch (official default)
     encoder_mixer_depth: int = 2  # latent MLP-Mixer depth: 2 for CIFAR, 4 at 256 px
     decoder_mixer_depth: int = 2
-    affine_latent_mixer: bool = True  # learnable gain on the mixer's final RMSNorm
+    affine_latent_mixer: bool = True  # learnable gain on the final RMSNorm of BOTH latent mixers (official)
     pixel_head: Literal["linear", "conv"] = "conv"  # conv for CIFAR, linear at 256 px
     label_dropout: float = 0.1  # probability of replacing a label by the null class (for CFG)
     rope_theta: float = 10000.0

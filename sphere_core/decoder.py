@@ -61,7 +61,9 @@ class Decoder(nn.Module):
         self.width = width
         self.label_embed = label_embedding(cfg.num_classes, width) if cfg.conditional else None
         self.latent_proj = nn.Linear(cfg.token_channels, width)
-        self.mixer = MLPMixer(cfg.num_tokens, width, cfg.decoder_mixer_depth, affine_norm=True)
+        self.mixer = MLPMixer(
+            cfg.num_tokens, width, cfg.decoder_mixer_depth, affine_norm=cfg.affine_latent_mixer
+        )
         self.transformer = Transformer(
             width, depth, heads, grid=cfg.grid_size, rope_theta=cfg.rope_theta, cond_width=cond_width
         )

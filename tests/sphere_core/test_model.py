@@ -62,6 +62,16 @@ def test_spherified_latent_has_radius_sqrt_L() -> None:
     assert torch.allclose(norms, torch.full_like(norms, model.cfg.latent_dim**0.5), rtol=1e-4)
 
 
+@pytest.mark.parametrize("affine", [True, False])
+def test_affine_latent_mixer_flag_reaches_both_mixers(affine: bool) -> None:
+    # Official: --affine_latent_mlp_mixer sets use_affine of the encoder's output mixer AND of the mixer
+    # inside the decoder's input embedding; the norms inside the mixer blocks stay affine either way.
+    model = tiny_model(perturb=0.0, affine_latent_mixer=affine)
+    for mixer in (model.encoder.mixer, model.decoder.mixer):
+        assert (mixer.norm.weight is not None) == affine
+        assert all(block.norm_token.weight is not None for block in mixer.blocks)
+
+
 def test_build_model_xl_on_meta_allocates_no_weights() -> None:
     model = build_model("imagenet-256-xl", device="meta")
     assert all(p.is_meta for p in model.parameters())
