@@ -94,7 +94,9 @@ def score_setting(
     seconds = time.perf_counter() - started
     knobs = dataclasses.asdict(sampling)
     result = evaluate_samples(
-        images, protocol=protocol.with_sampler(**{k: v for k, v in knobs.items() if v is not None}, seed=seed)
+        images,
+        protocol=protocol.with_sampler(**{k: v for k, v in knobs.items() if v is not None}, seed=seed),
+        labels=labels if isinstance(labels, torch.Tensor) else None,
     )
     metrics = {
         **result.flat(),
@@ -111,9 +113,9 @@ def score_reconstructions(frozen: FrozenModel, protocol: Protocol) -> tuple[dict
     from orchestrator.evaluation.protocol import evaluate_reconstructions
     from sphere_core.editing import reconstruct
 
-    real = protocol.real.images[: protocol.n]
+    real, labels = protocol.real.images[: protocol.n], protocol.real.labels[: protocol.n]
     result = evaluate_reconstructions(
-        reconstruct(frozen.model, real.float() / 127.5 - 1.0), protocol=protocol
+        reconstruct(frozen.model, real.float() / 127.5 - 1.0), protocol=protocol, labels=labels
     )
     return result.flat(), result.fingerprint
 
@@ -273,7 +275,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], fd_key: str) -> str:
     """setting, passes/image, images/s, fd, kid, precision, recall (e.g. *_clf), the floor at that n,
     fingerprint. fd_key: the FD metric's full name (e.g. proxy/fd_clf)."""
     prefix, tag = fd_key.rsplit("fd_", 1)
-    table_metrics = eval_scores(tag)
+    table_metrics = [m for m in eval_scores(tag, conditional=True) if any(prefix + m in row for row in rows)]
     columns = ["setting", "passes", "images/s", *table_metrics, "fd floor", "fingerprint"]
     lines = [columns]
     for row in rows:

@@ -197,12 +197,14 @@ class ProxyEval:
         x = images.float() / 127.5 - 1.0  # uint8 -> [-1, 1], the model's input range
         y = labels if self.cfg.model.conditional else None
         v = spherify(model.encode(x, y))  # (n, N, d)
-        recon = evaluate_reconstructions(to_unit_range(model.decode(v, y)), protocol=self.protocol)
+        recon = evaluate_reconstructions(
+            to_unit_range(model.decode(v, y)), protocol=self.protocol, labels=labels
+        )
         scored.append(("recon_", "", recon))
         metrics: dict[str, float] = {}
         tags: dict[str, str] = {}
         for prefix, suffix, result in scored:
-            for score in eval_scores(self.cfg.eval.tag):
+            for score in eval_scores(self.cfg.eval.tag, conditional=self.cfg.model.conditional):
                 name = f"{prefix}{score}{suffix}"
                 metrics[name] = result.values[prefix + score]
                 tags |= protocol_tags(name, prefix + score, result)
@@ -229,7 +231,11 @@ class ProxyEval:
         )
         # The same sampler description as the evaluate sweep's, so equal settings share a fingerprint.
         knobs = {k: v for k, v in dataclasses.asdict(sampling).items() if v is not None}
-        return evaluate_samples(images, protocol=self.protocol.with_sampler(**knobs, seed=self.cfg.eval.seed))
+        return evaluate_samples(
+            images,
+            protocol=self.protocol.with_sampler(**knobs, seed=self.cfg.eval.seed),
+            labels=labels if isinstance(labels, torch.Tensor) else None,
+        )
 
 
 def protocol_tags(name: str, key: str, result: MetricResult) -> dict[str, str]:

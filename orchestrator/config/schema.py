@@ -86,9 +86,12 @@ SCORES = ("fd", "kid", "precision", "recall")  # what each evaluated image set r
 CLASSIFIER_IMAGES = (1, 10)  # every built-in metric classifier: (channels, classes)
 
 
-def eval_scores(tag: str) -> tuple[str, ...]:
-    """Metric names in one feature space: ("fd_clf", "kid_clf", ...) or ("fd_inception", ...)."""
-    return tuple(f"{score}_{tag}" for score in SCORES)
+def eval_scores(tag: str, *, conditional: bool = False) -> tuple[str, ...]:
+    """Metric names in one feature space: ("fd_clf", "kid_clf", ...) or ("fd_inception", ...). A
+    conditional model scored by a dataset classifier also reports acc_clf: the fraction of images the
+    classifier assigns to the class they were drawn for (Inception's ImageNet classes cannot say)."""
+    scores = (*SCORES, "acc") if conditional and tag == "clf" else SCORES
+    return tuple(f"{score}_{tag}" for score in scores)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,7 +215,7 @@ class ExperimentConfig:
         """What each eval reports (fd_clf_1step, ..., recon_fd_clf, ..., eval_s); () when eval is off."""
         if not self.eval.enabled:
             return ()
-        scores = eval_scores(self.eval.tag)
+        scores = eval_scores(self.eval.tag, conditional=self.model.conditional)
         samples = [f"{score}_{steps}step" for steps in self.eval_steps for score in scores]
         return (*samples, *(f"recon_{score}" for score in scores), "eval_s")
 

@@ -39,6 +39,9 @@ class FeatureExtractor(nn.Module):
     weights_sha256: str
     preprocess: str  # human-readable resize/normalisation rule, part of the fingerprint
     num_features: int  # torchmetrics reads this instead of probing with a (1, 3, 299, 299) tensor
+    # Whether the logits are over the dataset's own classes (so a sample's class can be checked):
+    # the committed classifiers, not Inception's 1008 ImageNet classes.
+    classifies_dataset: bool = False
 
     def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -49,6 +52,7 @@ class FeatureExtractor(nn.Module):
 
 class ClassifierExtractor(FeatureExtractor):
     tag = "clf"
+    classifies_dataset = True
 
     def __init__(self, net: SmallClassifier, *, name: str, weights_sha256: str) -> None:
         super().__init__()

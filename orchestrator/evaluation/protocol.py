@@ -106,7 +106,9 @@ class Protocol:
     extractor: FeatureExtractor
     reference: ReferenceStats  # the real held-out split
     real: LabelledImages  # that split's images (uint8) and labels: reconstructions start from them
-    floor: dict[str, float]  # real-vs-real at this n: mean over draws of train images (never the reference)
+    # real-vs-real at this n: mean over draws of train images (never the reference); acc_<tag>: the
+    # classifier's accuracy on the whole reference split, the most a generator's samples can expect
+    floor: dict[str, float]
     floor_std: dict[str, float]  # std over those draws (FD of one draw of 1,000 MNIST images: 33..61)
     n: int  # samples per evaluation: fixed, because FD is biased by n
     standard_n: int  # the dataset's leaderboard n; n < standard_n marks results as proxy
@@ -189,6 +191,13 @@ class Protocol:
         if floor_source is None:
             floor_source = load_split(dataset, "train", image_size).images
         floor, floor_std = _floor(protocol, floor_source, cache)
+        if extractor.classifies_dataset:
+            # What real digits score: the classifier's accuracy on the held-out split itself.
+            name = f"acc_{extractor.tag}"
+            floor[name], floor_std[name] = (
+                class_accuracy(extract(extractor, real.images)[1], real.labels),
+                0.0,
+            )
         return dataclasses.replace(protocol, floor=floor, floor_std=floor_std)
 
 
@@ -297,7 +306,12 @@ def _floor(protocol: Protocol, images: torch.Tensor, cache: str) -> tuple[dict[s
 
 
 def _score(
-    protocol: Protocol, features: torch.Tensor, logits: torch.Tensor, *, prefix: str
+    protocol: Protocol,
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    *,
+    prefix: str,
+    labels: torch.Tensor | None = None,
 ) -> dict[str, float]:
     ref, tag = protocol.reference, protocol.extractor.tag
     kid_mean, kid_std = kid(
@@ -318,11 +332,21 @@ def _score(
         f"precision_{tag}": precision,
         f"recall_{tag}": recall,
     }
+    if labels is not None and protocol.extractor.classifies_dataset:
+        values[f"acc_{tag}"] = class_accuracy(logits, labels)
     return {prefix + k: v for k, v in values.items()}
 
 
-def evaluate(images: torch.Tensor, *, protocol: Protocol, kind: str = "samples") -> MetricResult:
-    """images: (n, C, H, W) float in [0, 1] (map a tanh output with (x + 1) / 2 first)."""
+def class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of images the classifier assigns to the class they were drawn (or encoded) for."""
+    return float((logits.argmax(dim=1) == labels.to(logits.device)).float().mean())
+
+
+def evaluate(
+    images: torch.Tensor, *, protocol: Protocol, kind: str = "samples", labels: torch.Tensor | None = None
+) -> MetricResult:
+    """images: (n, C, H, W) float in [0, 1] (map a tanh output with (x + 1) / 2 first); labels (n,): the
+    classes the images were drawn for, which adds `acc_<tag>` when the extractor classifies the dataset."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     if images.shape[0] != protocol.n:
@@ -331,28 +355,35 @@ def evaluate(images: torch.Tensor, *, protocol: Protocol, kind: str = "samples")
         raise ValueError(
             f"images are {tuple(images.shape[1:])}, the reference is {protocol.reference.image_shape}"
         )
+    if labels is not None and labels.shape != (protocol.n,):
+        raise ValueError(f"labels must be ({protocol.n},), got {tuple(labels.shape)}")
     if not images.is_floating_point() or images.min() < -1e-3 or images.max() > 1 + 1e-3:
         raise ValueError("images must be floats in [0, 1]; a [-1, 1] model output needs (x + 1) / 2")
     x = images.detach().float().clamp(0, 1)
     if protocol.quantize:
         x = (x * 255).round() / 255  # what a PNG round-trip of the samples would give
     prefix = KINDS[kind]
-    values = _score(protocol, *extract(protocol.extractor, x), prefix=prefix)
+    values = _score(protocol, *extract(protocol.extractor, x), prefix=prefix, labels=labels)
     return MetricResult(
         values=values,
-        floor={prefix + k: v for k, v in protocol.floor.items()},
-        floor_std={prefix + k: v for k, v in protocol.floor_std.items()},
+        floor={prefix + k: v for k, v in protocol.floor.items() if prefix + k in values},
+        floor_std={prefix + k: v for k, v in protocol.floor_std.items() if prefix + k in values},
         fingerprint=protocol.fingerprint(kind),
         n=protocol.n,
         proxy=protocol.n < protocol.standard_n,
     )
 
 
-def evaluate_samples(images: torch.Tensor, *, protocol: Protocol) -> MetricResult:
-    """gFID-like: generated samples against the held-out reference."""
-    return evaluate(images, protocol=protocol, kind="samples")
+def evaluate_samples(
+    images: torch.Tensor, *, protocol: Protocol, labels: torch.Tensor | None = None
+) -> MetricResult:
+    """gFID-like: generated samples against the held-out reference; with the labels they were drawn for,
+    also the class-conditional accuracy (acc_clf)."""
+    return evaluate(images, protocol=protocol, kind="samples", labels=labels)
 
 
-def evaluate_reconstructions(images: torch.Tensor, *, protocol: Protocol) -> MetricResult:
+def evaluate_reconstructions(
+    images: torch.Tensor, *, protocol: Protocol, labels: torch.Tensor | None = None
+) -> MetricResult:
     """rFID-like: reconstructions of the reference images; metric names get the prefix `recon_`."""
-    return evaluate(images, protocol=protocol, kind="reconstructions")
+    return evaluate(images, protocol=protocol, kind="reconstructions", labels=labels)

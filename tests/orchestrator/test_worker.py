@@ -63,7 +63,8 @@ def test_proxy_eval_reports_the_contract_metrics_with_fingerprints(digits_cfg: E
     torch.manual_seed(0)
     state = make_train_state(digits_cfg.sphere, device="cpu")
     first = ProxyEval(state, digits_cfg)()
-    scores = eval_scores("clf")
+    scores = eval_scores("clf", conditional=True)
+    assert "acc_clf" in scores  # a conditional model is also scored on the classes it was asked for
     assert digits_cfg.eval_metrics == (
         *(f"{s}_1step" for s in scores),
         *(f"{s}_4step" for s in scores),

@@ -68,6 +68,23 @@ def test_recall_drops_under_mode_dropping_while_precision_stays_high(
     assert dropped["is_clf"] < 1.5 < full["is_clf"]  # one class: the classifier is sure and never varies
 
 
+def test_class_accuracy_counts_images_of_the_class_they_were_drawn_for(
+    digits_protocol: Protocol, digits_test: LabelledImages
+) -> None:
+    images, labels = digits_test.images.float() / 255, digits_test.labels
+    right = evaluate_samples(images, protocol=digits_protocol, labels=labels)
+    # The real held-out digits score what the committed card says the classifier scores on them.
+    assert right.values["acc_clf"] == right.floor["acc_clf"] > 0.95
+    wrong = evaluate_samples(images, protocol=digits_protocol, labels=(labels + 1) % 10)
+    assert wrong.values["acc_clf"] < 0.05  # a digit drawn "for" the next class is almost never that class
+    zeros = images[labels == 0][torch.arange(594) % int((labels == 0).sum())]
+    one_template = evaluate_samples(zeros, protocol=digits_protocol, labels=torch.arange(594) % 10)
+    assert 0.05 < one_template.values["acc_clf"] < 0.15  # class 0 for every label: right 1 time in 10
+    assert "acc_clf" not in evaluate_samples(images, protocol=digits_protocol).values  # no labels given
+    with pytest.raises(ValueError, match="labels"):
+        evaluate_samples(images, protocol=digits_protocol, labels=labels[:10])
+
+
 def test_result_carries_floor_fingerprint_and_n(
     digits_protocol: Protocol, digits_candidates: torch.Tensor
 ) -> None:
