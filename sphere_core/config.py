@@ -163,7 +163,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    total_steps: int = 1000  # cosine decay ends here
+    total_steps: int = 1000  # run length; the cosine reaches min_lr at total_steps - warmup_steps (official)
     decay_lr: bool = True
     grad_clip: float = 1.0
     ema_decay: float = 0.9997  # EMA is kept in fp32 whatever the model dtype

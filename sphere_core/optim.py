@@ -3,7 +3,7 @@
 Official recipe: AdamW(betas 0.9/0.95, weight decay 0); no decay for parameters with ndim < 2, for names
 containing ln/bias/embedding/norm/embed/token, and for every decoder parameter; encoder LR x 0.1;
 LR 1e-4 (min 1e-6) at global batch 256, scaled linearly with the real global batch; linear warmup then
-cosine decay to min_lr. Every group carries `lr_scale`, so a step sets lr = lr_at(step) * lr_scale.
+cosine decay to min_lr (`lr_at`). Every group carries `lr_scale`, so a step sets lr = lr_at(step) * lr_scale.
 """
 
 from __future__ import annotations
@@ -64,14 +64,23 @@ def scaled_lrs(optim: OptimConfig, global_batch: int) -> tuple[float, float]:
 
 
 def lr_at(step: int, optim: OptimConfig, global_batch: int) -> float:
-    """LR for optimiser step `step` (0-based): linear warmup reaching the peak at the last warmup step,
-    then cosine to min_lr at `total_steps` (held there after), or constant when decay_lr is False."""
+    """LR for optimiser step `step` (0-based), the official `cosine_scheduler` as train.py calls it.
+
+    With W = warmup_steps and T = total_steps:
+        step < W:            lr * (step + 1) / (W + 1)     (never quite the peak)
+        W <= step <= T - W:  cosine from lr at step W to min_lr at step T - W
+        step > T - W:        min_lr                        (the last W steps, and any beyond T)
+    or lr from step W on when decay_lr is False. The decay ends at T - W because train.py passes
+    decay_steps = int((1 - warmup_epochs / epochs) * T) as the step where the cosine reaches min_lr.
+    """
     lr, min_lr = scaled_lrs(optim, global_batch)
-    if step < optim.warmup_steps:
-        return lr * (step + 1) / optim.warmup_steps
+    warmup = optim.warmup_steps
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
     if not optim.decay_lr:
         return lr
-    progress = min((step - optim.warmup_steps) / max(optim.total_steps - optim.warmup_steps, 1), 1.0)
+    decay_end = optim.total_steps - warmup
+    progress = min((step - warmup) / max(decay_end - warmup, 1), 1.0)  # max(): official divides by 0
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

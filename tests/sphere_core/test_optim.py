@@ -71,14 +71,30 @@ def test_encoder_learning_rate_scale() -> None:
 # --- schedule ------------------------------------------------------------------------------------
 
 
-def test_warmup_then_cosine_to_min_lr() -> None:
+def official_lr(step: int, *, lr: float, min_lr: float, warmup: int, total: int) -> float:
+    """The official cosine_scheduler(lr, min_lr, step, warmup, decay=True, decay_steps) as train.py calls
+    it: decay_steps = int((1 - warmup_epochs / epochs) * total) = total - warmup."""
+    decay_steps = total - warmup
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
+    if step > decay_steps:
+        return min_lr
+    ratio = (step - warmup) / (decay_steps - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def test_schedule_is_the_official_cosine_scheduler() -> None:
     lrs = [lr_at(s, OPTIM, 256) for s in range(130)]
-    assert lrs[0] == pytest.approx(1e-4)  # (0 + 1) / 10 of the peak
-    assert lrs[9] == lrs[10] == pytest.approx(1e-3)  # peak at the end of warmup
-    assert all(a < b for a, b in itertools.pairwise(lrs[:10]))
-    assert lrs[60] == pytest.approx((1e-3 + 1e-5) / 2)  # half-way through the cosine
-    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
-    assert lrs[110] == lrs[129] == pytest.approx(1e-5)
+    expected = [official_lr(s, lr=1e-3, min_lr=1e-5, warmup=10, total=110) for s in range(130)]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    # The landmarks, by hand: warmup (s + 1) / (W + 1); the peak first at step W; the cosine half-way
+    # at W + (T - 2W) / 2 = 55; min_lr from T - W = 100 on, also past total_steps.
+    assert lrs[0] == pytest.approx(1e-3 / 11) and lrs[9] == pytest.approx(1e-3 * 10 / 11)
+    assert lrs[10] == pytest.approx(1e-3)
+    assert lrs[55] == pytest.approx((1e-3 + 1e-5) / 2)
+    assert lrs[100] == lrs[101] == lrs[110] == lrs[129] == pytest.approx(1e-5)
+    assert all(a < b for a, b in itertools.pairwise(lrs[:11]))
+    assert all(a > b for a, b in itertools.pairwise(lrs[10:101]))
 
 
 def test_lr_and_min_lr_scale_linearly_with_global_batch() -> None:
@@ -89,7 +105,8 @@ def test_lr_and_min_lr_scale_linearly_with_global_batch() -> None:
 
 def test_constant_after_warmup_without_decay() -> None:
     optim = OptimConfig(lr=1e-3, warmup_steps=4, total_steps=10, decay_lr=False)
-    assert [lr_at(s, optim, 256) for s in (3, 4, 9, 50)] == [1e-3] * 4
+    assert lr_at(3, optim, 256) == pytest.approx(1e-3 * 4 / 5)  # still warming up: (3 + 1) / (4 + 1)
+    assert [lr_at(s, optim, 256) for s in (4, 9, 50)] == [1e-3] * 3
     assert lr_at(0, OptimConfig(lr=1e-3, warmup_steps=0, total_steps=10), 256) == pytest.approx(1e-3)
     assert lr_at(5, OptimConfig(lr=1e-3, min_lr=0.0, total_steps=10), 256) == pytest.approx(
         1e-3 * 0.5 * (1 + math.cos(math.pi * 0.5))
