@@ -1,7 +1,8 @@
 """AdamW parameter groups, the learning-rate schedule and the fp32 EMA (paper spec 4).
 
 Official recipe: AdamW(betas 0.9/0.95, weight decay 0); no decay for parameters with ndim < 2, for names
-containing ln/bias/embedding/norm/embed/token, and for every decoder parameter; encoder LR x 0.1;
+containing ln/bias/embedding/norm/embed/token, and for every decoder parameter (`decays` states what that
+rule does on the official names, in ours); encoder LR x 0.1;
 LR 1e-4 (min 1e-6) at global batch 256, scaled linearly with the real global batch; linear warmup then
 cosine decay to min_lr (`lr_at`). Every group carries `lr_scale`, so a step sets lr = lr_at(step) * lr_scale.
 """
@@ -17,7 +18,14 @@ from torch import nn
 
 from sphere_core.config import OptimConfig
 
-NO_DECAY_KEYS = ("ln", "bias", "embedding", "norm", "embed", "token")  # official substring rule
+# Official train.py excludes names containing ln/bias/embedding/norm/embed/token/decoder. On the official
+# names only bias, norm, embed and decoder ever match: "ln" and "token" hit nothing ("adaLN_modulation"
+# is upper case, the token mixer is `out.blocks.i.tok_mixer.mix`), "embedding" only the label table
+# (`y_embedder.embedding_table`, caught by "embed" too). So the token-mixing weights DO decay, and both
+# encoder input convs (`x_embedder.0`, `x_embedder.1`) do not. Our names differ, so the rule is kept by
+# effect: the keys that matter, plus our 1x1 input conv, whose name lacks the official "embed".
+NO_DECAY_KEYS = ("bias", "norm", "embed")  # biases, RMSNorm gains, label tables, patch_embed
+INPUT_CONVS = ("encoder.patch_embed.", "encoder.patch_proj.")  # official encoder.x_embedder.0 / .1
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
@@ -25,7 +33,9 @@ def decays(name: str, param: torch.Tensor) -> bool:
     """Whether weight decay applies (encoder and other non-decoder parameters only)."""
     if name.startswith("decoder."):
         return False  # official: the whole decoder is decay-free
-    return param.ndim >= 2 and not any(key in name for key in NO_DECAY_KEYS)
+    if param.ndim < 2 or name.startswith(INPUT_CONVS):
+        return False
+    return not any(key in name for key in NO_DECAY_KEYS)
 
 
 def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:

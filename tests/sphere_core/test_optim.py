@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
 
 from sphere_core.config import OptimConfig
-from sphere_core.optim import build_optimizer, lr_at, make_ema, param_groups, set_lr, update_ema
+from sphere_core.optim import build_optimizer, decays, lr_at, make_ema, param_groups, set_lr, update_ema
 from tests.sphere_core.tiny import tiny_model
 
 OPTIM = OptimConfig(lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_steps=10, total_steps=110)
@@ -46,15 +47,63 @@ def test_no_decay_rules_and_decoder_is_decay_free() -> None:
     assert decayed  # encoder matrices decay ...
     assert all(n.startswith("encoder.") for n in decayed)  # ... the decoder never does
     assert "encoder.transformer.blocks.0.attn.qkv.weight" in decayed
+    assert "encoder.mixer.blocks.0.token_mix.0.weight" in decayed  # official tok_mixer: no "token"
     for name in (
         "encoder.transformer.blocks.0.attn.qkv.bias",  # bias
         "encoder.transformer.blocks.0.norm1.weight",  # ndim 1 / norm
         "encoder.label_embed.weight",  # embed
-        "encoder.mixer.blocks.0.token_mix.0.weight",  # "token" (official substring rule)
+        "encoder.patch_proj.weight",  # official encoder.x_embedder.1: "embed"
         "decoder.transformer.blocks.0.attn.qkv.weight",  # decoder
     ):
         assert name not in decayed, name
     assert {g["weight_decay"] for g in groups} == {0.0, OPTIM.weight_decay}
+
+
+# Our parameter names -> the official G's (sphere/model.py, layers.py, mixer.py), applied in order.
+OFFICIAL_NAMES = [
+    (r"^(encoder|decoder)\.label_embed\.", r"\1.y_embedder.embedding_table."),
+    (r"^encoder\.patch_embed\.", "encoder.x_embedder.0."),
+    (r"^encoder\.patch_proj\.", "encoder.x_embedder.1."),
+    (r"^decoder\.latent_proj\.", "decoder.x_embedder.0."),
+    (r"^decoder\.mixer\.", "decoder.x_embedder.1."),
+    (r"^encoder\.mixer\.", "encoder.out."),
+    (r"^encoder\.head\.", "encoder.ffn."),
+    (r"^decoder\.head\.linear\.", "decoder.ffn."),
+    (r"^decoder\.head\.(conv|up|smooth)\.", "decoder.out.2."),
+    (r"\.transformer\.", "."),  # blocks sit directly on the official Transformer
+    (r"\.adaln\.proj\.", ".adaLN_modulation.1."),
+    (r"\.mlp\.w[13]\.", ".mlp.w12."),  # one fused Linear
+    (r"\.mlp\.w2\.", ".mlp.w3."),
+    (r"\.token_mix\.", ".tok_mixer.mix."),
+    (r"\.channel_mix\.", ".chn_mixer.mix."),
+    (r"\.norm_token\.", ".norm1."),
+    (r"\.norm_channel\.", ".norm2."),
+    (r"\.alpha_token$", ".alpha1"),
+    (r"\.alpha_channel$", ".alpha2"),
+]
+
+
+def official_name(name: str) -> str:
+    for pattern, replacement in OFFICIAL_NAMES:
+        name = re.sub(pattern, replacement, name)
+    return name
+
+
+@pytest.mark.parametrize("head", ["linear", "conv"])
+@pytest.mark.parametrize("num_classes", [5, 0])
+def test_decay_matches_the_official_rule_on_the_official_names(head: str, num_classes: int) -> None:
+    """train.py: exclude p.ndim < 2 or names containing ln/bias/embedding/norm/embed/token/decoder."""
+    model = tiny_model(pixel_head=head, num_classes=num_classes)
+    keys = ("ln", "bias", "embedding", "norm", "embed", "token", "decoder")
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            official = official_name(name)
+            excluded = param.ndim < 2 or any(key in official for key in keys)
+            assert decays(name, param) == (not excluded), (name, official)
+    assert (
+        official_name("encoder.mixer.blocks.0.token_mix.0.weight")
+        == "encoder.out.blocks.0.tok_mixer.mix.0.weight"
+    )
 
 
 def test_encoder_learning_rate_scale() -> None:
