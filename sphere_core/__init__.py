@@ -18,6 +18,7 @@ The package never imports ray, mlflow, fsspec, s3fs, webdataset, yaml or PIL (te
 
 from sphere_core.checkpoint import load_checkpoint, load_model, save_checkpoint
 from sphere_core.config import (
+    AugmentConfig,
     ConfigError,
     LossWeights,
     ModelConfig,
@@ -36,6 +37,7 @@ from sphere_core.train_step import TrainState, make_train_state, train_step
 
 __all__ = [
     "PRESETS",
+    "AugmentConfig",
     "ConfigError",
     "LossWeights",
     "ModelConfig",

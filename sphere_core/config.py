@@ -163,7 +163,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    total_steps: int = 1000  # cosine decay ends here
+    total_steps: int = 1000  # run length; the cosine reaches min_lr at total_steps - warmup_steps (official)
     decay_lr: bool = True
     grad_clip: float = 1.0
     ema_decay: float = 0.9997  # EMA is kept in fp32 whatever the model dtype
@@ -196,13 +196,23 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AugmentConfig:
+    """Training-time augmentation, applied by the data pipeline (`transforms.random_hflip`)."""
+
+    # p = 0.5 left-right flips; the official scripts keep --flip_image True for every dataset. Off by
+    # default (ours): a flipped digit is not a digit. The paper presets turn it on.
+    random_flip: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class SphereConfig:
-    """Everything that defines a trained model: architecture, noise, losses, optimiser."""
+    """Everything that defines a trained model: architecture, noise, losses, optimiser, augmentation."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

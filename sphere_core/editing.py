@@ -2,14 +2,18 @@
 crossover of two images and class manipulation.
 
 Images go in as (B, C, H, W) in [-1, 1] (the model's space) and come out in [0, 1], like `generate`.
-Every edit that refines runs `sampling.steps` forward steps: a direct, noise-free projection
-x = D(f(E(x))) (the encoder "directly projects" the edited image, spec 6), then the T-1 re-noising
-steps of Algorithm 1 from `sampling.refine`, so noise_scale, schedule, shared noise and CFG are all
-honoured (the official edit.py silently drops noise_scale and CFG).
+Crossover and class manipulation run the official `G.edit` loop from the image: T = `sampling.steps`
+encode -> re-noise -> decode steps, the first one already noisy,
+    x_0 = the input image;  x_k = D(f(f(E(x_{k-1})) + r_k * noise_scale * tan(alpha_max) * e_k)),
+with r_k = 1 ("fixed") or 1 - k/(T+1) ("decay": official edit() counts the input as an extra step).
+Deliberate differences from the official edit.py: noise_scale (its --noise_strength_scaler) and CFG
+are honoured, where edit.py never passes them to G.edit; and T = 1 is one noisy step from the image,
+where G.edit with forward_steps == 1 returns its 1-step sample from random noise before the image is used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Literal
 
@@ -30,7 +34,7 @@ def reconstruct(model: SphereEncoder, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def project_and_refine(
+def refine_image(
     model: SphereEncoder,
     x: torch.Tensor,
     cond: Condition,
@@ -39,10 +43,13 @@ def project_and_refine(
     alpha_max_deg: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """One noise-free projection of x onto the learned manifold, then T-1 refinement steps."""
+    """T = sampling.steps noisy encode -> decode steps from the image x itself (official G.edit with
+    x_enc_image). x: (B, C, H, W) in [-1, 1] -> [0, 1]."""
     guided = Guided.build(model, cond, x.shape[0], sampling)
-    x = guided.decode(spherify(guided.encode(x)))
-    x = refine(guided, x, sampling=sampling, alpha_max_deg=alpha_max_deg, generator=generator)
+    # `refine` runs the T-1 steps after a 1-step sample; the image takes that sample's place, so T + 1
+    # here gives T steps with the official edit() schedule r_k = 1 - k/(T+1).
+    with_image = dataclasses.replace(sampling, steps=sampling.steps + 1)
+    x = refine(guided, x, sampling=with_image, alpha_max_deg=alpha_max_deg, generator=generator)
     return to_unit_range(x)
 
 
@@ -173,12 +180,10 @@ def crossover(
     alpha_max_deg: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """Stitches a and b, then lets the model harmonise the seams with the null class."""
+    """Stitches a and b, then lets the model harmonise the seams with the null class (`refine_image`)."""
     x = stitch(a, b, mode, swap=swap)
     null = Condition.from_labels(model, model.null_labels(x.shape[0], x.device))
-    return project_and_refine(
-        model, x, null, sampling=sampling, alpha_max_deg=alpha_max_deg, generator=generator
-    )
+    return refine_image(model, x, null, sampling=sampling, alpha_max_deg=alpha_max_deg, generator=generator)
 
 
 @torch.no_grad()
@@ -191,11 +196,9 @@ def manipulate_class(
     alpha_max_deg: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """Re-renders x as the target classes (B,): encode conditioned on them, then refine. One step keeps
-    the object and adopts the class's texture; more steps move further (spec 6)."""
+    """Re-renders x as the target classes (B,) by `refine_image` conditioned on them. One step keeps the
+    object and adopts the class's texture; more steps move further (spec 6)."""
     if not model.cfg.conditional:
         raise ValueError("class manipulation needs a class-conditional model (num_classes > 0)")
     cond = Condition.from_labels(model, labels.to(x.device))
-    return project_and_refine(
-        model, x, cond, sampling=sampling, alpha_max_deg=alpha_max_deg, generator=generator
-    )
+    return refine_image(model, x, cond, sampling=sampling, alpha_max_deg=alpha_max_deg, generator=generator)

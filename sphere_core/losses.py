@@ -90,15 +90,20 @@ class SphereObjective(nn.Module):
     ) -> LossOutput:
         """x: (B, C, H, W) in [-1, 1]; y: (B,) labels or None (unconditional)."""
         model, w = self.model, self.weights
-        if y is not None:
-            # The same dropped labels condition every pass below (encoder and decoder alike).
-            y = model.drop_labels(y, model.cfg.label_dropout, generator=generator)
-        y2 = None if y is None else torch.cat([y, y])
-        z = model.encode(x, y)  # (B, N, d)
+
+        def drop(labels: torch.Tensor | None) -> torch.Tensor | None:
+            # Official: each network's LabelEmbedder drops inside its own forward, so every call below
+            # (encode, the 2B-row decode, re-encode) draws its own mask, row by row (spec 1.5).
+            if labels is None:
+                return None
+            return model.drop_labels(labels, model.cfg.label_dropout, generator=generator)
+
+        z = model.encode(x, drop(y))  # (B, N, d)
         v = spherify(z)
         noise = add_training_noise(v, self.noise, generator=generator)
         # One decoder pass over [v_NOISY; v_noisy], 2B latents (spec 1.6).
-        x_hat = model.decode(torch.cat([noise.v_large, noise.v_small]), y2)  # (2B, C, H, W)
+        y2 = None if y is None else torch.cat([y, y])
+        x_hat = model.decode(torch.cat([noise.v_large, noise.v_small]), drop(y2))  # (2B, C, H, W)
         x_hat_large, x_hat_small = x_hat.chunk(2)
         x01, large01, small01 = x * 0.5 + 0.5, x_hat_large * 0.5 + 0.5, x_hat_small * 0.5 + 0.5
 
@@ -112,7 +117,7 @@ class SphereObjective(nn.Module):
             total, terms = total + con, terms | con_terms
         if w.latent_con > 0:
             # x_hat_large is NOT detached: this term trains the decoder through the second encoder pass.
-            z_re = model.encode(x_hat_large, y)  # (B, N, d)
+            z_re = model.encode(x_hat_large, drop(y))  # (B, N, d)
             # sg[E(x)]: the clean latent is the target; cosine ignores scale, so raw z equals f(z) here.
             cos = F.cosine_similarity(z_re.flatten(1).float(), z.detach().flatten(1).float(), dim=1)
             latent = (1.0 - cos).mean()

@@ -1,9 +1,10 @@
 """AdamW parameter groups, the learning-rate schedule and the fp32 EMA (paper spec 4).
 
 Official recipe: AdamW(betas 0.9/0.95, weight decay 0); no decay for parameters with ndim < 2, for names
-containing ln/bias/embedding/norm/embed/token, and for every decoder parameter; encoder LR x 0.1;
+containing ln/bias/embedding/norm/embed/token, and for every decoder parameter (`decays` states what that
+rule does on the official names, in ours); encoder LR x 0.1;
 LR 1e-4 (min 1e-6) at global batch 256, scaled linearly with the real global batch; linear warmup then
-cosine decay to min_lr. Every group carries `lr_scale`, so a step sets lr = lr_at(step) * lr_scale.
+cosine decay to min_lr (`lr_at`). Every group carries `lr_scale`, so a step sets lr = lr_at(step) * lr_scale.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from torch import nn
 
 from sphere_core.config import OptimConfig
 
-NO_DECAY_KEYS = ("ln", "bias", "embedding", "norm", "embed", "token")  # official substring rule
+# Official train.py excludes names containing ln/bias/embedding/norm/embed/token/decoder. On the official
+# names only bias, norm, embed and decoder ever match: "ln" and "token" hit nothing ("adaLN_modulation"
+# is upper case, the token mixer is `out.blocks.i.tok_mixer.mix`), "embedding" only the label table
+# (`y_embedder.embedding_table`, caught by "embed" too). So the token-mixing weights DO decay, and both
+# encoder input convs (`x_embedder.0`, `x_embedder.1`) do not. Our names differ, so the rule is kept by
+# effect: the keys that matter, plus our 1x1 input conv, whose name lacks the official "embed".
+NO_DECAY_KEYS = ("bias", "norm", "embed")  # biases, RMSNorm gains, label tables, patch_embed
+INPUT_CONVS = ("encoder.patch_embed.", "encoder.patch_proj.")  # official encoder.x_embedder.0 / .1
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
@@ -25,7 +33,9 @@ def decays(name: str, param: torch.Tensor) -> bool:
     """Whether weight decay applies (encoder and other non-decoder parameters only)."""
     if name.startswith("decoder."):
         return False  # official: the whole decoder is decay-free
-    return param.ndim >= 2 and not any(key in name for key in NO_DECAY_KEYS)
+    if param.ndim < 2 or name.startswith(INPUT_CONVS):
+        return False
+    return not any(key in name for key in NO_DECAY_KEYS)
 
 
 def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
@@ -64,14 +74,23 @@ def scaled_lrs(optim: OptimConfig, global_batch: int) -> tuple[float, float]:
 
 
 def lr_at(step: int, optim: OptimConfig, global_batch: int) -> float:
-    """LR for optimiser step `step` (0-based): linear warmup reaching the peak at the last warmup step,
-    then cosine to min_lr at `total_steps` (held there after), or constant when decay_lr is False."""
+    """LR for optimiser step `step` (0-based), the official `cosine_scheduler` as train.py calls it.
+
+    With W = warmup_steps and T = total_steps:
+        step < W:            lr * (step + 1) / (W + 1)     (never quite the peak)
+        W <= step <= T - W:  cosine from lr at step W to min_lr at step T - W
+        step > T - W:        min_lr                        (the last W steps, and any beyond T)
+    or lr from step W on when decay_lr is False. The decay ends at T - W because train.py passes
+    decay_steps = int((1 - warmup_epochs / epochs) * T) as the step where the cosine reaches min_lr.
+    """
     lr, min_lr = scaled_lrs(optim, global_batch)
-    if step < optim.warmup_steps:
-        return lr * (step + 1) / optim.warmup_steps
+    warmup = optim.warmup_steps
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
     if not optim.decay_lr:
         return lr
-    progress = min((step - optim.warmup_steps) / max(optim.total_steps - optim.warmup_steps, 1), 1.0)
+    decay_end = optim.total_steps - warmup
+    progress = min((step - warmup) / max(decay_end - warmup, 1), 1.0)  # max(): official divides by 0
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

@@ -1,10 +1,10 @@
 """Named, typed SphereConfig presets and `build_model` (spec sections 1.4, 2, 4, 9).
 
 Paper presets reproduce the official scripts' settings with the released model sizes (the scripts say
-base/base; MODEL.md's models are large/xlarge). Their schedules convert the official epochs to
-optimiser steps at the reference global batch of 256.
+base/base; MODEL.md's models are large/xlarge), random horizontal flips included. Their schedules
+convert the official epochs to optimiser steps at the reference global batch of 256.
 CPU presets are ours: sized for the built-in 28-32 px datasets on 2 CPU cores, with the perceptual
-terms off (no LPIPS/ConvNeXt weights ship offline).
+terms off (no LPIPS/ConvNeXt weights ship offline) and no flips (a flipped digit is not a digit).
 
 Parameter counts on the meta device (`count_parameters`, frozen position tables included, as in
 MODEL.md): animal-faces-256-l 642.1M, oxford-flowers-256-l 948.8M, imagenet-256-l 950.4M,
@@ -20,10 +20,19 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from sphere_core.config import LossWeights, ModelConfig, NoiseConfig, OptimConfig, SphereConfig, ViTSize
+from sphere_core.config import (
+    AugmentConfig,
+    LossWeights,
+    ModelConfig,
+    NoiseConfig,
+    OptimConfig,
+    SphereConfig,
+    ViTSize,
+)
 from sphere_core.model import SphereEncoder
 
 REFERENCE_BATCH = 256  # official global batch the LR is quoted at
+OFFICIAL_AUGMENT = AugmentConfig(random_flip=True)  # every official script: --flip_image True
 
 
 def _schedule(*, epochs: int, warmup_epochs: int, train_images: int) -> OptimConfig:
@@ -51,6 +60,7 @@ def cifar10_32_b() -> SphereConfig:
         noise=NoiseConfig(alpha_max_deg=80.0),
         loss=LossWeights(recon_dist=1.0, recon_perc=1.0, con_dist=0.5, con_perc=0.5, latent_con=0.1),
         optim=_schedule(epochs=5000, warmup_epochs=10, train_images=50_000),
+        augment=OFFICIAL_AUGMENT,
     )
 
 
@@ -69,6 +79,7 @@ def _imagenet_256(size: ViTSize) -> SphereConfig:
         noise=NoiseConfig(alpha_max_deg=85.0),
         loss=LossWeights(recon_dist=50.0, recon_perc=1.0, con_dist=25.0, con_perc=1.0, latent_con=0.1),
         optim=_schedule(epochs=800, warmup_epochs=5, train_images=1_281_167),
+        augment=OFFICIAL_AUGMENT,
     )
 
 
@@ -95,6 +106,7 @@ def _faces_or_flowers(num_classes: int, train_images: int) -> SphereConfig:
         noise=NoiseConfig(alpha_max_deg=85.0),
         loss=LossWeights(recon_dist=25.0, recon_perc=1.0, con_dist=1.0, con_perc=1.0, latent_con=0.1),
         optim=_schedule(epochs=1000, warmup_epochs=10, train_images=train_images),
+        augment=OFFICIAL_AUGMENT,
     )
 
 

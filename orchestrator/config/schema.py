@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from sphere_core.config import (
+    AugmentConfig,
     ConfigError,
     LossWeights,
     ModelConfig,
@@ -29,7 +30,7 @@ class DataConfig:
     batch_size: int = 32  # per worker; the global batch is batch_size * workers
     loader_workers: int = 1  # DataLoader processes per Ray worker
     shuffle_buffer: int = 1000  # samples held by each reader's shuffle buffer
-    random_flip: bool = False  # horizontal flips (off for digits: a flipped 3 is not a 3)
+    random_flip: bool = False  # horizontal flips, off for digits (a preset's default: augment.random_flip)
     seed: int = 0
     image_size: int | None = None  # px; None = the manifest's size, else shorter side resized + center crop
 
@@ -221,7 +222,12 @@ class ExperimentConfig:
 
     @property
     def sphere(self) -> SphereConfig:
-        return SphereConfig(model=self.model, noise=self.noise, loss=self.loss, optim=self.optim)
+        # Flips are read by the data pipeline from data.random_flip; the SphereConfig (saved with every
+        # checkpoint, compared with the presets) records them as `augment`.
+        augment = AugmentConfig(random_flip=self.data.random_flip)
+        return SphereConfig(
+            model=self.model, noise=self.noise, loss=self.loss, optim=self.optim, augment=augment
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

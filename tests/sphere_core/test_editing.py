@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -139,18 +140,47 @@ def test_stitch_and_swap() -> None:
     assert torch.equal(stitch(a, b, "horizontal", swap=True), 1 - x)
 
 
-def test_crossover_one_step_is_the_reconstruction_of_the_stitch(model: SphereEncoder) -> None:
+@torch.no_grad()
+def edit_by_hand(
+    model: SphereEncoder,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    r: Callable[[int], float],
+    noise_scale: float = 1.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """The official G.edit loop from x_enc_image, unguided, with cached noise: T steps, each encode ->
+    f(f(z) + r_k * scale * tan(alpha) * e) -> decode, the first already noisy, e drawn at step 1."""
+    g, e = gen(seed), None
+    sigma = math.tan(math.radians(ALPHA))
+    for k in range(1, steps + 1):
+        z = model.encode(x, labels)
+        e = torch.randn(z.shape, generator=g) if e is None else e
+        x = model.decode(spherify(spherify(z) + r(k) * noise_scale * sigma * e), labels)
+    return (x * 0.5 + 0.5).clamp(0, 1)
+
+
+def test_crossover_runs_t_noisy_steps_from_the_stitch(model: SphereEncoder) -> None:
     a, b = images(2, model.cfg, seed=1), images(2, model.cfg, seed=2)
-    out = crossover(
-        model,
-        a,
-        b,
-        mode="tri_forward",
-        sampling=SamplingConfig(steps=1),
-        alpha_max_deg=ALPHA,
-        generator=gen(),
-    )
-    assert torch.allclose(out, reconstruct(model, stitch(a, b, "tri_forward")), atol=1e-6)
+    x, null = stitch(a, b, "tri_forward"), model.null_labels(2, "cpu")
+
+    def run(**kw: object) -> torch.Tensor:
+        sampling = SamplingConfig(**kw)  # type: ignore[arg-type]
+        return crossover(
+            model, a, b, mode="tri_forward", sampling=sampling, alpha_max_deg=ALPHA, generator=gen()
+        )
+
+    one = run(steps=1)
+    assert torch.allclose(one, edit_by_hand(model, x, null, steps=1, r=lambda k: 1.0), atol=1e-6)
+    assert not torch.allclose(one, reconstruct(model, x), atol=1e-3)  # the first step is noisy
+    # "decay": the official edit() counts the input image as a step, so r_k = 1 - k / (T + 1).
+    decayed = run(steps=3, schedule="decay", noise_scale=0.25)
+    expected = edit_by_hand(model, x, null, steps=3, r=lambda k: 1 - k / 4, noise_scale=0.25)
+    assert torch.allclose(decayed, expected, atol=1e-6)
+    # Without noise a step is a plain reconstruction.
+    assert torch.allclose(run(steps=1, noise_scale=0.0), reconstruct(model, x), atol=1e-5)
 
 
 def test_crossover_honours_noise_scale_and_is_deterministic(model: SphereEncoder) -> None:
@@ -185,6 +215,14 @@ def test_manipulate_class_honours_cfg_noise_scale_and_target(model: SphereEncode
     assert not torch.allclose(base, run([3, 4]))
     assert not torch.allclose(base, run([1, 2], cfg=2.0))
     assert not torch.allclose(base, run([1, 2], noise_scale=0.25))
+
+
+def test_manipulate_class_is_the_edit_loop_conditioned_on_the_targets(model: SphereEncoder) -> None:
+    x, labels = images(2, model.cfg), torch.tensor([1, 2])
+    out = manipulate_class(
+        model, x, labels, sampling=SamplingConfig(steps=2), alpha_max_deg=ALPHA, generator=gen()
+    )
+    assert torch.allclose(out, edit_by_hand(model, x, labels, steps=2, r=lambda k: 1.0), atol=1e-6)
 
 
 def test_manipulate_class_needs_a_conditional_model() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -188,11 +188,11 @@ def test_zero_weight_terms_are_skipped_including_the_second_encoder_pass() -> No
     assert "latent_con" not in out.terms and "recon_perc" not in out.terms
 
 
-def test_dropped_labels_are_shared_by_every_pass() -> None:
-    model = tiny_model(label_dropout=0.5)
+def labels_seen(model: SphereEncoder, run_objective: Callable[[], object]) -> dict[str, list[torch.Tensor]]:
+    """The labels each encode/decode call received while `run_objective` ran."""
     seen: dict[str, list[torch.Tensor]] = {"encode": [], "decode": []}
-    for name in seen:
-        original = getattr(model, name)
+    originals = {name: getattr(model, name) for name in seen}
+    for name, original in originals.items():
 
         def spy(
             inp: torch.Tensor, y: torch.Tensor | None = None, *, _orig=original, _name=name, **kw: object
@@ -202,12 +202,50 @@ def test_dropped_labels_are_shared_by_every_pass() -> None:
             return _orig(inp, y, **kw)
 
         setattr(model, name, spy)
+    try:
+        run_objective()
+    finally:
+        for name, original in originals.items():
+            setattr(model, name, original)
+    return seen
+
+
+def test_every_network_call_drops_labels_independently() -> None:
+    model = tiny_model(label_dropout=0.5)
     obj = objective(LossWeights(), model=model)
-    run(obj, batch=32)
+    batch, null = 64, model.cfg.num_classes
+    y = torch.arange(batch) % null
+    seen = labels_seen(model, lambda: run(obj, batch=batch))
     (y_enc, y_re_enc), (y_dec,) = seen["encode"], seen["decode"]
-    null = model.cfg.num_classes
-    assert 4 <= int((y_enc == null).sum()) <= 28  # p = 0.5 over 32 labels
-    assert torch.equal(y_enc, y_re_enc) and torch.equal(y_dec, torch.cat([y_enc, y_enc]))
+    masks = {"enc": y_enc == null, "re_enc": y_re_enc == null}
+    masks |= dict(zip(("dec_large", "dec_small"), (y_dec == null).chunk(2), strict=True))
+    for name, mask in masks.items():
+        assert 16 <= int(mask.sum()) <= 48, name  # p = 0.5 over 64 labels
+    for labels in (y_enc, y_re_enc, *y_dec.chunk(2)):  # a label is either kept or the null class
+        assert torch.equal(torch.where(labels == null, y, labels), y)
+    # Independent p = 0.5 masks agree on about half the rows; shared draws would agree on all of them.
+    names = list(masks)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            agreement = (masks[a] == masks[b]).float().mean().item()
+            assert 0.25 < agreement < 0.75, (a, b, agreement)
+
+
+def test_label_drops_follow_the_generator() -> None:
+    model = tiny_model(label_dropout=0.5)
+    obj = objective(LossWeights(), model=model)
+
+    def drops(seed: int) -> list[torch.Tensor]:
+        seen = labels_seen(model, lambda: run(obj, seed=seed, batch=32))
+        return [labels == model.cfg.num_classes for labels in seen["encode"] + seen["decode"]]
+
+    first, again, other = drops(0), drops(0), drops(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # same seed, same drops
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+    no_dropout = objective(LossWeights(), model=tiny_model(label_dropout=0.0))
+    seen = labels_seen(no_dropout.model, lambda: run(no_dropout, batch=32))
+    null = no_dropout.model.cfg.num_classes
+    assert not any(bool((labels == null).any()) for labels in seen["encode"] + seen["decode"])
 
 
 def test_perceptual_terms_use_the_frozen_network_and_pass_gradient_to_images() -> None:

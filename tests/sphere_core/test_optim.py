@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
 
 from sphere_core.config import OptimConfig
-from sphere_core.optim import build_optimizer, lr_at, make_ema, param_groups, set_lr, update_ema
+from sphere_core.optim import build_optimizer, decays, lr_at, make_ema, param_groups, set_lr, update_ema
 from tests.sphere_core.tiny import tiny_model
 
 OPTIM = OptimConfig(lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_steps=10, total_steps=110)
@@ -46,15 +47,63 @@ def test_no_decay_rules_and_decoder_is_decay_free() -> None:
     assert decayed  # encoder matrices decay ...
     assert all(n.startswith("encoder.") for n in decayed)  # ... the decoder never does
     assert "encoder.transformer.blocks.0.attn.qkv.weight" in decayed
+    assert "encoder.mixer.blocks.0.token_mix.0.weight" in decayed  # official tok_mixer: no "token"
     for name in (
         "encoder.transformer.blocks.0.attn.qkv.bias",  # bias
         "encoder.transformer.blocks.0.norm1.weight",  # ndim 1 / norm
         "encoder.label_embed.weight",  # embed
-        "encoder.mixer.blocks.0.token_mix.0.weight",  # "token" (official substring rule)
+        "encoder.patch_proj.weight",  # official encoder.x_embedder.1: "embed"
         "decoder.transformer.blocks.0.attn.qkv.weight",  # decoder
     ):
         assert name not in decayed, name
     assert {g["weight_decay"] for g in groups} == {0.0, OPTIM.weight_decay}
+
+
+# Our parameter names -> the official G's (sphere/model.py, layers.py, mixer.py), applied in order.
+OFFICIAL_NAMES = [
+    (r"^(encoder|decoder)\.label_embed\.", r"\1.y_embedder.embedding_table."),
+    (r"^encoder\.patch_embed\.", "encoder.x_embedder.0."),
+    (r"^encoder\.patch_proj\.", "encoder.x_embedder.1."),
+    (r"^decoder\.latent_proj\.", "decoder.x_embedder.0."),
+    (r"^decoder\.mixer\.", "decoder.x_embedder.1."),
+    (r"^encoder\.mixer\.", "encoder.out."),
+    (r"^encoder\.head\.", "encoder.ffn."),
+    (r"^decoder\.head\.linear\.", "decoder.ffn."),
+    (r"^decoder\.head\.(conv|up|smooth)\.", "decoder.out.2."),
+    (r"\.transformer\.", "."),  # blocks sit directly on the official Transformer
+    (r"\.adaln\.proj\.", ".adaLN_modulation.1."),
+    (r"\.mlp\.w[13]\.", ".mlp.w12."),  # one fused Linear
+    (r"\.mlp\.w2\.", ".mlp.w3."),
+    (r"\.token_mix\.", ".tok_mixer.mix."),
+    (r"\.channel_mix\.", ".chn_mixer.mix."),
+    (r"\.norm_token\.", ".norm1."),
+    (r"\.norm_channel\.", ".norm2."),
+    (r"\.alpha_token$", ".alpha1"),
+    (r"\.alpha_channel$", ".alpha2"),
+]
+
+
+def official_name(name: str) -> str:
+    for pattern, replacement in OFFICIAL_NAMES:
+        name = re.sub(pattern, replacement, name)
+    return name
+
+
+@pytest.mark.parametrize("head", ["linear", "conv"])
+@pytest.mark.parametrize("num_classes", [5, 0])
+def test_decay_matches_the_official_rule_on_the_official_names(head: str, num_classes: int) -> None:
+    """train.py: exclude p.ndim < 2 or names containing ln/bias/embedding/norm/embed/token/decoder."""
+    model = tiny_model(pixel_head=head, num_classes=num_classes)
+    keys = ("ln", "bias", "embedding", "norm", "embed", "token", "decoder")
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            official = official_name(name)
+            excluded = param.ndim < 2 or any(key in official for key in keys)
+            assert decays(name, param) == (not excluded), (name, official)
+    assert (
+        official_name("encoder.mixer.blocks.0.token_mix.0.weight")
+        == "encoder.out.blocks.0.tok_mixer.mix.0.weight"
+    )
 
 
 def test_encoder_learning_rate_scale() -> None:
@@ -71,14 +120,30 @@ def test_encoder_learning_rate_scale() -> None:
 # --- schedule ------------------------------------------------------------------------------------
 
 
-def test_warmup_then_cosine_to_min_lr() -> None:
+def official_lr(step: int, *, lr: float, min_lr: float, warmup: int, total: int) -> float:
+    """The official cosine_scheduler(lr, min_lr, step, warmup, decay=True, decay_steps) as train.py calls
+    it: decay_steps = int((1 - warmup_epochs / epochs) * total) = total - warmup."""
+    decay_steps = total - warmup
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
+    if step > decay_steps:
+        return min_lr
+    ratio = (step - warmup) / (decay_steps - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def test_schedule_is_the_official_cosine_scheduler() -> None:
     lrs = [lr_at(s, OPTIM, 256) for s in range(130)]
-    assert lrs[0] == pytest.approx(1e-4)  # (0 + 1) / 10 of the peak
-    assert lrs[9] == lrs[10] == pytest.approx(1e-3)  # peak at the end of warmup
-    assert all(a < b for a, b in itertools.pairwise(lrs[:10]))
-    assert lrs[60] == pytest.approx((1e-3 + 1e-5) / 2)  # half-way through the cosine
-    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
-    assert lrs[110] == lrs[129] == pytest.approx(1e-5)
+    expected = [official_lr(s, lr=1e-3, min_lr=1e-5, warmup=10, total=110) for s in range(130)]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    # The landmarks, by hand: warmup (s + 1) / (W + 1); the peak first at step W; the cosine half-way
+    # at W + (T - 2W) / 2 = 55; min_lr from T - W = 100 on, also past total_steps.
+    assert lrs[0] == pytest.approx(1e-3 / 11) and lrs[9] == pytest.approx(1e-3 * 10 / 11)
+    assert lrs[10] == pytest.approx(1e-3)
+    assert lrs[55] == pytest.approx((1e-3 + 1e-5) / 2)
+    assert lrs[100] == lrs[101] == lrs[110] == lrs[129] == pytest.approx(1e-5)
+    assert all(a < b for a, b in itertools.pairwise(lrs[:11]))
+    assert all(a > b for a, b in itertools.pairwise(lrs[10:101]))
 
 
 def test_lr_and_min_lr_scale_linearly_with_global_batch() -> None:
@@ -89,7 +154,8 @@ def test_lr_and_min_lr_scale_linearly_with_global_batch() -> None:
 
 def test_constant_after_warmup_without_decay() -> None:
     optim = OptimConfig(lr=1e-3, warmup_steps=4, total_steps=10, decay_lr=False)
-    assert [lr_at(s, optim, 256) for s in (3, 4, 9, 50)] == [1e-3] * 4
+    assert lr_at(3, optim, 256) == pytest.approx(1e-3 * 4 / 5)  # still warming up: (3 + 1) / (4 + 1)
+    assert [lr_at(s, optim, 256) for s in (4, 9, 50)] == [1e-3] * 3
     assert lr_at(0, OptimConfig(lr=1e-3, warmup_steps=0, total_steps=10), 256) == pytest.approx(1e-3)
     assert lr_at(5, OptimConfig(lr=1e-3, min_lr=0.0, total_steps=10), 256) == pytest.approx(
         1e-3 * 0.5 * (1 + math.cos(math.pi * 0.5))

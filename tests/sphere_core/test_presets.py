@@ -64,9 +64,17 @@ def test_paper_presets_follow_the_official_scripts() -> None:
     assert cifar.optim.total_steps == 5000 * 196 and cifar.optim.warmup_steps == 10 * 196
 
 
-@pytest.mark.parametrize(
-    "name", ["mnist-32-nano", "mnist-32-micro", "fashion-mnist-32-micro", "cifar-10-32-nano"]
-)
+PAPER = ["cifar-10-32-b", "imagenet-256-l", "imagenet-256-xl", "animal-faces-256-l", "oxford-flowers-256-l"]
+CPU = ["mnist-32-nano", "mnist-32-micro", "fashion-mnist-32-micro", "cifar-10-32-nano"]
+
+
+def test_paper_presets_flip_like_the_official_scripts_and_cpu_presets_do_not() -> None:
+    assert set(PAPER) | set(CPU) == set(PRESETS)
+    assert all(get_preset(name).augment.random_flip for name in PAPER)  # official --flip_image True
+    assert not any(get_preset(name).augment.random_flip for name in CPU)  # a flipped digit is not one
+
+
+@pytest.mark.parametrize("name", CPU)
 def test_cpu_presets_have_a_small_latent_and_no_perceptual_terms(name: str) -> None:
     cfg = get_preset(name)
     assert cfg.model.image_size == 32 and cfg.model.num_tokens == 64 and cfg.model.patch_size == 4

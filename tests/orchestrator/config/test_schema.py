@@ -1,4 +1,5 @@
-"""ExperimentConfig's eval section: which metrics an eval reports, and data a classifier cannot score."""
+"""ExperimentConfig: the eval section (which metrics an eval reports, data a classifier cannot score) and
+the SphereConfig it hands to sphere_core."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from orchestrator.config.schema import EvalSpec, ExperimentConfig
+from orchestrator.config.schema import DataConfig, EvalSpec, ExperimentConfig
 from sphere_core.config import ConfigError, ModelConfig, SamplingConfig
 
 GRAY = ModelConfig(channels=1, num_classes=10)
@@ -62,3 +63,10 @@ def test_inception_scores_any_images_against_reference_shards() -> None:
 def test_eval_num_images_needs_a_spread() -> None:
     with pytest.raises(ConfigError, match=r"eval\.num_images"):
         EvalSpec(num_images=8)
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_sphere_config_records_the_data_flips(flip: bool) -> None:
+    cfg = ExperimentConfig(data=DataConfig(random_flip=flip))
+    assert cfg.sphere.augment.random_flip is flip
+    assert (cfg.sphere.model, cfg.sphere.optim) == (cfg.model, cfg.optim)
