@@ -68,8 +68,8 @@ class ModulatedLinear(nn.Module):
         self.norm: nn.Module | None = None
         self.adaln: AdaLN | None = None
         if cond_width is not None:
-            # AdaLN supplies the scale, so the norm carries no gain of its own (as in DiT's final layer).
-            self.norm = rms_norm(width, affine=False)
+            # The official norm keeps its learnable gain (nn.RMSNorm's default), unlike DiT's final layer.
+            self.norm = rms_norm(width)
             self.adaln = AdaLN(cond_width, width, chunks=2)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
