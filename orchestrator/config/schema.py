@@ -89,9 +89,10 @@ CLASSIFIER_IMAGES = (1, 10)  # every built-in metric classifier: (channels, clas
 
 def eval_scores(tag: str, *, conditional: bool = False) -> tuple[str, ...]:
     """Metric names in one feature space: ("fd_clf", "kid_clf", ...) or ("fd_inception", ...). A
-    conditional model scored by a dataset classifier also reports acc_clf: the fraction of images the
-    classifier assigns to the class they were drawn for (Inception's ImageNet classes cannot say)."""
-    scores = (*SCORES, "acc") if conditional and tag == "clf" else SCORES
+    conditional model scored by a dataset classifier also reports acc_clf, the fraction of images the
+    classifier assigns to the class they were drawn for, and spread_clf, how much the images of one class
+    vary relative to real ones (Inception's ImageNet classes cannot say either)."""
+    scores = (*SCORES, "acc", "spread") if conditional and tag == "clf" else SCORES
     return tuple(f"{score}_{tag}" for score in scores)
 
 

@@ -107,7 +107,8 @@ class Protocol:
     reference: ReferenceStats  # the real held-out split
     real: LabelledImages  # that split's images (uint8) and labels: reconstructions start from them
     # real-vs-real at this n: mean over draws of train images (never the reference); acc_<tag>: the
-    # classifier's accuracy on the whole reference split, the most a generator's samples can expect
+    # classifier's accuracy on the whole reference split, the most a generator's samples can expect;
+    # spread_<tag>: 1, the reference's own within-class spread
     floor: dict[str, float]
     floor_std: dict[str, float]  # std over those draws (FD of one draw of 1,000 MNIST images: 33..61)
     n: int  # samples per evaluation: fixed, because FD is biased by n
@@ -193,11 +194,10 @@ class Protocol:
         floor, floor_std = _floor(protocol, floor_source, cache)
         if extractor.classifies_dataset:
             # What real digits score: the classifier's accuracy on the held-out split itself.
-            name = f"acc_{extractor.tag}"
-            floor[name], floor_std[name] = (
-                class_accuracy(extract(extractor, real.images)[1], real.labels),
-                0.0,
-            )
+            acc, spread = f"acc_{extractor.tag}", f"spread_{extractor.tag}"
+            floor[acc] = class_accuracy(extract(extractor, real.images)[1], real.labels)
+            floor[spread] = 1.0  # the real images' own within-class spread, by definition
+            floor_std[acc] = floor_std[spread] = 0.0
         return dataclasses.replace(protocol, floor=floor, floor_std=floor_std)
 
 
@@ -334,12 +334,25 @@ def _score(
     }
     if labels is not None and protocol.extractor.classifies_dataset:
         values[f"acc_{tag}"] = class_accuracy(logits, labels)
+        real_spread = class_spread(ref.features, protocol.real.labels)
+        values[f"spread_{tag}"] = class_spread(features, labels) / real_spread
     return {prefix + k: v for k, v in values.items()}
 
 
 def class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of images the classifier assigns to the class they were drawn (or encoded) for."""
     return float((logits.argmax(dim=1) == labels.to(logits.device)).float().mean())
+
+
+def class_spread(features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean distance of an image's features to its class's mean, averaged over the classes present: how
+    much images of one class vary. Samples score it relative to the real held-out images (spread_clf
+    = 1: as varied as real digits of the same class; near 0: one template per class)."""
+    features, labels = features.double(), labels.to(features.device)
+    per_class = [
+        (features[labels == c] - features[labels == c].mean(0)).norm(dim=1).mean() for c in labels.unique()
+    ]
+    return float(torch.stack(per_class).mean())
 
 
 def evaluate(

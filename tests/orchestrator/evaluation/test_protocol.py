@@ -68,7 +68,7 @@ def test_recall_drops_under_mode_dropping_while_precision_stays_high(
     assert dropped["is_clf"] < 1.5 < full["is_clf"]  # one class: the classifier is sure and never varies
 
 
-def test_class_accuracy_counts_images_of_the_class_they_were_drawn_for(
+def test_class_accuracy_and_spread_of_images_drawn_for_given_classes(
     digits_protocol: Protocol, digits_test: LabelledImages
 ) -> None:
     images, labels = digits_test.images.float() / 255, digits_test.labels
@@ -80,6 +80,9 @@ def test_class_accuracy_counts_images_of_the_class_they_were_drawn_for(
     zeros = images[labels == 0][torch.arange(594) % int((labels == 0).sum())]
     one_template = evaluate_samples(zeros, protocol=digits_protocol, labels=torch.arange(594) % 10)
     assert 0.05 < one_template.values["acc_clf"] < 0.15  # class 0 for every label: right 1 time in 10
+    assert right.values["spread_clf"] == pytest.approx(1.0)  # the reference varies as much as itself
+    templates = torch.stack([images[labels == c][0] for c in range(10)])[labels]  # one image per class
+    assert evaluate_samples(templates, protocol=digits_protocol, labels=labels).values["spread_clf"] < 1e-6
     assert "acc_clf" not in evaluate_samples(images, protocol=digits_protocol).values  # no labels given
     with pytest.raises(ValueError, match="labels"):
         evaluate_samples(images, protocol=digits_protocol, labels=labels[:10])
