@@ -7,6 +7,10 @@ uniformly on the same sphere S^(L-1):
     mean resultant length  ||mean_i u_i||       ~ 1/sqrt(n) for uniform points, 1 for a collapsed set
     pairwise cosines       u_i . u_j, i < j     ~ mean 0, std 1/sqrt(L) for uniform points
     cos_hist_tv            total variation between the two cosine histograms: 0 = as uniform as chance
+
+Conditioning strength: one-step decodes of the same random sphere points under every class label. How far
+the images move when only the label changes, against how far they move when only the point changes,
+says whether the decoder draws the class from the label (what generation needs) or from the latent.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from matplotlib.figure import Figure
 
 from sphere_core.config import NoiseConfig
+from sphere_core.model import SphereEncoder
 from sphere_core.spherify import add_training_noise, angle_deg, spherify
 
 COS_BINS = 200  # over [-1, 1]: 0.01 wide, ~4 bins per uniform std at L = 512
@@ -187,3 +192,24 @@ def noise_angle_figure(angles: NoiseAngles) -> Figure:
     ax.set_title(f"training noise angles: median {median:.1f} deg (large)", fontsize=9)
     ax.legend()
     return fig
+
+
+@torch.no_grad()
+def conditioning_strength(
+    model: SphereEncoder, *, points: int, generator: torch.Generator
+) -> dict[str, float]:
+    """label_effect: pixel std across the K labels for a fixed sphere point; noise_effect: pixel std across
+    the points for a fixed label (both averaged over pixels, points and labels; images in [0, 1]). An
+    unconditional model has no label effect to measure: {}."""
+    classes = model.cfg.num_classes
+    if not classes:
+        return {}
+    device = next(model.parameters()).device
+    e = torch.randn(points, *model.latent_shape, generator=generator).to(device)
+    v = spherify(e).repeat(classes, 1, 1)  # (K * points, N, d): every point under every label
+    labels = torch.arange(classes, device=device).repeat_interleave(points)
+    images = (model.decode(v, labels) * 0.5 + 0.5).unflatten(0, (classes, points))  # (K, P, C, H, W)
+    return {
+        "label_effect": float(images.std(dim=0).mean()),
+        "noise_effect": float(images.std(dim=1).mean()),
+    }

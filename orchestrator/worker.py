@@ -215,7 +215,10 @@ class ProxyEval:
                 v, labels, seed=self.cfg.eval.seed
             ),
         }
-        metrics |= {**coverage.metrics(), "eval_s": time.perf_counter() - started}
+        strength = diagnostics.conditioning_strength(
+            model, points=16, generator=torch.Generator().manual_seed(self.cfg.eval.seed)
+        )
+        metrics |= {**coverage.metrics(), **strength, "eval_s": time.perf_counter() - started}
         return Evaluation(metrics, figures, tags)
 
     def _samples(self, model: SphereEncoder, steps: int) -> MetricResult:

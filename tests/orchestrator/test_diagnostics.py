@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 
 from orchestrator.diagnostics import (
     Coverage,
+    conditioning_strength,
     cosine_histogram_figure,
     noise_angle_figure,
     projection_figure,
@@ -18,6 +19,8 @@ from orchestrator.diagnostics import (
     uniform_directions,
 )
 from sphere_core.config import NoiseConfig
+from sphere_core.nn.layers import AdaLN
+from tests.sphere_core.tiny import tiny_model
 
 N, TOKENS, CHANNELS = 256, 64, 8  # the nano MNIST latent: L = 512
 
@@ -98,3 +101,16 @@ def test_figures_render() -> None:
     for figure in figures:
         assert isinstance(figure, Figure) and figure.axes
         figure.canvas.draw()  # renders without a display (no pyplot state)
+
+
+def test_conditioning_strength_separates_label_from_latent() -> None:
+    model = tiny_model(perturb=0.2).eval()
+    for module in model.decoder.modules():  # a decoder deaf to the label: every AdaLN projection zero
+        if isinstance(module, AdaLN):
+            torch.nn.init.zeros_(module.proj.weight)
+            torch.nn.init.zeros_(module.proj.bias)
+    deaf = conditioning_strength(model, points=8, generator=gen(0))
+    assert deaf["label_effect"] < 1e-6 < deaf["noise_effect"]
+    listening = conditioning_strength(tiny_model(perturb=0.2).eval(), points=8, generator=gen(0))
+    assert listening["label_effect"] > 1e-3
+    assert conditioning_strength(tiny_model(num_classes=0).eval(), points=8, generator=gen(0)) == {}
