@@ -264,6 +264,6 @@ def test_impossible_resources_fail_before_anything_starts(tmp_path: Path) -> Non
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert (
-        "scaling.cpus_per_worker: a trial needs 128.01 CPUs (2 workers x 64 + 0.01 trial driver)" in lines[0]
+        "scaling.cpus_per_worker: a trial needs 64.01 CPUs (1 workers x 64 + 0.01 trial driver)" in lines[0]
     )
     assert "this machine (local Ray)" in lines[0]

@@ -16,21 +16,16 @@ GRAY = ModelConfig(channels=1, num_classes=10)
 def test_eval_metrics_name_each_step_count_and_the_reconstructions() -> None:
     cfg = ExperimentConfig(model=GRAY, sampling=SamplingConfig(steps=2), eval=EvalSpec(dataset="digits"))
     assert cfg.eval_steps == (1, 2)
+    # A conditional model is also scored on the classes its samples were drawn for (acc, spread).
+    per_set = ("fd_clf", "kid_clf", "precision_clf", "recall_clf", "acc_clf", "spread_clf")
     assert cfg.eval_metrics == (
-        "fd_clf_1step",
-        "kid_clf_1step",
-        "precision_clf_1step",
-        "recall_clf_1step",
-        "fd_clf_2step",
-        "kid_clf_2step",
-        "precision_clf_2step",
-        "recall_clf_2step",
-        "recon_fd_clf",
-        "recon_kid_clf",
-        "recon_precision_clf",
-        "recon_recall_clf",
+        *(f"{m}_1step" for m in per_set),
+        *(f"{m}_2step" for m in per_set),
+        *(f"recon_{m}" for m in per_set),
         "eval_s",
     )
+    unconditional = dataclasses.replace(cfg, model=ModelConfig(channels=1, num_classes=0))
+    assert "acc_clf_1step" not in unconditional.eval_metrics and "fd_clf_1step" in unconditional.eval_metrics
     one_step = dataclasses.replace(cfg, sampling=SamplingConfig(steps=1))
     assert one_step.eval_steps == (1,) and "fd_clf_1step" in one_step.eval_metrics
 
