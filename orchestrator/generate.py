@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from orchestrator.config.schema import ExperimentConfig
 from orchestrator.mlflow_model import checkpoint_dir
@@ -130,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         for sampling in samplings
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    grid_image(side_by_side(blocks, columns), nrow=columns * len(blocks)).save(args.out)
+    grid = grid_image(side_by_side(blocks, columns), nrow=columns * len(blocks))
+    zoom = max(1, 64 // config.model.image_size)  # small digits: enlarge the pixels so a viewer shows them
+    grid.resize((grid.width * zoom, grid.height * zoom), Image.Resampling.NEAREST).save(args.out)
     layout = f"a row per class, {args.per_class} each" if args.per_class else f"{num} samples"
     steps = " | ".join(f"{t} step{'s' if t > 1 else ''}" for t in args.steps)
     print(f"wrote {args.out}: {layout} from {args.model}, left to right: {steps}; cfg {args.cfg}")

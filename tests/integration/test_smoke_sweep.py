@@ -101,7 +101,8 @@ def test_smoke_sweep_tracks_registers_and_generates(smoke_sweep: SweepSpec, tmp_
     )
     assert result.returncode == 0, result.stderr
     image = Image.open(out)
-    assert image.mode == "L" and image.size == (3 * 34 + 2, 3 * 34 + 2)  # 8 images of 32 px, 3 per row, pad 2
+    side = 2 * (3 * 34 + 2)  # 8 images of 32 px, 3 per row, pad 2; pixels doubled for small images
+    assert image.mode == "L" and image.size == (side, side)
 
 
 @pytest.fixture(scope="module")
