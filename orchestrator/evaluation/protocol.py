@@ -359,7 +359,8 @@ def evaluate(
     images: torch.Tensor, *, protocol: Protocol, kind: str = "samples", labels: torch.Tensor | None = None
 ) -> MetricResult:
     """images: (n, C, H, W) float in [0, 1] (map a tanh output with (x + 1) / 2 first); labels (n,): the
-    classes the images were drawn for, which adds `acc_<tag>` when the extractor classifies the dataset."""
+    classes the images were drawn for, which adds `acc_<tag>` and `spread_<tag>` when the extractor
+    classifies the dataset."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     if images.shape[0] != protocol.n:
@@ -391,7 +392,7 @@ def evaluate_samples(
     images: torch.Tensor, *, protocol: Protocol, labels: torch.Tensor | None = None
 ) -> MetricResult:
     """gFID-like: generated samples against the held-out reference; with the labels they were drawn for,
-    also the class-conditional accuracy (acc_clf)."""
+    also the class-conditional accuracy (acc_clf) and within-class variety (spread_clf)."""
     return evaluate(images, protocol=protocol, kind="samples", labels=labels)
 
 
