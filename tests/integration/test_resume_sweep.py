@@ -31,6 +31,8 @@ overrides:
   optim.total_steps: 30
   data.batch_size: 16
   data.shuffle_buffer: 100
+  scaling.workers_per_trial: 2  # a DDP worker group: one worker is killed while its peer waits
+  scaling.cpus_per_worker: 0.49
   tracking.experiment: sphere-resume-test
   tracking.registered_model: sphere-resume-test
   eval.dataset: none          # resumption is under test here, not the proxy metrics: no eval to wait for
