@@ -20,6 +20,37 @@ from orchestrator.config.sweep_spec import SweepFile, SweepSpec
 from sphere_core.config import ConfigError, from_dict, to_dict
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # becomes a directory and an MLflow experiment name
+_MERGE_TAG = "tag:yaml.org,2002:merge"  # the `<<` key
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping; PyYAML would keep the last silently."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_unique(node, "", set())
+        return super().construct_document(node)
+
+    def _check_unique(self, node: yaml.Node, where: str, visited: set[int]) -> None:
+        if id(node) in visited:  # an alias of a node already checked (or a recursive one)
+            return
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_unique(item, f"{where}[{i}]", visited)
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}  # key -> its line
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                    continue  # merged keys may be overridden; complex keys fail in construction anyway
+                key = self.construct_object(key_node)  # so `1` and `'1'` differ, `yes` and `true` do not
+                if key in first:
+                    inside = f" in {where}" if where else ""
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"duplicate key {key!r}{inside} (first at line {first[key]})",
+                        problem_mark=key_node.start_mark,
+                    )
+                first[key] = key_node.start_mark.line + 1
+                self._check_unique(value_node, f"{where}.{key}" if where else str(key), visited)
 
 
 def read_yaml(path: Path) -> Any:
@@ -27,13 +58,16 @@ def read_yaml(path: Path) -> Any:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    loader = _UniqueKeyLoader(text)
     try:
-        return yaml.safe_load(text)
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
+        where = f" line {mark.line + 1}:" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}:{where}: {problem}") from None
+        raise ConfigError(f"{path}:{where} {problem}") from None
+    finally:
+        loader.dispose()
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:

@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import random
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,9 +93,20 @@ def load_image(path: Path, channels: int, image_size: int) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             array = np.asarray(img.convert(PIL_MODE[channels]))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path}: cannot read image ({exc})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # the warning arrives here only where warnings are errors; PIL's limit itself is left as it is
+        raise DataError(f"{path}: image too large ({_bomb_reason(exc)}); skip it or resize it") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        # how PIL reports corrupt or truncated bytes, by format and by where they break
+        # (UnidentifiedImageError is an OSError)
+        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
     return fit_square(hwc_to_chw(torch.from_numpy(array.copy())), image_size)
+
+
+def _bomb_reason(exc: Exception) -> str:
+    """PIL's "Image size (N pixels) exceeds limit of M pixels, ..." as "N pixels > PIL limit M"."""
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(exc))
+    return f"{found[1]} pixels > PIL limit {found[2]}" if found else str(exc)
 
 
 # --- sources ---------------------------------------------------------------------------------------

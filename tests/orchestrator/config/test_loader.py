@@ -267,3 +267,43 @@ def test_impossible_resources_fail_before_anything_starts(tmp_path: Path) -> Non
         "scaling.cpus_per_worker: a trial needs 64.01 CPUs (1 workers x 64 + 0.01 trial driver)" in lines[0]
     )
     assert "this machine (local Ray)" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: a\n" + GOOD_SEARCH + "name: b\n", "line 4: duplicate key 'name' (first at line 1)"),
+        (
+            GOOD_SEARCH + "  noise.alpha_max_deg: {grid: [70.0]}\n",
+            "line 3: duplicate key 'noise.alpha_max_deg' in search (first at line 2)",
+        ),
+        (
+            "search:\n  noise.alpha_max_deg:\n    grid: [75.0]\n    grid: [80.0]\n",
+            "line 4: duplicate key 'grid' in search.noise.alpha_max_deg (first at line 3)",
+        ),
+        (
+            GOOD_SEARCH + "overrides:\n  run.steps: 3\n  run.steps: 4\n",
+            "line 5: duplicate key 'run.steps' in overrides (first at line 4)",
+        ),
+    ],
+)
+def test_duplicate_key_fails_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text + f"base: {BASE}\n")  # base last, so the line numbers are those of `text`
+    assert sweep_main([str(path), "--dry-run"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"error: {path}: {expected}"]
+
+
+def test_duplicate_key_in_a_base_file_names_that_file(tmp_path: Path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text("noise:\n  alpha_max_deg: 80.0\n  alpha_max_deg: 85.0\n")
+    path = tmp_path / "sweep.yaml"
+    path.write_text("base: base.yaml\n" + GOOD_SEARCH)
+    with pytest.raises(ConfigError) as info:
+        load_sweep(path)
+    assert (
+        str(info.value) == f"{path}: {base}: line 3: duplicate key 'alpha_max_deg' in noise (first at line 2)"
+    )

@@ -111,6 +111,61 @@ def test_bad_input_is_one_error_line(
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
 
 
+def _folder_with_bad_image(root: Path, bad: str) -> Path:
+    """Six good 8x8 images, then (last in listing order) a decompression bomb or a truncated PNG."""
+    root.mkdir()
+    for i in range(6):
+        Image.new("L", (8, 8), i).save(root / f"{i}.png")
+    if bad == "bomb":
+        Image.new("1", (14000, 14000)).save(root / "z.png")  # 196M pixels in ~24 KB
+    else:
+        Image.new("L", (64, 64), 7).save(root / "z.png")
+        data = (root / "z.png").read_bytes()
+        (root / "z.png").write_bytes(data[: len(data) // 2])
+    return root
+
+
+BAD_IMAGE = {
+    "bomb": "z.png: image too large (196000000 pixels > PIL limit 178956970); skip it or resize it",
+    "truncated": "z.png: cannot read image (",
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_IMAGE))
+def test_bad_image_is_one_error_line_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: str
+) -> None:
+    src = _folder_with_bad_image(tmp_path / "src", bad)
+    argv = ["build", "--source", str(src), "--out", str(tmp_path / "out"), "--channels", "1"]
+    # shards of two: three are written before the bad image is reached
+    assert main([*argv, "--shard-size", "2", "--keep-order", "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {src}/{BAD_IMAGE[bad]}") and len(err.splitlines()) == 1
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_module_entry_point_reports_a_decompression_bomb_in_one_line(tmp_path: Path) -> None:
+    src = _folder_with_bad_image(tmp_path / "src", "bomb")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.data",
+            "build",
+            "--source",
+            str(src),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == f"error: {src}/{BAD_IMAGE['bomb']}"
+
+
 def test_module_entry_point_lists_builtins() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "orchestrator.data", "list-builtins"],

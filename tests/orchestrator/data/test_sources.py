@@ -75,6 +75,31 @@ def test_unreadable_image_names_the_file(tmp_path: Path) -> None:
         list(image_folder(tmp_path, image_size=8))
 
 
+def test_decompression_bomb_names_the_file(tmp_path: Path) -> None:
+    Image.new("1", (14000, 14000)).save(tmp_path / "big.png")  # 196M pixels in ~24 KB
+    with pytest.raises(DataError) as info:
+        list(image_folder(tmp_path, image_size=8))
+    assert str(info.value) == (
+        f"{tmp_path / 'big.png'}: image too large (196000000 pixels > PIL limit "
+        f"{2 * Image.MAX_IMAGE_PIXELS}); skip it or resize it"
+    )
+
+
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
+def test_decompression_bomb_warning_as_error_names_the_file(tmp_path: Path) -> None:
+    Image.new("1", (10000, 10000)).save(tmp_path / "large.png")  # over PIL's warning limit, under its error
+    with pytest.raises(DataError, match=r"large\.png: image too large \(100000000 pixels > PIL limit \d+\)"):
+        list(image_folder(tmp_path, image_size=8))
+
+
+def test_truncated_image_names_the_file(tmp_path: Path) -> None:
+    Image.fromarray(torch.randint(0, 256, (64, 64, 3), dtype=torch.uint8).numpy()).save(tmp_path / "cut.png")
+    data = (tmp_path / "cut.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cut\.png: cannot read image \(OSError: "):
+        list(image_folder(tmp_path, image_size=8))
+
+
 def _write_list(path: Path, rows: list[object]) -> Path:
     path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
     return path

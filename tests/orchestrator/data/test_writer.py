@@ -4,13 +4,17 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
 import pytest
+import torch
 
 from orchestrator.data.shards import DataError, Manifest, read_manifest
+from orchestrator.data.sources import SourceSample
+from orchestrator.data.writer import write_dataset
 
 
 def _members(url: str) -> list[tuple[str, bytes]]:
@@ -53,8 +57,85 @@ def test_existing_dataset_needs_overwrite(tmp_path: Path, make_dataset: Callable
     make_dataset(url, 12, 4)
     with pytest.raises(DataError, match=r"already holds a dataset .*--overwrite"):
         make_dataset(url, 5, 4)
+    assert read_manifest(url).num_samples == 12  # the refused build touched nothing
     smaller = make_dataset(url, 5, 4, overwrite=True)
     assert sorted(p.name for p in (tmp_path / "ds").glob("*.tar")) == [s.name for s in smaller.shards]
+
+
+@dataclass
+class FailingSource:
+    """n blank 8x8 grayscale images that raises `error` when sample `fail_at` is due."""
+
+    fail_at: int
+    error: Exception
+    n: int = 20
+    name: str = "failing"
+    class_names: tuple[str, ...] = ()
+    image_size: int = 8
+    channels: int = 1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[SourceSample]:
+        for i in range(self.n):
+            if i == self.fail_at:
+                raise self.error
+            yield SourceSample(torch.zeros((1, 8, 8), dtype=torch.uint8), 0, {"index": i})
+
+
+@pytest.fixture(params=["file", "memory", "s3"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "file":
+        return f"file://{tmp_path}/ds"
+    if request.param == "memory":
+        return f"memory://writer-{tmp_path.name}/ds"
+    return f"s3://{request.getfixturevalue('s3_bucket')}/ds"
+
+
+def _names(url: str) -> list[str]:
+    fs, path = fsspec.core.url_to_fs(url)
+    return sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{path}/*"))
+
+
+def test_failed_build_leaves_no_shard_and_no_manifest(url: str) -> None:
+    with pytest.raises(RuntimeError, match="source broke"):
+        write_dataset(FailingSource(13, RuntimeError("source broke")), url, shard_size=4, progress=False)
+    assert _names(url) == []  # shards 0-2 were written, then removed
+
+
+def test_storage_error_is_one_line_naming_the_url(tmp_path: Path) -> None:
+    url = str(tmp_path / "ds")
+    with pytest.raises(DataError) as info:
+        write_dataset(
+            FailingSource(5, OSError(28, "No space left on device")), url, shard_size=4, progress=False
+        )
+    assert (
+        str(info.value) == f"{url}: build failed, nothing kept (OSError: [Errno 28] No space left on device)"
+    )
+    assert list((tmp_path / "ds").iterdir()) == []
+
+
+def test_unfinished_build_is_replaced_without_overwrite(
+    url: str, make_dataset: Callable[..., Manifest], capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_dataset(url, 30, 4)
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.rm(f"{path}/manifest.json")  # as a build killed before its manifest leaves it
+    manifest = make_dataset(url, 5, 4)
+    assert capsys.readouterr().err == f"removing 8 shards of an unfinished build at {url}\n"
+    assert _names(url) == ["manifest.json", "shard-000000.tar", "shard-000001.tar"]
+    assert read_manifest(url) == manifest
+
+
+def test_foreign_tar_files_need_overwrite(tmp_path: Path, make_dataset: Callable[..., Manifest]) -> None:
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "mine.tar").write_bytes(b"")
+    with pytest.raises(DataError, match=r"ds: holds mine\.tar, which is not a shard; pass --overwrite"):
+        make_dataset(str(tmp_path / "ds"), 5, 4)
+    assert (tmp_path / "ds" / "mine.tar").exists()
+    make_dataset(str(tmp_path / "ds"), 5, 4, overwrite=True)
+    assert not (tmp_path / "ds" / "mine.tar").exists()
 
 
 def test_shard_size_must_be_positive(tmp_path: Path, make_dataset: Callable[..., Manifest]) -> None:
