@@ -26,13 +26,10 @@ from orchestrator.config.sweep_spec import SweepSpec
 from sphere_core.config import ConfigError
 
 TRIAL_DRIVER_CPU = 0.01  # 0 is rejected by Tune; 1 (Tune's default) deadlocks the Train workers on 2 cores
-FORWARDED_ENV = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_DEFAULT_REGION",
-    "SPHERE_GIT_COMMIT",
-)  # workers inherit the raylet's env, not the driver's
+# Workers inherit the raylet's env, not the driver's: these settings travel in their runtime env. Never a
+# credential: Ray writes runtime envs in plain text to its logs and job API. Workers take credentials from
+# their node (the local cluster's `ray start` env, an instance/pod role, a Kubernetes Secret).
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "SPHERE_GIT_COMMIT")
 
 
 class SweepError(RuntimeError):
@@ -217,7 +214,15 @@ def connect_ray(scaling: ScalingSpec) -> None:
 
 
 def worker_env(tracking_uri: str) -> dict[str, str]:
+    from urllib.parse import urlsplit
+
     from orchestrator.tracking import QUIET_ENV
+
+    if urlsplit(tracking_uri).password is not None:
+        raise ConfigError(
+            "tracking.uri: holds a password, which would reach Ray's logs with the workers' env (allowed: a "
+            "URI without user:password@; set MLFLOW_TRACKING_USERNAME/PASSWORD or _TOKEN on the nodes)"
+        )
 
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     return {**env, **QUIET_ENV, "MLFLOW_TRACKING_URI": tracking_uri}
@@ -235,6 +240,7 @@ def train_driver_fn(params: dict[str, Any], context: TrialContext) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from orchestrator.storage import ray_storage
     from orchestrator.tracking import open_trial_run, trial_name
     from orchestrator.worker import train_fn_per_worker
 
@@ -251,6 +257,7 @@ def train_driver_fn(params: dict[str, Any], context: TrialContext) -> None:
         dataset=context.dataset,
     )
     scaling = cfg.scaling
+    storage_path, storage_filesystem = ray_storage(cfg.run.storage_path, cfg.run.storage_retry_s)
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={
@@ -265,7 +272,8 @@ def train_driver_fn(params: dict[str, Any], context: TrialContext) -> None:
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=cfg.run.storage_path,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
             callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # mypy sees V1's RunConfig
@@ -319,20 +327,25 @@ def fit_tuner(spec: SweepSpec, context: TrialContext) -> list[Any]:
     """Restores the sweep's Tune experiment if it exists (resume_errored), else starts it."""
     from ray import tune
 
+    from orchestrator.storage import ray_storage
+
     trainable = tune.with_resources(
         tune.with_parameters(train_driver_fn, context=context), {"CPU": TRIAL_DRIVER_CPU}
     )
-    storage = spec.experiment.run.storage_path.rstrip("/")
+    run = spec.experiment.run
+    storage, filesystem = ray_storage(run.storage_path.rstrip("/"), run.storage_retry_s)
     path = f"{storage}/{spec.experiment_name}"
-    if tune.Tuner.can_restore(path):
-        print(f"restoring {path}: finished trials are kept, unfinished and errored ones resume")
-        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+    if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
+        print(f"restoring {run.storage_path}: finished trials are kept, unfinished and errored ones resume")
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=filesystem)
     else:
         tuner = tune.Tuner(
             trainable,
             param_space=to_param_space(spec.search),
             tune_config=tune_config(spec),
-            run_config=tune.RunConfig(name=spec.experiment_name, storage_path=storage),
+            run_config=tune.RunConfig(
+                name=spec.experiment_name, storage_path=storage, storage_filesystem=filesystem
+            ),
         )
     grid = tuner.fit()
     return [grid[i] for i in range(len(grid))]

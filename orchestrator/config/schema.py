@@ -33,8 +33,11 @@ class DataConfig:
     random_flip: bool = False  # horizontal flips, off for digits (a preset's default: augment.random_flip)
     seed: int = 0
     image_size: int | None = None  # px; None = the manifest's size, else shorter side resized + center crop
+    retry_s: float = 120.0  # how long a shard or manifest read retries a lost connection before failing
 
     def __post_init__(self) -> None:
+        if self.retry_s < 0:
+            raise ConfigError("data.retry_s: must be >= 0 (seconds)")
         if self.batch_size < 1:
             raise ConfigError("data.batch_size: must be >= 1")
         if self.loader_workers < 0:
@@ -55,8 +58,11 @@ class RunSpec:
     seed: int = 0  # per-rank seed = seed * world_size + rank
     storage_path: str = "s3://sphere/ray-results"  # Ray Train/Tune storage (local path or s3://)
     max_failures: int = 2  # worker-group restarts from the latest checkpoint
+    storage_retry_s: float = 120.0  # about how long checkpoint and Tune-state I/O retries a lost connection
 
     def __post_init__(self) -> None:
+        if self.storage_retry_s < 0:
+            raise ConfigError("run.storage_retry_s: must be >= 0 (seconds)")
         for name in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"run.{name}: must be >= 1")

@@ -52,6 +52,7 @@ from orchestrator.data.shards import (
     seen_has,
 )
 from orchestrator.data.sources import decode_sample
+from orchestrator.storage import Backoff, is_transient, retrying
 from sphere_core.transforms import fit_square, random_hflip, to_signed_unit
 
 log = logging.getLogger(__name__)
@@ -87,10 +88,11 @@ class _Readers(IterableDataset[dict[str, Any]]):
         chunk: int,
         shuffle_buffer: int,
         seed_key: str,
+        retry_s: float,
     ) -> None:
         super().__init__()
         self.manifest, self.shards, self.seen = manifest, shards, seen
-        self.image_size, self.chunk = image_size, chunk
+        self.image_size, self.chunk, self.retry_s = image_size, chunk, retry_s
         self.shuffle_buffer, self.seed_key = shuffle_buffer, seed_key
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -125,7 +127,12 @@ class _Readers(IterableDataset[dict[str, Any]]):
 
     def _read(self, shard: ShardInfo, skipped: Counter[str]) -> Iterator[Item]:
         for image, label, position in read_shard(
-            self.manifest, shard, image_size=self.image_size, skipped=skipped, seen=self.seen.get(shard.name)
+            self.manifest,
+            shard,
+            image_size=self.image_size,
+            skipped=skipped,
+            seen=self.seen.get(shard.name),
+            retry_s=self.retry_s,
         ):
             yield to_signed_unit(image), label, shard.name, position
 
@@ -138,6 +145,14 @@ def _skip(shard: ShardInfo, skipped: Counter[str], seen: bytearray | None, first
         log.warning("skipping %d samples of %s: %s", lost, shard.name, why)
 
 
+def _object_size(url: str) -> int:
+    fs, path = url_to_fs(url)
+    try:
+        return int(fs.size(path))
+    except FileNotFoundError:
+        return -1
+
+
 def read_shard(
     manifest: Manifest,
     shard: ShardInfo,
@@ -145,42 +160,57 @@ def read_shard(
     image_size: int,
     skipped: Counter[str],
     seen: bytearray | None = None,
+    retry_s: float = DataConfig.retry_s,
 ) -> Iterator[tuple[torch.Tensor, int, int]]:
     """(uint8 (C, image_size, image_size), class id, position) of each sample of `shard` not in `seen`.
 
     A sample that does not decode, or a shard whose size differs from the manifest or whose tar breaks off,
-    is logged and counted in `skipped[shard.name]`; the rest is read."""
+    is logged and counted in `skipped[shard.name]`; the rest is read. A lost connection is not corruption:
+    the shard is reopened and read on from where it broke, for up to `retry_s` without progress, after
+    which StorageUnavailable (one line, naming the URL) ends the read."""
     if seen_count(seen) == shard.samples:
         return
     url = manifest.shard_url(shard)
-    fs, path = url_to_fs(url)
-    try:
-        size = fs.size(path)
-    except FileNotFoundError:
-        size = -1
+    size = retrying(lambda: _object_size(url), url=url, budget_s=retry_s)
     if size != shard.bytes:
         _skip(shard, skipped, seen, 0, f"{size} bytes (-1: missing), manifest says {shard.bytes}")
         return
-    position = 0
-    stream = gopen(url)
-    try:
-        for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
-            position += 1
-            if seen_has(seen, position - 1):
+    position = 0  # samples of the shard passed so far: yielded, seen before, or undecodable
+    backoff = Backoff(url, retry_s)
+    while True:
+        stream = None
+        try:
+            stream = gopen(url)
+            samples = group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
+            for index, sample in enumerate(samples):
+                if index < position:  # reopened after a lost connection: pass what was already handled
+                    continue
+                position = index + 1
+                backoff.reset()
+                if seen_has(seen, position - 1):
+                    continue
+                try:
+                    image, label = decode_sample(sample, manifest)
+                except ValueError as exc:
+                    skipped[shard.name] += 1
+                    log.warning("skipping sample %s of %s: %s", sample.get("__key__"), shard.name, exc)
+                    continue
+                if image_size != manifest.image_size:
+                    image = fit_square(image, image_size)
+                yield image, label, position - 1
+            break
+        except Exception as exc:
+            if is_transient(exc):
+                log.warning("%s: connection lost after %d samples, reopening: %s", shard.name, position, exc)
+                backoff.wait(exc)
                 continue
-            try:
-                image, label = decode_sample(sample, manifest)
-            except ValueError as exc:
-                skipped[shard.name] += 1
-                log.warning("skipping sample %s of %s: %s", sample.get("__key__"), shard.name, exc)
-                continue
-            if image_size != manifest.image_size:
-                image = fit_square(image, image_size)
-            yield image, label, position - 1
-    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:  # the tar itself is broken
-        log.warning("%s stops after %d samples: %s: %s", shard.name, position, type(exc).__name__, exc)
-    finally:
-        stream.close()
+            if not isinstance(exc, (tarfile.TarError, OSError, EOFError, ValueError)):
+                raise
+            log.warning("%s stops after %d samples: %s: %s", shard.name, position, type(exc).__name__, exc)
+            break
+        finally:
+            if stream is not None:
+                stream.close()
     _skip(shard, skipped, seen, position, "tar ended early")
 
 
@@ -252,7 +282,9 @@ class ShardStream:
         manifest: Manifest | None = None,
     ) -> None:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.manifest = manifest if manifest is not None else read_manifest(cfg.url)
+        if manifest is None:
+            manifest = retrying(lambda: read_manifest(cfg.url), url=cfg.url, budget_s=cfg.retry_s)
+        self.manifest = manifest
         assign_shards(self.manifest.shards, rank, world_size, 0, cfg.loader_workers)  # refuse a bad plan now
         self._counts = {s.name: s.samples for s in self.manifest.shards}
         if cursor is None:
@@ -329,6 +361,7 @@ class ShardStream:
             chunk=self.cfg.batch_size,
             shuffle_buffer=self.cfg.shuffle_buffer,
             seed_key=f"{self.cfg.seed}:{self._epoch}:{self.rank}:{self._batches}",
+            retry_s=self.cfg.retry_s,
         )
 
     def epoch_batches(self) -> Generator[Batch, None, None]:

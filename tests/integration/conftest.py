@@ -56,7 +56,9 @@ class Jobs:
         self.client = JobSubmissionClient(cluster.dashboard_url)
 
     def submit(self, sweep: Path | str) -> str:
-        env = {**self.cluster.env, "SPHERE_GIT_COMMIT": git_commit()}
+        # As `make sweep` does: the cluster env (credentials included) comes from the raylet, never from a
+        # runtime env, which Ray writes to its logs and job API.
+        env = {"SPHERE_GIT_COMMIT": git_commit()}
         runtime_env = {"working_dir": str(REPO), "env_vars": env, "excludes": [".git", "out", "runs"]}
         return self.client.submit_job(
             entrypoint=f"python -m orchestrator.sweep {sweep}", runtime_env=runtime_env

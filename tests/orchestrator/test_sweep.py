@@ -43,15 +43,18 @@ def test_resources_per_trial_and_refusals() -> None:
         check_resources(ScalingSpec(use_gpu=True), {"CPU": 8.0, "GPU": 1.0}, "the x")
 
 
-def test_worker_env_forwards_storage_credentials_and_quiets_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_env_forwards_the_endpoint_never_a_credential(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(name, "canary")
     env = worker_env("http://127.0.0.1:5000")
     assert (
         env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
         and env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
     )
-    assert "AWS_ACCESS_KEY_ID" not in env and QUIET_ENV.items() <= env.items()
+    assert "canary" not in env.values() and QUIET_ENV.items() <= env.items()
+    with pytest.raises(ConfigError, match=r"tracking\.uri: holds a password"):
+        worker_env("http://me:canary@127.0.0.1:5000")
 
 
 def train_spec(search: dict[str, SearchDist], tune: TuneSpec) -> SweepSpec:

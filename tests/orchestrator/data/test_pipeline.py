@@ -1,17 +1,28 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from orchestrator.config.schema import DataConfig
-from orchestrator.data.pipeline import ShardStream, read_images
-from orchestrator.data.shards import DataError, Manifest, epoch_order, merge_cursors, rank_shards
+from orchestrator.data.pipeline import ShardStream, read_images, read_shard, register_gopen
+from orchestrator.data.shards import (
+    DataError,
+    Manifest,
+    epoch_order,
+    merge_cursors,
+    rank_shards,
+    read_manifest,
+)
+from orchestrator.storage import StorageUnavailable
 from sphere_core.transforms import to_signed_unit
+from tests.fixtures.services import free_ports
 
 IdsOf = Callable[[torch.Tensor], list[int]]
 
@@ -180,3 +191,65 @@ def test_read_images_limit_and_seeded_shard_order(
     expected = list(range(10 * order[0], 10 * order[0] + 10)) + list(range(10 * order[1], 10 * order[1] + 5))
     assert ids_of(to_signed_unit(pool)) == expected
     assert read_images(dataset_url, limit=15, seed=3, image_size=4)[1].shape == (15, 1, 4, 4)
+
+
+@pytest.fixture
+def restartable_s3(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[Callable[[], None], Callable[[], None]]]:
+    """(stop, start) of an S3 endpoint on a fixed loopback port; moto keeps its objects in this process."""
+    from moto.server import ThreadedMotoServer
+    from s3fs import S3FileSystem
+
+    (port,) = free_ports(1)
+    servers = [ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)]
+    servers[0].start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "t",
+        "AWS_SECRET_ACCESS_KEY": "t",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    S3FileSystem.clear_instance_cache()
+
+    def stop() -> None:
+        servers[-1].stop()
+
+    def start() -> None:
+        servers.append(ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False))
+        servers[-1].start()
+
+    yield stop, start
+    servers[-1].stop()
+    S3FileSystem.clear_instance_cache()
+
+
+def test_a_shard_read_rides_out_a_store_outage_and_fails_in_one_line_after_its_budget(
+    restartable_s3: tuple[Callable[[], None], Callable[[], None]], make_dataset: Callable[..., Manifest]
+) -> None:
+    import boto3
+
+    stop, start = restartable_s3
+    boto3.client("s3").create_bucket(Bucket="outage")
+    make_dataset("s3://outage/ds", 12, 6)
+    manifest = read_manifest("s3://outage/ds")
+    register_gopen(manifest.url)
+    shard = manifest.shards[0]
+    stop()
+    restart = threading.Timer(2.0, start)
+    restart.start()
+    skipped: Counter[str] = Counter()
+    started = time.monotonic()
+    read = list(read_shard(manifest, shard, image_size=manifest.image_size, skipped=skipped, retry_s=60))
+    restart.join()
+    assert time.monotonic() - started >= 2.0  # it waited for the store instead of counting a corrupt shard
+    assert [position for _, _, position in read] == list(range(6)) and skipped == Counter()
+
+    stop()
+    with pytest.raises(
+        StorageUnavailable, match=r"^s3://outage/ds/shard-\d+\.tar: storage unreachable for 1 s"
+    ):
+        list(read_shard(manifest, shard, image_size=manifest.image_size, skipped=skipped, retry_s=1))
+    assert skipped == Counter()
+    start()
