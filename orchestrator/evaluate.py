@@ -219,7 +219,9 @@ def _log_reconstructions(
     from orchestrator.tracking import MLflowSink
 
     metrics, fingerprint = score_reconstructions(frozen, protocol)
-    MLflowSink(client, parent_id).log(metrics, step=0)
+    sink = MLflowSink(client, parent_id)
+    sink.log(metrics, step=0)
+    sink.flush(final=True)
     key = next(k for k in metrics if k.endswith(recon_fd))
     client.set_tag(parent_id, FINGERPRINT_TAG.format(key), fingerprint)
     print(f"  reconstructions: {key} {metrics[key]:.4g} (floor {metrics[key + '_floor']:.4g})")
@@ -255,6 +257,7 @@ def _evaluate_child(
         client.set_tag(run_id, FINGERPRINT_TAG.format(score.fd_key), score.fingerprint)
         sink = tracking.MLflowSink(client, run_id)
         sink.log(score.metrics, step=0)
+        sink.flush(final=True)
         sink.log_images(lambda: sample_grid(frozen, sampling), step=0)
         client.set_terminated(run_id, "FINISHED")
         run = client.get_run(run_id)

@@ -43,6 +43,10 @@ class Reporter(Protocol):
         """Calls `evaluate` only if its results are kept; returns its metrics ({} where not kept)."""
         ...
 
+    def flush(self, final: bool) -> None:
+        """Called right after each checkpoint: what was logged up to it may now be sent for good."""
+        ...
+
 
 class Checkpointer(Protocol):
     def save(self, step: int, metrics: Mapping[str, float]) -> None: ...
@@ -118,4 +122,5 @@ def run_loop(
         if checkpoint:
             latest = {**latest, **evaluated}
             checkpointer.save(step, latest)
+            reporter.flush(final=last)
     return latest

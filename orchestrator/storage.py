@@ -9,6 +9,7 @@ missing key or a refused credential fails at once, and a corrupt shard is the da
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -99,7 +100,12 @@ def ray_storage(storage_path: str, retry_s: float) -> tuple[str, Any]:
         return storage_path, None
     import pyarrow.fs
 
+    # Built by hand, pyarrow's S3 does not read AWS_ENDPOINT_URL as its from_uri does; the endpoint and
+    # region are settings, not secrets, and travel in the pickle.
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     filesystem = pyarrow.fs.S3FileSystem(
+        endpoint_override=endpoint,
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
         retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=pyarrow_attempts(retry_s)),
         connect_timeout=5,
         request_timeout=30,

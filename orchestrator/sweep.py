@@ -12,10 +12,14 @@ well under a second.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
+import socket
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +36,15 @@ TRIAL_DRIVER_CPU = 0.01  # 0 is rejected by Tune; 1 (Tune's default) deadlocks t
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "SPHERE_GIT_COMMIT")
 
 
+LOCK_NAMESPACE = "sphere-sweeps"  # the lock actors' namespace: a job's own namespace is anonymous
+
+
 class SweepError(RuntimeError):
     """The sweep ran but produced nothing to register (every trial failed); one line, exit 1."""
+
+
+class SweepBusy(RuntimeError):
+    """The same sweep (same Tune experiment) is running in another driver; one line, exit 3."""
 
 
 @dataclass(frozen=True)
@@ -53,9 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="a sweep YAML under sweeps/")
     parser.add_argument("--dry-run", action="store_true", help="print trials, resolved config and shard plan")
+    parser.add_argument(
+        "--new-experiment",
+        action="store_true",
+        help="run as a new Tune experiment and MLflow parent run, even while the same sweep runs elsewhere "
+        "(default: resubmitting a sweep resumes it, and is refused while it runs)",
+    )
     args = parser.parse_args(argv)
     try:
         spec = load_sweep(args.sweep)
+        if args.new_experiment:
+            spec = dataclasses.replace(spec, digest=f"{spec.digest}-{time.strftime('%Y%m%d-%H%M%S')}")
         if args.dry_run:
             print(dry_run_report(spec))
             return 0
@@ -74,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except SweepBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -213,6 +235,49 @@ def connect_ray(scaling: ScalingSpec) -> None:
     check_resources(scaling, ray.cluster_resources(), f"the Ray cluster at {address or 'local'}")
 
 
+def this_driver() -> str:
+    """How a user finds this driver again: its Ray job's submission id, else its host and pid."""
+    job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+    submission_id = job_config.get("metadata", {}).get("job_submission_id")
+    if submission_id:
+        return f"Ray job {submission_id} (`ray job stop {submission_id}` stops it)"
+    return f"the driver with pid {os.getpid()} on {socket.gethostname()}"
+
+
+@contextlib.contextmanager
+def sweep_lock(spec: SweepSpec) -> Iterator[None]:
+    """A named actor per Tune experiment, owned by this driver, so Ray removes it when the driver ends, even
+    by kill -9: a second driver of the same sweep is refused while this one lives (both would otherwise
+    train the same trials into the same runs)."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class SweepLock:
+        def __init__(self, holder: str, since: str) -> None:
+            self.holder, self.since = holder, since
+
+        def describe(self) -> list[str]:
+            return [self.holder, self.since]
+
+    name = f"lock:{spec.experiment_name}"
+    try:
+        lock = SweepLock.options(name=name, namespace=LOCK_NAMESPACE).remote(  # type: ignore[attr-defined]
+            this_driver(), time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        )
+        ray.get(lock.describe.remote())
+    except ValueError:  # "The name ... is already taken"
+        described: list[str] = ray.get(ray.get_actor(name, namespace=LOCK_NAMESPACE).describe.remote())
+        holder, since = described
+        raise SweepBusy(
+            f"sweep {spec.experiment_name} is already running in {holder}, since {since}; wait "
+            "for it, stop it, or pass --new-experiment to run this submission as a new experiment"
+        ) from None
+    try:
+        yield
+    finally:
+        ray.kill(lock)
+
+
 def worker_env(tracking_uri: str) -> dict[str, str]:
     from urllib.parse import urlsplit
 
@@ -295,13 +360,21 @@ def run_train_sweep(spec: SweepSpec) -> None:
     """Preflight (resources, MLflow, dataset), parent run, Tune fit or restore, summary, registration."""
     cfg = spec.experiment
     check_local_resources(cfg.scaling)
-    from mlflow import MlflowClient
-
     from orchestrator import tracking
 
     uri = tracking.resolve_tracking_uri(cfg)
     dataset = dataset_input(cfg)
     connect_ray(cfg.scaling)
+    with sweep_lock(spec):
+        train_sweep_under_lock(spec, uri, dataset)
+
+
+def train_sweep_under_lock(spec: SweepSpec, uri: str, dataset: dict[str, Any]) -> None:
+    from mlflow import MlflowClient
+
+    from orchestrator import tracking
+
+    cfg = spec.experiment
     client = MlflowClient(uri)
     exp_id, parent_id = tracking.open_sweep_run(client, spec)
     print(f"sweep {spec.experiment_name}: parent run {parent_id} (MLflow experiment {exp_id})")
@@ -336,7 +409,10 @@ def fit_tuner(spec: SweepSpec, context: TrialContext) -> list[Any]:
     storage, filesystem = ray_storage(run.storage_path.rstrip("/"), run.storage_retry_s)
     path = f"{storage}/{spec.experiment_name}"
     if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
-        print(f"restoring {run.storage_path}: finished trials are kept, unfinished and errored ones resume")
+        print(
+            f"restoring {run.storage_path.rstrip('/')}/{spec.experiment_name}: finished trials are kept, "
+            "unfinished and errored ones resume"
+        )
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=filesystem)
     else:
         tuner = tune.Tuner(

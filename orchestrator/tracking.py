@@ -61,6 +61,14 @@ class MetricSink(Protocol):
 
     def log_eval(self, evaluate: Callable[[], Evaluation], step: int) -> dict[str, float]: ...
 
+    def flush(self, final: bool) -> None: ...
+
+    def tag(self, tags: Mapping[str, str]) -> None: ...
+
+    def unflushed(self) -> list[dict[str, Any]]: ...
+
+    def restore(self, unflushed: list[dict[str, Any]]) -> None: ...
+
 
 class NullSink:
     """What ranks other than 0 log to: nothing."""
@@ -74,19 +82,82 @@ class NullSink:
     def log_eval(self, evaluate: Callable[[], Evaluation], step: int) -> dict[str, float]:
         return {}  # never evaluates: Ray Train hands Tune rank 0's report, which carries the metrics
 
+    def flush(self, final: bool) -> None:
+        pass
+
+    def tag(self, tags: Mapping[str, str]) -> None:
+        pass
+
+    def unflushed(self) -> list[dict[str, Any]]:
+        return []
+
+    def restore(self, unflushed: list[dict[str, Any]]) -> None:
+        pass
+
 
 class MLflowSink:
-    """Logs into an existing run; metrics go in one batch per call."""
+    """Logs into an existing run. Metrics are held until the loop flushes them, right after each checkpoint:
+    - a resumed run restarts from its last checkpoint, and what was logged up to it is all that was
+      flushed, so MLflow keeps exactly one value per step;
+    - an MLflow outage costs no metric: a flush that fails keeps them for the next one, and the final flush
+      retries for up to FINAL_FLUSH_TIMEOUT_S.
+    Sample grids, figures and tags go at once; one that cannot be sent is dropped with a warning rather than
+    stopping training. The cost: metrics appear in the UI at checkpoint cadence (run.checkpoint_every)."""
+
+    FINAL_FLUSH_TIMEOUT_S = 600.0
+    BATCH = 1000  # MLflow's limit of metrics per log_batch
 
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client, self.run_id = client, run_id
+        self.pending: list[Any] = []  # mlflow.entities.Metric, oldest first
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(key, float(v), now, step) for key, v in metrics.items() if math.isfinite(v)]
-        self.client.log_batch(self.run_id, metrics=batch)
+        self.pending += [Metric(key, float(v), now, step) for key, v in metrics.items() if math.isfinite(v)]
+
+    def flush(self, final: bool) -> None:
+        deadline = time.monotonic() + (self.FINAL_FLUSH_TIMEOUT_S if final else 0.0)
+        while self.pending:
+            try:
+                self.client.log_batch(self.run_id, metrics=self.pending[: self.BATCH])
+            except Exception as exc:
+                if time.monotonic() >= deadline:
+                    if final:
+                        raise
+                    print(
+                        f"MLflow unreachable, {len(self.pending)} metric values kept for the next flush "
+                        f"({type(exc).__name__}: {exc})"
+                    )
+                    return
+                time.sleep(5.0)
+                continue
+            del self.pending[: self.BATCH]
+
+    def unflushed(self) -> list[dict[str, Any]]:
+        """The held metrics as plain records (for a checkpoint), timestamps included: replayed, they are
+        exact repeats, which MLflow's store drops."""
+        return [
+            {"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step} for m in self.pending
+        ]
+
+    def restore(self, unflushed: list[dict[str, Any]]) -> None:
+        from mlflow.entities import Metric
+
+        self.pending = [Metric(**record) for record in unflushed] + self.pending
+        self.flush(final=False)
+
+    def tag(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def _send(self, what: str, send: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        try:
+            send(*args, **kwargs)
+        except Exception as exc:
+            print(f"MLflow unreachable, {what} dropped: {type(exc).__name__}: {exc}")
 
     def log_images(self, render: Callable[[], Mapping[str, torch.Tensor]], step: int) -> None:
         """render() -> name -> images [B, C, H, W] in [0, 1], written as samples/<name>_step<step>.png."""
@@ -94,7 +165,7 @@ class MLflowSink:
             for name, images in render().items():
                 path = Path(tmp) / f"{name}_step{step:06d}.png"
                 grid_image(images).save(path)
-            self.client.log_artifacts(self.run_id, tmp, "samples")
+            self._send(f"sample grids of step {step}", self.client.log_artifacts, self.run_id, tmp, "samples")
 
     def log_eval(self, evaluate: Callable[[], Evaluation], step: int) -> dict[str, float]:
         """Runs `evaluate`, logs its metrics at `step`, its tags and figures (PNG); returns the metrics."""
@@ -102,9 +173,10 @@ class MLflowSink:
 
         result = evaluate()
         self.log(result.metrics, step)
-        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in result.tags.items()])
+        tags = [RunTag(k, v) for k, v in result.tags.items()]
+        self._send(f"eval tags of step {step}", self.client.log_batch, self.run_id, tags=tags)
         for path, figure in result.figures.items():
-            self.client.log_figure(self.run_id, figure, path)
+            self._send(f"{path} of step {step}", self.client.log_figure, self.run_id, figure, path)
         return dict(result.metrics)
 
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
+import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +68,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         print(perceptual_status(perceptual, cfg.loss))  # in the job's log: which loss terms are live
     state = make_train_state(cfg.sphere, device=device, perceptual=perceptual)
     state.objective = ray.train.torch.prepare_model(state.objective)
-    start_step, cursor = resume(state, device)
+    start_step, extra = resume(state, device)
+    cursor = extra.get("cursor")
     if rank == 0 and start_step:
         print(f"resumed from the checkpoint at step {start_step}")  # Ray forwards it to the job's log
     stream = ShardStream(cfg.data, rank=rank, world_size=world, cursor=cursor)
@@ -79,7 +83,11 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         )
         return out.metrics
 
+    # The sink holds metrics across an outage itself: fail each request in ~7 s, not MLflow's ~4 min, so an
+    # outage does not stall training at every flush.
+    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"})
     reporter = make_sink(rank, config["tracking_uri"], config["run_id"])
+    reporter.restore(extra.get("unflushed", []))  # a kill may have come between checkpoint and flush
     if start_step == 0:
         reporter.log_eval(lambda: noise_angle_evaluation(cfg), step=0)
     run_loop(
@@ -88,12 +96,40 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         run=cfg.run,
         start_step=start_step,
         reporter=reporter,
-        checkpointer=RayCheckpointer(state, cfg, stream, rank),
+        checkpointer=RayCheckpointer(state, cfg, stream, rank, unflushed=reporter.unflushed),
         sample_fn=lambda: sample_grids(state, cfg),
         eval_fn=ProxyEval(state, cfg),
         global_batch=global_batch,
-        skipped_samples=lambda: int(stream.stats()["skipped_total"]),
+        skipped_samples=lambda: sum(skipped_per_shard(stream).values()),
     )
+    skipped = skipped_per_shard(stream)  # every rank takes part: a collective
+    if skipped:
+        reporter.tag(read_tags(stream.manifest.digest, skipped))
+
+
+def skipped_per_shard(stream: ShardStream) -> dict[str, int]:
+    """Samples skipped so far as undecodable or truncated, per shard, over all ranks: each rank reads its own
+    shards, so rank 0's count alone is not the run's. Every rank must call it at the same step."""
+    own: dict[str, int] = stream.stats()["skipped_per_shard"]
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return own
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, own)
+    merged: dict[str, int] = {}
+    for counts in every:
+        for shard, count in counts.items():
+            merged[shard] = merged.get(shard, 0) + count
+    return dict(sorted(merged.items()))
+
+
+def read_tags(manifest_digest: str, skipped: Mapping[str, int]) -> dict[str, str]:
+    """What the run actually read when it differs from the manifest: the skips per shard and a digest of
+    (manifest digest, skips), so two runs that lost the same samples of the same data share it."""
+    record = json.dumps({"manifest": manifest_digest, "skipped": dict(skipped)}, sort_keys=True)
+    return {
+        "data.skipped_per_shard": json.dumps(dict(skipped)),
+        "data.read_digest": hashlib.sha256(record.encode()).hexdigest()[:32],
+    }
 
 
 def load_perceptual(weights: PerceptualWeights, device: torch.device) -> PerceptualLoss | None:
@@ -113,15 +149,16 @@ def load_perceptual(weights: PerceptualWeights, device: torch.device) -> Percept
         )
 
 
-def resume(state: TrainState, device: torch.device) -> tuple[int, dict[str, Any] | None]:
-    """(steps done, merged data cursor) from Ray's latest checkpoint, or (0, None) on a fresh start."""
+def resume(state: TrainState, device: torch.device) -> tuple[int, dict[str, Any]]:
+    """(steps done, the checkpoint's extra: merged data cursor, unflushed metrics) from Ray's latest
+    checkpoint, or (0, {}) on a fresh start."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return 0, None
+        return 0, {}
     with checkpoint.as_directory() as directory:
         loaded = load_checkpoint(directory, device=device)
     restore(state, loaded)
-    return loaded.step, loaded.extra.get("cursor")
+    return loaded.step, loaded.extra
 
 
 @torch.no_grad()
@@ -254,8 +291,16 @@ def protocol_tags(name: str, key: str, result: MetricResult) -> dict[str, str]:
 class RayCheckpointer:
     """Ray's checkpoint contract: every rank reports at the same step; rank 0 alone writes the directory."""
 
-    def __init__(self, state: TrainState, cfg: ExperimentConfig, stream: ShardStream, rank: int) -> None:
+    def __init__(
+        self,
+        state: TrainState,
+        cfg: ExperimentConfig,
+        stream: ShardStream,
+        rank: int,
+        unflushed: Callable[[], list[dict[str, Any]]],
+    ) -> None:
         self.state, self.cfg, self.stream, self.rank = state, cfg, stream, rank
+        self.unflushed = unflushed
 
     def save(self, step: int, metrics: Mapping[str, float]) -> None:
         cursor = self._merged_cursor()
@@ -266,7 +311,9 @@ class RayCheckpointer:
                     Path(tmp) / "checkpoint",
                     self.state,
                     self.cfg.sphere,
-                    extra={"cursor": cursor, "metrics": dict(metrics)},
+                    # metrics logged since the last flush: the flush follows the checkpoint, so a run killed
+                    # in between replays them on resume (MLflow drops exact repeats: never twice, never lost)
+                    extra={"cursor": cursor, "metrics": dict(metrics), "unflushed": self.unflushed()},
                 )
                 checkpoint = ray.train.Checkpoint.from_directory(str(directory))
             ray.train.report(dict(metrics), checkpoint=checkpoint)

@@ -3,7 +3,8 @@
   (run.max_failures) and the trial finishes;
 - the sweep's driver is stopped mid-run and the same file resubmitted: the Tune experiment is restored,
   the finished trial is not rerun, the interrupted one resumes from its Train checkpoint, and the MLflow
-  parent and child runs are reused rather than duplicated."""
+  parent and child runs are reused rather than duplicated;
+- either way MLflow keeps one value per step (metrics are sent after each checkpoint)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ base: {REPO / "sweeps" / "base" / "mnist.yaml"}
 overrides:
   run.steps: 30
   run.log_every: 5
-  run.checkpoint_every: 5
+  run.checkpoint_every: 10      # steps 15, 25 are logged between checkpoints: a resume must not repeat them
   optim.total_steps: 30
   data.batch_size: 16
   data.shuffle_buffer: 100
@@ -103,6 +104,8 @@ def test_a_killed_worker_and_a_stopped_driver_both_resume(
 
     runs = children()
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)  # reused, not duplicated
+    for run in runs:  # both resumed (the killed worker, the stopped driver): still one value per step
+        assert [step for step, _, _ in loss_history(run.info.run_id)] == list(range(5, 31, 5))
     assert loss_history(finished_before[0]) == history_before  # the finished trial was not rerun
     resumed = resumed_steps(logs)
     assert resumed and min(resumed) >= 5  # the interrupted trial continued from its Train checkpoint

@@ -19,6 +19,7 @@ class FakeReporter:
         self.image_steps: list[int] = []
         self.evaluated: dict[int, dict[str, float]] = {}
         self.keeps_images = keeps_images
+        self.flushes: list[tuple[int, bool]] = []  # (last logged step, final)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         self.logged[step] = dict(metrics)
@@ -34,6 +35,9 @@ class FakeReporter:
             return {}
         self.evaluated[step] = evaluate().metrics
         return self.evaluated[step]
+
+    def flush(self, final: bool) -> None:
+        self.flushes.append((max(self.logged), final))
 
 
 class FakeCheckpointer:
@@ -96,6 +100,7 @@ def test_cadence_logs_samples_and_checkpoints_on_schedule() -> None:
     assert sorted(reporter.logged) == [3, 4, 5, 6, 8, 9, 10]  # every 3, each eval and checkpoint, the last
     assert reporter.image_steps == [4, 8, 10] and sorted(reporter.evaluated) == [4, 8, 10]
     assert sorted(checkpointer.saved) == [5, 10]
+    assert reporter.flushes == [(5, False), (10, True)]  # right after each checkpoint, the last one final
     assert reporter.logged[3]["loss"] == 2.0  # mean of steps 1..3
     assert reporter.logged[4]["loss"] == 4.0  # the window restarts after each log
     # A checkpoint carries its step's window and the latest eval (step 4's, carried to step 5).

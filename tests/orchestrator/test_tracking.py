@@ -51,6 +51,8 @@ def test_rank_zero_logs_metrics_and_sample_grids(client: MlflowClient, run_id: s
     sink.log({"loss": 2.0, "lr": 1e-3, "nan_is_dropped": float("nan")}, step=5)
     sink.log({"loss": 1.5, "lr": 1e-3}, step=10)
     sink.log_images(render, step=10)
+    assert client.get_metric_history(run_id, "loss") == []  # held until the checkpoint's flush
+    sink.flush(final=False)
     history = client.get_metric_history(run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(5, 2.0), (10, 1.5)]
     assert "nan_is_dropped" not in client.get_run(run_id).data.metrics
@@ -127,7 +129,9 @@ def test_rank_zero_logs_an_evaluation_and_returns_its_metrics(client: MlflowClie
         {"diagnostics/curve.png": figure},
         {"fingerprint.fd_clf_1step": "ab"},
     )
-    returned = tracking.MLflowSink(client, run_id).log_eval(lambda: evaluation, step=20)
+    sink = tracking.MLflowSink(client, run_id)
+    returned = sink.log_eval(lambda: evaluation, step=20)
+    sink.flush(final=True)
     assert returned == {"fd_clf_1step": 12.5, "eval_s": 3.0}
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "fd_clf_1step")] == [(20, 12.5)]
     assert client.get_run(run_id).data.tags["fingerprint.fd_clf_1step"] == "ab"
@@ -139,3 +143,50 @@ def test_rank_nonzero_never_evaluates() -> None:
         raise AssertionError("a rank that keeps nothing evaluated")
 
     assert tracking.NullSink().log_eval(must_not_evaluate, step=1) == {}
+
+
+class FlakyClient:
+    """An MlflowClient whose log_batch fails `failures` times, as while the server is down."""
+
+    def __init__(self, client: MlflowClient, failures: int) -> None:
+        self.client, self.failures = client, failures
+
+    def log_batch(self, run_id: str, **kwargs: object) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("MLflow is down")
+        self.client.log_batch(run_id, **kwargs)  # type: ignore[arg-type]
+
+
+def test_an_mlflow_outage_loses_no_metric(
+    client: MlflowClient, run_id: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    flaky = FlakyClient(client, failures=1)
+    sink = tracking.MLflowSink(flaky, run_id)  # type: ignore[arg-type]
+    sink.log({"loss": 2.0}, step=5)
+    sink.flush(final=False)  # the server is down: kept, training goes on
+    assert "1 metric values kept for the next flush" in capsys.readouterr().out
+    sink.log({"loss": 1.5}, step=10)
+    flaky.failures = 3
+    sink.flush(final=True)  # the last flush waits for the server to come back
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(5, 2.0), (10, 1.5)]
+    assert sink.pending == []
+
+
+def test_metrics_replayed_from_a_checkpoint_are_kept_once(client: MlflowClient, run_id: str) -> None:
+    sink = tracking.MLflowSink(client, run_id)
+    sink.log({"loss": 2.0}, step=5)
+    sink.log({"loss": 1.5}, step=10)
+    saved = sink.unflushed()  # what the checkpoint at step 10 carries
+    sink.flush(final=False)  # flushed, then the worker dies: the resumed one replays the checkpoint's
+    resumed = tracking.MLflowSink(client, run_id)
+    resumed.restore(saved)
+    resumed.log({"loss": 1.0}, step=15)
+    resumed.flush(final=True)
+    history = [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")]
+    assert history == [(5, 2.0), (10, 1.5), (15, 1.0)]
+    never_flushed = tracking.MLflowSink(client, run_id)  # killed between checkpoint and flush: nothing lost
+    never_flushed.log({"loss": 0.5}, step=20)
+    tracking.MLflowSink(client, run_id).restore(never_flushed.unflushed())
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [5, 10, 15, 20]
