@@ -34,6 +34,7 @@ TRIAL_DRIVER_CPU = 0.01  # 0 is rejected by Tune; 1 (Tune's default) deadlocks t
 # credential: Ray writes runtime envs in plain text to its logs and job API. Workers take credentials from
 # their node (the local cluster's `ray start` env, an instance/pod role, a Kubernetes Secret).
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "SPHERE_GIT_COMMIT")
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
 LOCK_NAMESPACE = "sphere-sweeps"  # the lock actors' namespace: a job's own namespace is anonymous
@@ -396,10 +397,20 @@ def train_sweep_under_lock(spec: SweepSpec, uri: str, dataset: dict[str, Any]) -
     client.set_terminated(parent_id, "FINISHED")
 
 
+def keep_credentials_out_of_trial_runtime_envs() -> None:
+    """Ray Tune copies the driver's AWS credentials into every trial actor's runtime env
+    (ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE), and Ray writes runtime envs in plain text to
+    runtime_env_agent.log. Trial actors take them from their node instead, like every other Ray worker."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - set(CREDENTIAL_ENV)
+
+
 def fit_tuner(spec: SweepSpec, context: TrialContext) -> list[Any]:
     """Restores the sweep's Tune experiment if it exists (resume_errored), else starts it."""
     from ray import tune
 
+    keep_credentials_out_of_trial_runtime_envs()
     from orchestrator.storage import ray_storage
 
     trainable = tune.with_resources(

@@ -13,7 +13,13 @@ from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator.config.schema import ExperimentConfig, ScalingSpec
 from orchestrator.config.sweep_spec import SearchDist, SweepSpec, TuneSpec
-from orchestrator.sweep import check_resources, trial_cpus, tune_config, worker_env
+from orchestrator.sweep import (
+    check_resources,
+    keep_credentials_out_of_trial_runtime_envs,
+    trial_cpus,
+    tune_config,
+    worker_env,
+)
 from orchestrator.tracking import QUIET_ENV, trial_name
 from sphere_core.config import ConfigError
 
@@ -55,6 +61,23 @@ def test_worker_env_forwards_the_endpoint_never_a_credential(monkeypatch: pytest
     assert "canary" not in env.values() and QUIET_ENV.items() <= env.items()
     with pytest.raises(ConfigError, match=r"tracking\.uri: holds a password"):
         worker_env("http://me:canary@127.0.0.1:5000")
+
+
+def test_tune_copies_no_credential_into_a_trial_actors_runtime_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.tune.execution import class_cache
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(name, "canary")
+    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE", set(class_cache.ENV_VARS_TO_PROPAGATE))
+    captured: dict[str, object] = {}
+    monkeypatch.setattr(
+        class_cache.ray, "remote", lambda **options: captured.update(options) or (lambda cls: cls)
+    )
+    class_cache._ActorClassCache().get(type("Before", (), {}))
+    assert "canary" in str(captured["runtime_env"])  # Ray's own behaviour, which this guards against
+    keep_credentials_out_of_trial_runtime_envs()
+    class_cache._ActorClassCache().get(type("After", (), {}))
+    assert "canary" not in str(captured["runtime_env"])
 
 
 def train_spec(search: dict[str, SearchDist], tune: TuneSpec) -> SweepSpec:
