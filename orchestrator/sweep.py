@@ -21,9 +21,10 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from orchestrator.config.loader import dump_yaml, load_sweep
+from orchestrator.config.loader import dump_yaml, load_sweep, parse_set
 from orchestrator.config.schema import ExperimentConfig, ScalingSpec
 from orchestrator.config.search_space import apply_trial_params, expand_trials, to_param_space
 from orchestrator.config.sweep_spec import SweepSpec
@@ -62,7 +63,19 @@ class TrialContext:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", help="a sweep YAML under sweeps/")
+    parser.add_argument(
+        "sweep",
+        help="a sweep YAML: a path, or one of the project's shipped sweeps (sweeps/noise.yaml) when the job "
+        "does not run in the project directory",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="DOTTED.PATH=VALUE",
+        help="override one field after the file's overrides, validated like them (repeatable): "
+        "--set data.url=s3://mine/train --set scaling.use_gpu=true",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print trials, resolved config and shard plan")
     parser.add_argument(
         "--new-experiment",
@@ -72,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        spec = load_sweep(args.sweep)
+        sets = dict(parse_set(assignment) for assignment in args.set)
+        spec = load_sweep(resolve_sweep_path(args.sweep), sets)
         if args.new_experiment:
             spec = dataclasses.replace(spec, digest=f"{spec.digest}-{time.strftime('%Y%m%d-%H%M%S')}")
         if args.dry_run:
@@ -97,6 +111,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     return 0
+
+
+def resolve_sweep_path(given: str) -> Path:
+    """`given` as a path; else, when it names one of the shipped sweeps, that file of the project this code
+    was installed from (a `ray job submit` without --working-dir runs in Ray's directory, not the project's;
+    SPHERE_PROJECT_DIR names the project where the code is installed apart from it, as in the image)."""
+    path = Path(given)
+    if path.exists() or path.is_absolute():
+        return path
+    roots = [os.environ.get("SPHERE_PROJECT_DIR", ""), str(Path(__file__).resolve().parents[1])]
+    for root in filter(None, roots):
+        candidate = Path(root) / path
+        if candidate.is_file():
+            print(f"{given}: not in the working directory {Path.cwd()}; using the project's {candidate}")
+            return candidate
+    return path  # load_sweep names the missing file
 
 
 # --- dry run --------------------------------------------------------------------------------------
@@ -132,6 +162,7 @@ def dry_run_report(spec: SweepSpec) -> str:
             f"{os.cpu_count()} CPUs",
         ]
     lines = [f"sweep {spec.name} (kind {spec.kind}), experiment {spec.experiment_name}: {len(trials)} trials"]
+    lines += [f"--set {path}={json.dumps(value)}" for path, value in spec.sets.items()]
     lines += details + [f"  trial {i}: {json.dumps(params)}" for i, params in enumerate(trials)]
     lines += ["resolved config:", dump_yaml(cfg.to_dict()).rstrip()]
     if evaluate is None:

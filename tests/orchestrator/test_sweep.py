@@ -172,3 +172,38 @@ def test_training_pareto_plots_fd_against_images_seen(tmp_path: Path) -> None:
         )
     ]
     assert log_training_pareto(client, parent, spec, without) == []  # until trials report FD and images seen
+
+
+def test_a_shipped_sweep_resolves_from_any_directory_and_sets_show_in_the_dry_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator.sweep import main
+
+    monkeypatch.chdir(tmp_path)  # as a job without --working-dir: not the project directory
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    assert (
+        main(
+            [
+                "sweeps/noise.yaml",
+                "--dry-run",
+                "--set",
+                "data.url=s3://mine/train",
+                "--set",
+                "scaling.use_gpu=true",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    project = Path(__file__).resolve().parents[2]
+    assert (
+        f"sweeps/noise.yaml: not in the working directory {tmp_path}; using the project's "
+        f"{project}/sweeps/noise.yaml" in out
+    )
+    assert '--set data.url="s3://mine/train"' in out and "--set scaling.use_gpu=true" in out
+    assert "url: s3://mine/train" in out and "use_gpu: true" in out  # in the resolved config
+    (tmp_path / "sweeps").mkdir()  # a user's own file in the working directory wins
+    (tmp_path / "sweeps" / "noise.yaml").write_text("name: mine\n")
+    assert main(["sweeps/noise.yaml", "--dry-run"]) == 2
+    assert "using the project's" not in capsys.readouterr().out
