@@ -19,7 +19,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,26 +233,91 @@ def trial_cpus(scaling: ScalingSpec) -> float:
     return TRIAL_DRIVER_CPU + scaling.workers_per_trial * scaling.cpus_per_worker
 
 
-def check_resources(scaling: ScalingSpec, available: Mapping[str, float], where: str) -> None:
-    """One trial (its driver and all its workers) must fit the cluster, or Tune waits forever."""
-    have, need, workers = float(available.get("CPU", 0.0)), trial_cpus(scaling), scaling.workers_per_trial
-    if need > have + 1e-9:
+@dataclass(frozen=True)
+class NodeType:
+    """An autoscaler node group: what one node offers and how many there may be (-1: no limit)."""
+
+    name: str
+    resources: Mapping[str, float]
+    max_count: int
+
+
+def worker_bundle(scaling: ScalingSpec) -> dict[str, float]:
+    return {"CPU": scaling.cpus_per_worker} | ({"GPU": 1.0} if scaling.use_gpu else {})
+
+
+def workers_per_node(resources: Mapping[str, float], bundle: Mapping[str, float]) -> int:
+    return min(int(float(resources.get(key, 0.0)) / need + 1e-9) for key, need in bundle.items() if need > 0)
+
+
+def check_resources(
+    scaling: ScalingSpec, available: Mapping[str, float], where: str, node_types: Sequence[NodeType] = ()
+) -> str:
+    """One trial (its driver and all its workers) must fit what the cluster has, or, on an autoscaling
+    cluster (`node_types`), what it can grow to; otherwise Tune waits forever. Returns where trials go."""
+    bundle, workers = worker_bundle(scaling), scaling.workers_per_trial
+    need = ", ".join(f"{value:g} {key}" for key, value in bundle.items())
+    if node_types:
+        hosts = [(t, workers_per_node(t.resources, bundle)) for t in node_types if t.max_count != 0]
+        hosts = [(t, per_node) for t, per_node in hosts if per_node > 0]
+        if not hosts:
+            offered = "; ".join(f"{t.name}: {dict(t.resources)}" for t in node_types)
+            raise ConfigError(
+                f"scaling: one worker needs {need} but no node type of {where} offers that (node types: "
+                f"{offered}) (allowed: cpus_per_worker and use_gpu that one node type can host)"
+            )
+        unbounded = any(t.max_count < 0 for t, _ in hosts)
+        grows_to = sum(per_node * t.max_count for t, per_node in hosts if t.max_count > 0)
+        if not unbounded and grows_to < workers:
+            raise ConfigError(
+                f"scaling.workers_per_trial: {workers} workers of {need} each, but {where} grows to at "
+                f"most {grows_to} (allowed: 1..{grows_to})"
+            )
+        host, per_node = hosts[0]
+        return (
+            f"trials: {workers} workers of {need} each on node type {host.name} ({per_node} per node; "
+            "the autoscaler adds nodes as trials start)"
+        )
+    have, total = float(available.get("CPU", 0.0)), trial_cpus(scaling)
+    if total > have + 1e-9:
+        fits = max(int((have - TRIAL_DRIVER_CPU) / scaling.cpus_per_worker + 1e-9), 0)
+        allowed = (
+            f"workers_per_trial x cpus_per_worker <= {have - TRIAL_DRIVER_CPU:g}, e.g. {fits} workers"
+            if fits
+            else f"a cluster with at least {total:g} CPUs"
+        )
         raise ConfigError(
-            f"scaling.cpus_per_worker: a trial needs {need:g} CPUs ({workers} workers x "
+            f"scaling.cpus_per_worker: a trial needs {total:g} CPUs ({workers} workers x "
             f"{scaling.cpus_per_worker:g} + {TRIAL_DRIVER_CPU} trial driver) but {where} has {have:g} "
-            f"(allowed: workers_per_trial x cpus_per_worker <= {have - TRIAL_DRIVER_CPU:g})"
+            f"(allowed: {allowed})"
         )
-    if scaling.use_gpu and float(available.get("GPU", 0.0)) < scaling.workers_per_trial:
+    if scaling.use_gpu and float(available.get("GPU", 0.0)) < workers:
         raise ConfigError(
-            f"scaling.use_gpu: a trial needs {scaling.workers_per_trial} GPUs but {where} has "
-            f"{available.get('GPU', 0.0):g} (allowed: use_gpu: false)"
+            f"scaling.use_gpu: a trial needs {workers} GPUs but {where} has "
+            f"{available.get('GPU', 0.0):g} (allowed: use_gpu: false, or a cluster with GPUs)"
         )
+    return f"trials: {workers} workers of {need} each on the {have:g} CPUs up now"
 
 
 def check_local_resources(scaling: ScalingSpec) -> None:
     """Without RAY_ADDRESS a local Ray gets this machine's CPUs: check before starting anything."""
     if not os.environ.get("RAY_ADDRESS"):
         check_resources(scaling, {"CPU": float(os.cpu_count() or 1)}, "this machine (local Ray)")
+
+
+def autoscaler_node_types() -> list[NodeType]:
+    """The worker node groups the cluster's autoscaler reported to the GCS (KubeRay, `ray up`); [] when no
+    autoscaler runs. Read through Ray's own state API, as Ray Data's autoscaling does."""
+    import ray._private.state
+
+    config = ray._private.state.state.get_cluster_config()
+    if config is None:
+        return []
+    return [
+        NodeType(group.name, dict(group.resources), group.max_count)
+        for group in config.node_group_configs
+        if group.max_count != 0
+    ]
 
 
 def connect_ray(scaling: ScalingSpec) -> None:
@@ -263,7 +328,8 @@ def connect_ray(scaling: ScalingSpec) -> None:
     if not address:  # a local ray.init() would otherwise write ~/.ray/auth_token, and every later
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # `ray start` on this machine would require it
     ray.init(address=address or None, log_to_driver=True)
-    check_resources(scaling, ray.cluster_resources(), f"the Ray cluster at {address or 'local'}")
+    where = f"the Ray cluster at {address or 'local'}"
+    print(check_resources(scaling, ray.cluster_resources(), where, autoscaler_node_types()))
 
 
 def this_driver() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator.config.schema import ExperimentConfig, ScalingSpec
 from orchestrator.config.sweep_spec import SearchDist, SweepSpec, TuneSpec
-from orchestrator.sweep import check_resources, trial_cpus, tune_config, worker_env
+from orchestrator.sweep import NodeType, check_resources, trial_cpus, tune_config, worker_env
 from orchestrator.tracking import QUIET_ENV, trial_name
 from sphere_core.config import ConfigError
 
@@ -41,6 +42,32 @@ def test_resources_per_trial_and_refusals() -> None:
         check_resources(ScalingSpec(workers_per_trial=2, cpus_per_worker=1.0), {"CPU": 2.0}, "the x")
     with pytest.raises(ConfigError, match=r"scaling\.use_gpu: a trial needs 2 GPUs"):
         check_resources(ScalingSpec(use_gpu=True), {"CPU": 8.0, "GPU": 1.0}, "the x")
+    with pytest.raises(ConfigError, match=r"has 0 \(allowed: a cluster with at least 0\.99 CPUs\)"):
+        check_resources(two_by_half, {}, "a 0-CPU head")  # never a negative bound
+
+
+def test_an_autoscaling_cluster_is_checked_against_what_it_can_grow_to() -> None:
+    """KubeRay's shape: a 0-CPU head and a GPU group that starts at 0 nodes."""
+    gpu_group = NodeType("gpu-group", {"CPU": 8.0, "GPU": 2.0, "memory": 6e10}, max_count=4)
+    head = NodeType("headgroup", {"CPU": 0.0}, max_count=1)
+    four_gpus = ScalingSpec(workers_per_trial=4, cpus_per_worker=3.0, use_gpu=True)
+    plan = check_resources(four_gpus, {"CPU": 0.0}, "the cluster", [head, gpu_group])
+    assert plan == (
+        "trials: 4 workers of 3 CPU, 1 GPU each on node type gpu-group (2 per node; the autoscaler adds "
+        "nodes as trials start)"
+    )
+    with pytest.raises(
+        ConfigError, match=r"workers_per_trial: 9 workers .* grows to at most 8 \(allowed: 1\.\.8\)"
+    ):
+        check_resources(
+            dataclasses.replace(four_gpus, workers_per_trial=9), {}, "the cluster", [head, gpu_group]
+        )
+    with pytest.raises(ConfigError, match=r"one worker needs 12 CPU, 1 GPU but no node type of the cluster"):
+        check_resources(
+            dataclasses.replace(four_gpus, cpus_per_worker=12.0), {}, "the cluster", [head, gpu_group]
+        )
+    unbounded = NodeType("cpu", {"CPU": 4.0}, max_count=-1)
+    assert "on node type cpu" in check_resources(ScalingSpec(workers_per_trial=64), {}, "c", [unbounded])
 
 
 def test_worker_env_forwards_the_endpoint_never_a_credential(monkeypatch: pytest.MonkeyPatch) -> None:
