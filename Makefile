@@ -71,4 +71,8 @@ sweep: sweep-arg cluster-up ## Submit a sweep as a Ray job and follow its logs: 
 demo: cluster-up ## First command on a fresh machine: cluster, MNIST shards, smoke sweep, out/demo-grid.png
 	bash infra/local/demo.sh
 
-.PHONY: help install lint test cluster-up cluster-down cluster-status image mlflow-up sweep-arg dry-run sweep demo
+gpu-check: cluster-up ## On a GPU machine: bf16 train/sample/eval of imagenet-256-l and a use_gpu sweep (~5 min)
+	source $(CLUSTER_DIR)/env && bash infra/local/mnist-shards.sh s3://sphere/datasets/mnist
+	source $(CLUSTER_DIR)/env && $(BIN)/python bench/gpu_check.py --sweep
+
+.PHONY: help install lint test cluster-up cluster-down cluster-status image mlflow-up sweep-arg dry-run sweep demo gpu-check

@@ -19,11 +19,12 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from orchestrator.config.loader import dump_yaml, load_sweep
+from orchestrator.config.loader import dump_yaml, load_sweep, parse_set
 from orchestrator.config.schema import ExperimentConfig, ScalingSpec
 from orchestrator.config.search_space import apply_trial_params, expand_trials, to_param_space
 from orchestrator.config.sweep_spec import SweepSpec
@@ -63,7 +64,19 @@ class TrialContext:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", help="a sweep YAML under sweeps/")
+    parser.add_argument(
+        "sweep",
+        help="a sweep YAML: a path, or one of the project's shipped sweeps (sweeps/noise.yaml) when the job "
+        "does not run in the project directory",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="DOTTED.PATH=VALUE",
+        help="override one field after the file's overrides, validated like them (repeatable): "
+        "--set data.url=s3://mine/train --set scaling.use_gpu=true",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print trials, resolved config and shard plan")
     parser.add_argument(
         "--new-experiment",
@@ -73,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        spec = load_sweep(args.sweep)
+        sets = dict(parse_set(assignment) for assignment in args.set)
+        spec = load_sweep(resolve_sweep_path(args.sweep), sets)
         if args.new_experiment:
             spec = dataclasses.replace(spec, digest=f"{spec.digest}-{time.strftime('%Y%m%d-%H%M%S')}")
         if args.dry_run:
@@ -98,6 +112,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     return 0
+
+
+def resolve_sweep_path(given: str) -> Path:
+    """`given` as a path; else, when it names one of the shipped sweeps, that file of the project this code
+    was installed from (a `ray job submit` without --working-dir runs in Ray's directory, not the project's;
+    SPHERE_PROJECT_DIR names the project where the code is installed apart from it, as in the image)."""
+    path = Path(given)
+    if path.exists() or path.is_absolute():
+        return path
+    roots = [os.environ.get("SPHERE_PROJECT_DIR", ""), str(Path(__file__).resolve().parents[1])]
+    for root in filter(None, roots):
+        candidate = Path(root) / path
+        if candidate.is_file():
+            print(f"{given}: not in the working directory {Path.cwd()}; using the project's {candidate}")
+            return candidate
+    return path  # load_sweep names the missing file
 
 
 # --- dry run --------------------------------------------------------------------------------------
@@ -133,6 +163,7 @@ def dry_run_report(spec: SweepSpec) -> str:
             f"{os.cpu_count()} CPUs",
         ]
     lines = [f"sweep {spec.name} (kind {spec.kind}), experiment {spec.experiment_name}: {len(trials)} trials"]
+    lines += [f"--set {path}={json.dumps(value)}" for path, value in spec.sets.items()]
     lines += details + [f"  trial {i}: {json.dumps(params)}" for i, params in enumerate(trials)]
     lines += ["resolved config:", dump_yaml(cfg.to_dict()).rstrip()]
     if evaluate is None:
@@ -203,26 +234,91 @@ def trial_cpus(scaling: ScalingSpec) -> float:
     return TRIAL_DRIVER_CPU + scaling.workers_per_trial * scaling.cpus_per_worker
 
 
-def check_resources(scaling: ScalingSpec, available: Mapping[str, float], where: str) -> None:
-    """One trial (its driver and all its workers) must fit the cluster, or Tune waits forever."""
-    have, need, workers = float(available.get("CPU", 0.0)), trial_cpus(scaling), scaling.workers_per_trial
-    if need > have + 1e-9:
+@dataclass(frozen=True)
+class NodeType:
+    """An autoscaler node group: what one node offers and how many there may be (-1: no limit)."""
+
+    name: str
+    resources: Mapping[str, float]
+    max_count: int
+
+
+def worker_bundle(scaling: ScalingSpec) -> dict[str, float]:
+    return {"CPU": scaling.cpus_per_worker} | ({"GPU": 1.0} if scaling.use_gpu else {})
+
+
+def workers_per_node(resources: Mapping[str, float], bundle: Mapping[str, float]) -> int:
+    return min(int(float(resources.get(key, 0.0)) / need + 1e-9) for key, need in bundle.items() if need > 0)
+
+
+def check_resources(
+    scaling: ScalingSpec, available: Mapping[str, float], where: str, node_types: Sequence[NodeType] = ()
+) -> str:
+    """One trial (its driver and all its workers) must fit what the cluster has, or, on an autoscaling
+    cluster (`node_types`), what it can grow to; otherwise Tune waits forever. Returns where trials go."""
+    bundle, workers = worker_bundle(scaling), scaling.workers_per_trial
+    need = ", ".join(f"{value:g} {key}" for key, value in bundle.items())
+    if node_types:
+        hosts = [(t, workers_per_node(t.resources, bundle)) for t in node_types if t.max_count != 0]
+        hosts = [(t, per_node) for t, per_node in hosts if per_node > 0]
+        if not hosts:
+            offered = "; ".join(f"{t.name}: {dict(t.resources)}" for t in node_types)
+            raise ConfigError(
+                f"scaling: one worker needs {need} but no node type of {where} offers that (node types: "
+                f"{offered}) (allowed: cpus_per_worker and use_gpu that one node type can host)"
+            )
+        unbounded = any(t.max_count < 0 for t, _ in hosts)
+        grows_to = sum(per_node * t.max_count for t, per_node in hosts if t.max_count > 0)
+        if not unbounded and grows_to < workers:
+            raise ConfigError(
+                f"scaling.workers_per_trial: {workers} workers of {need} each, but {where} grows to at "
+                f"most {grows_to} (allowed: 1..{grows_to})"
+            )
+        host, per_node = hosts[0]
+        return (
+            f"trials: {workers} workers of {need} each on node type {host.name} ({per_node} per node; "
+            "the autoscaler adds nodes as trials start)"
+        )
+    have, total = float(available.get("CPU", 0.0)), trial_cpus(scaling)
+    if total > have + 1e-9:
+        fits = max(int((have - TRIAL_DRIVER_CPU) / scaling.cpus_per_worker + 1e-9), 0)
+        allowed = (
+            f"workers_per_trial x cpus_per_worker <= {have - TRIAL_DRIVER_CPU:g}, e.g. {fits} workers"
+            if fits
+            else f"a cluster with at least {total:g} CPUs"
+        )
         raise ConfigError(
-            f"scaling.cpus_per_worker: a trial needs {need:g} CPUs ({workers} workers x "
+            f"scaling.cpus_per_worker: a trial needs {total:g} CPUs ({workers} workers x "
             f"{scaling.cpus_per_worker:g} + {TRIAL_DRIVER_CPU} trial driver) but {where} has {have:g} "
-            f"(allowed: workers_per_trial x cpus_per_worker <= {have - TRIAL_DRIVER_CPU:g})"
+            f"(allowed: {allowed})"
         )
-    if scaling.use_gpu and float(available.get("GPU", 0.0)) < scaling.workers_per_trial:
+    if scaling.use_gpu and float(available.get("GPU", 0.0)) < workers:
         raise ConfigError(
-            f"scaling.use_gpu: a trial needs {scaling.workers_per_trial} GPUs but {where} has "
-            f"{available.get('GPU', 0.0):g} (allowed: use_gpu: false)"
+            f"scaling.use_gpu: a trial needs {workers} GPUs but {where} has "
+            f"{available.get('GPU', 0.0):g} (allowed: use_gpu: false, or a cluster with GPUs)"
         )
+    return f"trials: {workers} workers of {need} each on the {have:g} CPUs up now"
 
 
 def check_local_resources(scaling: ScalingSpec) -> None:
     """Without RAY_ADDRESS a local Ray gets this machine's CPUs: check before starting anything."""
     if not os.environ.get("RAY_ADDRESS"):
         check_resources(scaling, {"CPU": float(os.cpu_count() or 1)}, "this machine (local Ray)")
+
+
+def autoscaler_node_types() -> list[NodeType]:
+    """The worker node groups the cluster's autoscaler reported to the GCS (KubeRay, `ray up`); [] when no
+    autoscaler runs. Read through Ray's own state API, as Ray Data's autoscaling does."""
+    import ray._private.state
+
+    config = ray._private.state.state.get_cluster_config()
+    if config is None:
+        return []
+    return [
+        NodeType(group.name, dict(group.resources), group.max_count)
+        for group in config.node_group_configs
+        if group.max_count != 0
+    ]
 
 
 def connect_ray(scaling: ScalingSpec) -> None:
@@ -233,7 +329,8 @@ def connect_ray(scaling: ScalingSpec) -> None:
     if not address:  # a local ray.init() would otherwise write ~/.ray/auth_token, and every later
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # `ray start` on this machine would require it
     ray.init(address=address or None, log_to_driver=True)
-    check_resources(scaling, ray.cluster_resources(), f"the Ray cluster at {address or 'local'}")
+    where = f"the Ray cluster at {address or 'local'}"
+    print(check_resources(scaling, ray.cluster_resources(), where, autoscaler_node_types()))
 
 
 def this_driver() -> str:

@@ -193,6 +193,7 @@ def make_sink(rank: int, tracking_uri: str, run_id: str) -> MetricSink:
 
 def grid_image(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> Image.Image:
     """images [B, C, H, W] in [0, 1] (C = 1 or 3) -> one PIL image, nrow per row (default ~square)."""
+    images = images.detach().cpu()  # samples come from the model's device
     b, c, h, w = images.shape
     nrow = nrow or math.ceil(math.sqrt(b))
     rows = math.ceil(b / nrow)
@@ -291,7 +292,8 @@ def open_sweep_run(
         key={PARENT_TAG: spec.digest},
     )
     if created:
-        log_config(client, parent_id, cfg, {f"search.{p}": d.describe() for p, d in spec.search.items()})
+        searched = {f"search.{p}": d.describe() for p, d in spec.search.items()}
+        log_config(client, parent_id, cfg, searched | {f"set.{p}": v for p, v in spec.sets.items()})
     print(f"sweep {spec.experiment_name}: MLflow parent run {parent_id} in experiment {exp_id}")
     return exp_id, parent_id
 

@@ -228,16 +228,16 @@ class ProxyEval:
             return Evaluation({})
         started = time.perf_counter()
         model = self.state.ema.eval()
+        outputs = {name: tensor.cpu() for name, tensor in self.model_outputs(model).items()}
+        labels = self.held_out[1]
         # (metric-name prefix, suffix, result): fd_clf_1step, ..., recon_fd_clf, ...
-        scored = [("", f"_{steps}step", self._samples(model, steps)) for steps in self.cfg.eval_steps]
-        images, labels = self.held_out
-        x = images.float() / 127.5 - 1.0  # uint8 -> [-1, 1], the model's input range
-        y = labels if self.cfg.model.conditional else None
-        v = spherify(model.encode(x, y))  # (n, N, d)
-        recon = evaluate_reconstructions(
-            to_unit_range(model.decode(v, y)), protocol=self.protocol, labels=labels
-        )
+        scored = [
+            ("", f"_{steps}step", self._score_samples(outputs[f"samples_{steps}step"], steps))
+            for steps in self.cfg.eval_steps
+        ]
+        recon = evaluate_reconstructions(outputs["reconstructions"], protocol=self.protocol, labels=labels)
         scored.append(("recon_", "", recon))
+        v = outputs["latents"]
         metrics: dict[str, float] = {}
         tags: dict[str, str] = {}
         for prefix, suffix, result in scored:
@@ -258,19 +258,36 @@ class ProxyEval:
         metrics |= {**coverage.metrics(), **strength, "eval_s": time.perf_counter() - started}
         return Evaluation(metrics, figures, tags)
 
-    def _samples(self, model: SphereEncoder, steps: int) -> MetricResult:
+    @torch.no_grad()
+    def model_outputs(self, model: SphereEncoder) -> dict[str, torch.Tensor]:
+        """Everything the eval asks of the model, on the model's device: samples_<T>step and the held-out
+        images' latents and reconstructions (images in [0, 1])."""
+        device = next(model.parameters()).device
+        outputs = {}
+        for steps in self.cfg.eval_steps:
+            outputs[f"samples_{steps}step"] = generate(
+                model,
+                self._sample_labels(),
+                sampling=dataclasses.replace(self.cfg.sampling, steps=steps),
+                alpha_max_deg=self.cfg.noise.alpha_max_deg,
+                generator=torch.Generator().manual_seed(self.cfg.eval.seed),
+            )
+        images, labels = self.held_out
+        x = (images.float() / 127.5 - 1.0).to(device)  # uint8 -> [-1, 1], the model's input range
+        y = labels.to(device) if self.cfg.model.conditional else None
+        outputs["latents"] = spherify(model.encode(x, y))  # (n, N, d)
+        outputs["reconstructions"] = to_unit_range(model.decode(outputs["latents"], y))
+        return outputs
+
+    def _sample_labels(self) -> torch.Tensor | int:
         n, classes = self.cfg.eval.num_images, self.cfg.model.num_classes
-        labels: torch.Tensor | int = torch.arange(n) % classes if classes else n
+        return torch.arange(n) % classes if classes else n
+
+    def _score_samples(self, images: torch.Tensor, steps: int) -> MetricResult:
         sampling = dataclasses.replace(self.cfg.sampling, steps=steps)
-        images = generate(
-            model,
-            labels,
-            sampling=sampling,
-            alpha_max_deg=self.cfg.noise.alpha_max_deg,
-            generator=torch.Generator().manual_seed(self.cfg.eval.seed),
-        )
         # The same sampler description as the evaluate sweep's, so equal settings share a fingerprint.
         knobs = {k: v for k, v in dataclasses.asdict(sampling).items() if v is not None}
+        labels = self._sample_labels()
         return evaluate_samples(
             images,
             protocol=self.protocol.with_sampler(**knobs, seed=self.cfg.eval.seed),

@@ -18,13 +18,7 @@ e = load_sweep(sys.argv[1]).experiment
 print(e.data.url, f"models:/{e.tracking.registered_model}@{e.tracking.alias}")' "$sweep")
 dataset=${data_url%/*}  # builtin:mnist writes <out>/train and <out>/test
 
-if "$bin/python" -c 'import sys, fsspec; sys.exit(not fsspec.filesystem("s3").exists(sys.argv[1]))' \
-    "$data_url/manifest.json"; then
-  echo "== $dataset already built"
-else
-  echo "== building builtin:mnist into $dataset"
-  "$bin/python" -m orchestrator.data build --source builtin:mnist --out "$dataset" --no-progress
-fi
+bash infra/local/mnist-shards.sh "$dataset"
 
 echo "== submitting $sweep to the Ray cluster at $RAY_API_SERVER_ADDRESS"
 "$bin/python" infra/local/cluster.py submit -- python -m orchestrator.sweep "$sweep"

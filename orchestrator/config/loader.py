@@ -6,9 +6,11 @@ and what is allowed; entry points print it and exit 2.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,18 +82,35 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
-    """Reads, resolves and validates a sweep file; nothing is started."""
+def parse_set(assignment: str) -> tuple[str, Any]:
+    """`--set data.url=s3://mine/train` -> ("data.url", "s3://mine/train"); the value reads as YAML (so
+    `true`, `4`, `[1, 2]`), and a number written as 3e-3 (a string to YAML 1.1) as a number."""
+    path, sep, text = assignment.partition("=")
+    if not sep or not path.strip():
+        raise ConfigError(f"--set {assignment}: expected DOTTED.PATH=VALUE (e.g. --set scaling.use_gpu=true)")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    return path.strip(), value
+
+
+def load_sweep(path: str | Path, sets: Mapping[str, Any] | None = None) -> SweepSpec:
+    """Reads, resolves and validates a sweep file, then the submit-time `sets` (dotted path -> value, applied
+    after the file's overrides and validated like them); nothing is started."""
     path = Path(path)
     try:
         data = read_yaml(path)
-        return _resolve(from_dict(SweepFile, {} if data is None else data), path)
+        return _resolve(from_dict(SweepFile, {} if data is None else data), path, dict(sets or {}))
     except ConfigError as exc:
         message = str(exc)
         raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
 
 
-def _resolve(raw: SweepFile, path: Path) -> SweepSpec:
+def _resolve(raw: SweepFile, path: Path, sets: dict[str, Any]) -> SweepSpec:
     name = raw.name or path.stem
     if not _NAME.match(name):
         raise ConfigError(
@@ -104,6 +123,15 @@ def _resolve(raw: SweepFile, path: Path) -> SweepSpec:
         experiment = apply_trial_params(base, raw.overrides)
     except ConfigError as exc:
         raise ConfigError(f"overrides.{exc}") from None
+    try:
+        for dotted in sets:
+            check_path(dotted, "--set")
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("--set.", "--set ", 1)) from None
+    try:
+        experiment = apply_trial_params(experiment, sets)
+    except ConfigError as exc:
+        raise ConfigError(f"--set {exc}") from None
     _check_kind(raw)
     validate_search(experiment, raw.search, raw.tune.search_alg)
     if raw.kind == "train":
@@ -125,6 +153,7 @@ def _resolve(raw: SweepFile, path: Path) -> SweepSpec:
         tune=raw.tune,
         evaluate=raw.evaluate,
         digest=digest,
+        sets=sets,
     )
 
 

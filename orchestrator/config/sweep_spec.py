@@ -127,6 +127,7 @@ class SweepSpec:
     tune: TuneSpec
     evaluate: EvaluateSpec | None
     digest: str  # sha256 prefix of the resolved content: names the Tune experiment, tags the parent run
+    sets: dict[str, Any] = field(default_factory=dict)  # submit-time `--set` overrides, already applied
 
     @property
     def experiment_name(self) -> str:

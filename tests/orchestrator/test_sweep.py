@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from ray.tune.schedulers import ASHAScheduler
 from orchestrator.config.schema import ExperimentConfig, ScalingSpec
 from orchestrator.config.sweep_spec import SearchDist, SweepSpec, TuneSpec
 from orchestrator.sweep import (
+    NodeType,
     check_resources,
     keep_credentials_out_of_trial_runtime_envs,
     trial_cpus,
@@ -47,6 +49,32 @@ def test_resources_per_trial_and_refusals() -> None:
         check_resources(ScalingSpec(workers_per_trial=2, cpus_per_worker=1.0), {"CPU": 2.0}, "the x")
     with pytest.raises(ConfigError, match=r"scaling\.use_gpu: a trial needs 2 GPUs"):
         check_resources(ScalingSpec(use_gpu=True), {"CPU": 8.0, "GPU": 1.0}, "the x")
+    with pytest.raises(ConfigError, match=r"has 0 \(allowed: a cluster with at least 0\.99 CPUs\)"):
+        check_resources(two_by_half, {}, "a 0-CPU head")  # never a negative bound
+
+
+def test_an_autoscaling_cluster_is_checked_against_what_it_can_grow_to() -> None:
+    """KubeRay's shape: a 0-CPU head and a GPU group that starts at 0 nodes."""
+    gpu_group = NodeType("gpu-group", {"CPU": 8.0, "GPU": 2.0, "memory": 6e10}, max_count=4)
+    head = NodeType("headgroup", {"CPU": 0.0}, max_count=1)
+    four_gpus = ScalingSpec(workers_per_trial=4, cpus_per_worker=3.0, use_gpu=True)
+    plan = check_resources(four_gpus, {"CPU": 0.0}, "the cluster", [head, gpu_group])
+    assert plan == (
+        "trials: 4 workers of 3 CPU, 1 GPU each on node type gpu-group (2 per node; the autoscaler adds "
+        "nodes as trials start)"
+    )
+    with pytest.raises(
+        ConfigError, match=r"workers_per_trial: 9 workers .* grows to at most 8 \(allowed: 1\.\.8\)"
+    ):
+        check_resources(
+            dataclasses.replace(four_gpus, workers_per_trial=9), {}, "the cluster", [head, gpu_group]
+        )
+    with pytest.raises(ConfigError, match=r"one worker needs 12 CPU, 1 GPU but no node type of the cluster"):
+        check_resources(
+            dataclasses.replace(four_gpus, cpus_per_worker=12.0), {}, "the cluster", [head, gpu_group]
+        )
+    unbounded = NodeType("cpu", {"CPU": 4.0}, max_count=-1)
+    assert "on node type cpu" in check_resources(ScalingSpec(workers_per_trial=64), {}, "c", [unbounded])
 
 
 def test_worker_env_forwards_the_endpoint_never_a_credential(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -195,3 +223,38 @@ def test_training_pareto_plots_fd_against_images_seen(tmp_path: Path) -> None:
         )
     ]
     assert log_training_pareto(client, parent, spec, without) == []  # until trials report FD and images seen
+
+
+def test_a_shipped_sweep_resolves_from_any_directory_and_sets_show_in_the_dry_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator.sweep import main
+
+    monkeypatch.chdir(tmp_path)  # as a job without --working-dir: not the project directory
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    assert (
+        main(
+            [
+                "sweeps/noise.yaml",
+                "--dry-run",
+                "--set",
+                "data.url=s3://mine/train",
+                "--set",
+                "scaling.use_gpu=true",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    project = Path(__file__).resolve().parents[2]
+    assert (
+        f"sweeps/noise.yaml: not in the working directory {tmp_path}; using the project's "
+        f"{project}/sweeps/noise.yaml" in out
+    )
+    assert '--set data.url="s3://mine/train"' in out and "--set scaling.use_gpu=true" in out
+    assert "url: s3://mine/train" in out and "use_gpu: true" in out  # in the resolved config
+    (tmp_path / "sweeps").mkdir()  # a user's own file in the working directory wins
+    (tmp_path / "sweeps" / "noise.yaml").write_text("name: mine\n")
+    assert main(["sweeps/noise.yaml", "--dry-run"]) == 2
+    assert "using the project's" not in capsys.readouterr().out

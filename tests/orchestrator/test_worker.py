@@ -128,3 +128,35 @@ def test_perceptual_weights_need_their_files() -> None:
     with pytest.raises(ConfigError, match=r"perceptual\.lpips: LPIPS needs both"):
         PerceptualWeights(vgg16="s3://b/vgg16.pth")
     assert PerceptualWeights(convnext_small="/w/cnx.pth").given and not PerceptualWeights().given
+
+
+class NoMixedDevices(torch.overrides.TorchFunctionMode):
+    """Fails any torch call whose tensor arguments (0-dim ones aside, as torch allows) sit on different
+    devices: on CUDA each of these is a crash at the first eval of a GPU worker."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+        devices = {t.device for t in leaves if isinstance(t, torch.Tensor) and t.dim() > 0}
+        assert len(devices) <= 1, f"{getattr(func, '__name__', func)} mixes devices {devices}"
+        return func(*args, **kwargs)
+
+
+def test_everything_the_eval_and_the_sample_grids_feed_the_model_is_on_the_models_device(
+    digits_cfg: ExperimentConfig,
+) -> None:
+    """Without a GPU: the model on the meta device, where a CPU tensor reaching it is caught."""
+    state = make_train_state(digits_cfg.sphere, device="cpu")
+    state.ema.to("meta")
+    proxy = ProxyEval(state, digits_cfg)
+    proxy.held_out  # noqa: B018  # the real images load on the CPU, as in training
+    with NoMixedDevices():
+        outputs = proxy.model_outputs(state.ema)
+        grids = sample_grids(state, digits_cfg)
+    n, size = digits_cfg.eval.num_images, digits_cfg.model.image_size
+    assert outputs["reconstructions"].shape == (n, digits_cfg.model.channels, size, size)
+    assert {t.device.type for t in [*outputs.values(), *grids.values()]} == {"meta"}
+    with pytest.raises(AssertionError, match="mixes devices"), NoMixedDevices():  # the check itself bites
+        state.ema.encode(
+            torch.zeros(1, digits_cfg.model.channels, size, size), torch.zeros(1, dtype=torch.long)
+        )

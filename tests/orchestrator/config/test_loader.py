@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config.loader import load_experiment, load_sweep
+from orchestrator.config.loader import load_experiment, load_sweep, parse_set
 from orchestrator.sweep import main as sweep_main
 from sphere_core.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[3]
+SWEEPS = REPO / "sweeps"
 BASE = REPO / "sweeps" / "base" / "mnist.yaml"
 GOOD_SEARCH = "search:\n  noise.alpha_max_deg: {grid: [75.0, 85.0]}\n"
 
@@ -307,3 +308,28 @@ def test_duplicate_key_in_a_base_file_names_that_file(tmp_path: Path) -> None:
     assert (
         str(info.value) == f"{path}: {base}: line 3: duplicate key 'alpha_max_deg' in noise (first at line 2)"
     )
+
+
+def test_submit_time_sets_apply_after_the_files_overrides_and_are_validated_like_them() -> None:
+    sets = dict(
+        parse_set(a)
+        for a in ("data.url=s3://mine/train", "scaling.use_gpu=true", "optim.lr=3e-3", "run.steps=700")
+    )
+    assert sets == {
+        "data.url": "s3://mine/train",
+        "scaling.use_gpu": True,
+        "optim.lr": 0.003,
+        "run.steps": 700,
+    }
+    plain, changed = load_sweep(SWEEPS / "noise.yaml"), load_sweep(SWEEPS / "noise.yaml", sets)
+    assert changed.experiment.data.url == "s3://mine/train" and changed.experiment.scaling.use_gpu
+    assert changed.experiment.optim.lr == 0.003 and changed.experiment.run.steps == 700
+    assert changed.sets == sets and changed.digest != plain.digest  # another experiment, not a resume
+    with pytest.raises(
+        ConfigError, match=r"--set scaling\.use_gpux: unknown field scaling\.use_gpux \(allowed: "
+    ):
+        load_sweep(SWEEPS / "noise.yaml", {"scaling.use_gpux": True})
+    with pytest.raises(ConfigError, match=r"--set scaling\.workers_per_trial: expected int, got 'two'"):
+        load_sweep(SWEEPS / "noise.yaml", {"scaling.workers_per_trial": "two"})
+    with pytest.raises(ConfigError, match=r"--set use_gpu: expected DOTTED\.PATH=VALUE"):
+        parse_set("use_gpu")
