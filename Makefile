@@ -51,7 +51,8 @@ cluster-status: ## Each service: up/down, pid, URL (exit 3 when one is down)
 
 ##@ Shared cluster (needs docker; see infra/)
 image: ## Build the Ray/KubeRay image infra/docker/Dockerfile as $(IMAGE):<ray version>
-	docker build -f infra/docker/Dockerfile -t $(IMAGE):$(RAY_VERSION) .
+	docker build -f infra/docker/Dockerfile -t $(IMAGE):$(RAY_VERSION) \
+	    --build-arg SPHERE_GIT_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) .
 
 mlflow-up: ## Start the shared MLflow server (PostgreSQL + S3 artifacts) of infra/mlflow/
 	docker compose -f infra/mlflow/docker-compose.yaml up -d --build

@@ -321,7 +321,7 @@ def autoscaler_node_types() -> list[NodeType]:
     ]
 
 
-def connect_ray(scaling: ScalingSpec) -> None:
+def connect_ray(scaling: ScalingSpec, storage_path: str) -> None:
     """Joins the cluster in RAY_ADDRESS (set by `ray job submit`) or starts a local one, then checks it."""
     import ray
 
@@ -330,7 +330,21 @@ def connect_ray(scaling: ScalingSpec) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # `ray start` on this machine would require it
     ray.init(address=address or None, log_to_driver=True)
     where = f"the Ray cluster at {address or 'local'}"
-    print(check_resources(scaling, ray.cluster_resources(), where, autoscaler_node_types()))
+    node_types = autoscaler_node_types()
+    print(check_resources(scaling, ray.cluster_resources(), where, node_types))
+    check_storage(
+        storage_path, sum(1 for node in ray.nodes() if node["Alive"]) > 1 or bool(node_types), where
+    )
+
+
+def check_storage(storage_path: str, multi_node: bool, where: str) -> None:
+    """Checkpoints must be where every node can read them once there is more than one node."""
+    if multi_node and "://" not in storage_path:
+        raise ConfigError(
+            f"run.storage_path: {storage_path!r} is a local path, but {where} has several nodes (or can add "
+            "them): a worker restarted elsewhere would not find its checkpoints (allowed: s3://... or a "
+            "filesystem mounted on every node, given as file:///path)"
+        )
 
 
 def this_driver() -> str:
@@ -462,7 +476,7 @@ def run_train_sweep(spec: SweepSpec) -> None:
 
     uri = tracking.resolve_tracking_uri(cfg)
     dataset = dataset_input(cfg)
-    connect_ray(cfg.scaling)
+    connect_ray(cfg.scaling, cfg.run.storage_path)
     with sweep_lock(spec):
         train_sweep_under_lock(spec, uri, dataset)
 
@@ -528,7 +542,12 @@ def fit_tuner(spec: SweepSpec, context: TrialContext) -> list[Any]:
             param_space=to_param_space(spec.search),
             tune_config=tune_config(spec),
             run_config=tune.RunConfig(
-                name=spec.experiment_name, storage_path=storage, storage_filesystem=filesystem
+                name=spec.experiment_name,
+                storage_path=storage,
+                storage_filesystem=filesystem,
+                # A lost node takes the trial's driver with its workers: rerun the trial, whose Train run
+                # then resumes from its last checkpoint (Train's own max_failures covers the workers alone).
+                failure_config=tune.FailureConfig(max_failures=run.max_failures),
             ),
         )
     grid = tuner.fit()

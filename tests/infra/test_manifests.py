@@ -54,8 +54,18 @@ def test_ray_version_image_tag_and_pyproject_pin_agree() -> None:
 def test_image_installs_the_pinned_torch_and_the_project_without_run_time_installs() -> None:
     dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
     assert f"ARG TORCH_VERSION={_pins()['torch']}" in dockerfile
-    assert re.search(r"^RUN pip install \"\.\[orchestrator\]\"", dockerfile, re.M)
-    assert re.search(r"^COPY sweeps ", dockerfile, re.M)  # RayJob entrypoints read sweep files from the image
+    # dependencies from pyproject.toml before the code, so a code change does not reinstall them
+    deps, code = (
+        dockerfile.index("pip install -r /tmp/requirements.txt"),
+        dockerfile.index("COPY --chown=ray:ray orchestrator"),
+    )
+    assert dockerfile.index("COPY pyproject.toml") < deps < code
+    assert re.search(r"^RUN pip install --no-deps \"\.\[orchestrator\]\"", dockerfile, re.M)
+    assert re.search(r"^COPY --chown=ray:ray sweeps ", dockerfile, re.M)  # RayJob entrypoints read them here
+    assert "SPHERE_PROJECT_DIR=/home/ray/app" in dockerfile and "ENV SPHERE_GIT_COMMIT=" in dockerfile
+    assert '"optional-dependencies"]["orchestrator"]' in dockerfile  # never the dev extra (moto, pytest)
+    build = subprocess.run(["make", "-sn", "image"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "--build-arg SPHERE_GIT_COMMIT=" in build.stdout
 
 
 def test_rayjob_runs_an_existing_sweep_from_the_image_on_the_cluster() -> None:
@@ -63,6 +73,7 @@ def test_rayjob_runs_an_existing_sweep_from_the_image_on_the_cluster() -> None:
     cluster_name = _yaml(INFRA / "kuberay" / "raycluster.yaml")["metadata"]["name"]
     assert job["clusterSelector"] == {"ray.io/cluster": cluster_name}
     assert "runtimeEnvYAML" not in job  # no working_dir zip, no pip at run time: the image has the code
+    assert "activeDeadlineSeconds" not in job  # it would fail the RayJob but leave the Ray job on its GPUs
     match = re.search(r"python -m orchestrator\.sweep (sweeps/\S+\.yaml)$", job["entrypoint"])
     assert match, job["entrypoint"]
     assert load_sweep(ROOT / match[1]).kind == "train"
@@ -74,7 +85,10 @@ def test_tracking_server_pins_match_and_publishes_on_loopback_only() -> None:
     for name in ("mlflow", "boto3"):
         assert f"{name}=={pins[name]}" in dockerfile
     server = _yaml(INFRA / "mlflow" / "docker-compose.yaml")["services"]["mlflow"]
-    assert any(arg.startswith("--backend-store-uri=postgresql://") for arg in server["command"])
+    assert "--backend-store-uri=postgresql://mlflow@postgres:5432/mlflow" in server["command"]
+    assert not any("PASSWORD" in arg for arg in server["command"])  # not in `ps`, not in a URI
+    assert server["environment"]["PGPASSWORD"].startswith("${POSTGRES_PASSWORD")
+    assert server["environment"]["MLFLOW_S3_ENDPOINT_URL"] is None  # passed through only when set
     assert any(arg.startswith("--artifacts-destination=") for arg in server["command"])
     assert all(port.startswith("127.0.0.1:") for port in server["ports"])
 

@@ -17,6 +17,7 @@ from orchestrator.config.sweep_spec import SearchDist, SweepSpec, TuneSpec
 from orchestrator.sweep import (
     NodeType,
     check_resources,
+    check_storage,
     keep_credentials_out_of_trial_runtime_envs,
     trial_cpus,
     tune_config,
@@ -258,3 +259,13 @@ def test_a_shipped_sweep_resolves_from_any_directory_and_sets_show_in_the_dry_ru
     (tmp_path / "sweeps" / "noise.yaml").write_text("name: mine\n")
     assert main(["sweeps/noise.yaml", "--dry-run"]) == 2
     assert "using the project's" not in capsys.readouterr().out
+
+
+def test_a_local_storage_path_is_refused_once_there_are_several_nodes() -> None:
+    check_storage("/tmp/ray-results", multi_node=False, where="one machine")
+    check_storage("s3://bucket/ray-results", multi_node=True, where="the cluster")
+    check_storage("file:///mnt/shared/ray-results", multi_node=True, where="the cluster")
+    with pytest.raises(
+        ConfigError, match=r"run\.storage_path: '/tmp/ray-results' is a local path, but the c"
+    ):
+        check_storage("/tmp/ray-results", multi_node=True, where="the cluster")

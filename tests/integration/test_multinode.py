@@ -1,0 +1,142 @@
+"""@slow: one sweep across several Ray nodes on this machine (Ray's own `ray.cluster_utils.Cluster`: a 0-CPU
+head and three 1-CPU raylets, all on 127.0.0.1), sharing the session cluster's MLflow server and S3 store:
+- the two trials land on different nodes (each node fits one trial) and checkpoint to the shared store;
+- a worker *node* removed mid-trial takes the trial's driver and worker with it: Tune reruns the trial,
+  which resumes on the spare node from its last checkpoint; MLflow keeps one value per step."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.config.loader import load_sweep
+from tests.fixtures.services import LocalCluster, free_ports
+from tests.integration.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+SWEEP = f"""
+name: multinode
+base: {REPO / "sweeps" / "base" / "mnist.yaml"}
+overrides:
+  run.steps: 200
+  run.log_every: 5
+  run.checkpoint_every: 20
+  optim.total_steps: 200
+  optim.warmup_steps: 10
+  data.shuffle_buffer: 100
+  scaling.workers_per_trial: 1
+  scaling.cpus_per_worker: 0.99    # + the 0.01 trial driver: one trial fills one 1-CPU node
+  tracking.experiment: sphere-multinode
+  tracking.registered_model: sphere-multinode
+  eval.dataset: none
+search:
+  run.seed: {{grid: [0, 1]}}
+tune:
+  max_concurrent_trials: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def nodes(local_cluster: LocalCluster) -> Iterator[Any]:
+    """A Cluster whose raylets inherit this process's env: the session's MLflow server and store."""
+    from ray.cluster_utils import Cluster
+
+    gcs_port, *agent_ports = free_ports(5)  # agents: one per raylet, none on Ray's default port
+    temp_dir = tempfile.mkdtemp(prefix="mn-", dir="/tmp")  # short: Ray's socket paths
+    loopback = {"node_ip_address": "127.0.0.1", "temp_dir": temp_dir}
+    # Cluster records its address where ray.init("auto") looks (/tmp/ray/ray_current_cluster): removed below.
+    address_file = Path("/tmp/ray/ray_current_cluster")
+    address_file.parent.mkdir(exist_ok=True)
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            **loopback,
+            "num_cpus": 0,  # as on KubeRay: the head runs the sweep driver, not trials
+            "gcs_server_port": gcs_port,
+            "dashboard_agent_listen_port": agent_ports[0],
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+        },
+    )
+    for port in agent_ports[1:4]:
+        cluster.add_node(num_cpus=1, dashboard_agent_listen_port=port, **loopback)
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        if address_file.exists() and address_file.read_text().strip() == cluster.address:
+            address_file.unlink()
+
+
+def node_of(pid: int, nodes: Any) -> Any:
+    """The node whose raylet started process `pid` (a Ray worker is a child of its node's raylet)."""
+    raylets = {node.all_processes["raylet"][0].process.pid: node for node in nodes}
+    while pid > 1:
+        if pid in raylets:
+            return raylets[pid]
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return None
+
+
+def test_trials_spread_over_nodes_and_a_lost_node_resumes_from_its_checkpoint(
+    nodes: Any, mnist_shards: str, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    cluster = nodes
+    path = tmp_path / "multinode.yaml"
+    path.write_text(SWEEP)
+    spec = load_sweep(path)
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    env = {**os.environ, "RAY_ADDRESS": cluster.address}
+    log = tmp_path / "driver.log"
+    with log.open("w") as out:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.sweep", str(path)], cwd=REPO, env=env, stdout=out, stderr=out
+        )
+
+    def output() -> str:
+        return log.read_text(errors="replace")
+
+    def trial_runs() -> list[Any]:
+        experiment = client.get_experiment_by_name(spec.experiment.tracking.experiment)
+        if experiment is None:
+            return []
+        runs = client.search_runs([experiment.experiment_id])
+        return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+    def steps(run_id: str) -> list[int]:
+        return sorted(m.step for m in client.get_metric_history(run_id, "loss"))
+
+    deadline = time.monotonic() + 420
+    while not (
+        len(runs := trial_runs()) == 2 and all(max(steps(r.info.run_id), default=0) >= 20 for r in runs)
+    ):
+        assert driver.poll() is None and time.monotonic() < deadline, output()[-6000:]
+        time.sleep(2)
+    pids = {int(pid) for pid in re.findall(r"RayTrainWorker pid=(\d+)", output())}
+    workers = {pid for pid in pids if Path(f"/proc/{pid}").exists()}
+    hosts = {node_of(pid, cluster.worker_nodes) for pid in workers}
+    assert len(workers) == 2 and len(hosts) == 2 and None not in hosts, (workers, hosts)  # one trial per node
+
+    victim = next(iter(hosts))
+    cluster.remove_node(victim, allow_graceful=False)  # the node dies with the trial's driver and worker
+    assert driver.wait(timeout=600) == 0, output()[-6000:]
+    resumed = {int(step) for step in re.findall(r"resumed from the checkpoint at step (\d+)", output())}
+    assert resumed and min(resumed) >= 20, output()[-6000:]  # from a checkpoint in the shared store
+    runs = trial_runs()
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        assert steps(run.info.run_id) == list(range(5, 201, 5))
