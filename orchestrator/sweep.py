@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import socket
 import sys
@@ -167,7 +168,7 @@ def dry_run_report(spec: SweepSpec) -> str:
     lines += details + [f"  trial {i}: {json.dumps(params)}" for i, params in enumerate(trials)]
     lines += ["resolved config:", dump_yaml(cfg.to_dict()).rstrip()]
     if evaluate is None:
-        lines += ["shard plan:", shard_plan(cfg)]
+        lines += ["shard plan:", shard_plan(cfg), "cluster:", cluster_report(cfg)]
     return "\n".join(lines)
 
 
@@ -329,12 +330,36 @@ def connect_ray(scaling: ScalingSpec, storage_path: str) -> None:
     if not address:  # a local ray.init() would otherwise write ~/.ray/auth_token, and every later
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # `ray start` on this machine would require it
     ray.init(address=address or None, log_to_driver=True)
-    where = f"the Ray cluster at {address or 'local'}"
+    print(cluster_preflight(scaling, storage_path, f"the Ray cluster at {address or 'local'}"))
+
+
+def cluster_preflight(scaling: ScalingSpec, storage_path: str, where: str) -> str:
+    """Checks a trial against the connected cluster (what it can grow to) and its storage; says where
+    trials go."""
+    import ray
+
     node_types = autoscaler_node_types()
-    print(check_resources(scaling, ray.cluster_resources(), where, node_types))
-    check_storage(
-        storage_path, sum(1 for node in ray.nodes() if node["Alive"]) > 1 or bool(node_types), where
-    )
+    plan = check_resources(scaling, ray.cluster_resources(), where, node_types)
+    alive = sum(1 for node in ray.nodes() if node["Alive"])
+    check_storage(storage_path, alive > 1 or bool(node_types), where)
+    return f"{plan}; {alive} node(s) up"
+
+
+def cluster_report(cfg: ExperimentConfig) -> str:
+    """The preflight against the cluster in RAY_ADDRESS, for a dry run (it connects, starts nothing)."""
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:
+        return "  no RAY_ADDRESS: checked against this machine only (set it to check a cluster)"
+    import ray
+
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    except Exception as exc:  # a dry run reports an unreachable cluster instead of raising
+        return f"  {address}: not reachable ({type(exc).__name__}: {exc})"
+    try:
+        return "  " + cluster_preflight(cfg.scaling, cfg.run.storage_path, f"the Ray cluster at {address}")
+    finally:
+        ray.shutdown()
 
 
 def check_storage(storage_path: str, multi_node: bool, where: str) -> None:

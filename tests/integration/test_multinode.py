@@ -101,6 +101,23 @@ def test_trials_spread_over_nodes_and_a_lost_node_resumes_from_its_checkpoint(
     spec = load_sweep(path)
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
+
+    def dry_run(*sets: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "orchestrator.sweep", "sweeps/noise.yaml", "--dry-run"]
+        argv += [arg for assignment in sets for arg in ("--set", assignment)]
+        return subprocess.run(
+            argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+
+    # The shipped sweep, unedited, checked against this cluster before anything runs.
+    checked = dry_run()
+    assert checked.returncode == 0, checked.stderr
+    assert "trials: 1 workers of 0.99 CPU each on the 3 CPUs up now; 4 node(s) up" in checked.stdout
+    local = dry_run("run.storage_path=/tmp/ray-results")
+    assert local.returncode == 2
+    assert local.stderr.startswith("error: run.storage_path: '/tmp/ray-results' is a local path"), (
+        local.stderr
+    )
     log = tmp_path / "driver.log"
     with log.open("w") as out:
         driver = subprocess.Popen(
