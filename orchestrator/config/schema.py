@@ -58,7 +58,7 @@ class RunSpec:
     seed: int = 0  # per-rank seed = seed * world_size + rank
     storage_path: str = "s3://sphere/ray-results"  # Ray Train/Tune storage (local path or s3://)
     max_failures: int = 2  # worker-group restarts from the latest checkpoint
-    storage_retry_s: float = 120.0  # about how long checkpoint and Tune-state I/O retries a lost connection
+    storage_retry_s: float = 120.0  # checkpoint and Tune-state I/O retry a lost connection 1-2x this long
 
     def __post_init__(self) -> None:
         if self.storage_retry_s < 0:
