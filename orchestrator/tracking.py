@@ -110,6 +110,10 @@ class MLflowSink:
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client, self.run_id = client, run_id
         self.pending: list[Any] = []  # mlflow.entities.Metric, oldest first
+        # The last step an earlier attempt of this run sent, read at the first flush. Ray registers a
+        # checkpoint a moment after the worker reports it, so a worker killed in between restarts from an
+        # older one and trains steps again whose metrics were already sent: dropped, the first are kept.
+        self.sent_through: float | None = None
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -121,6 +125,10 @@ class MLflowSink:
         deadline = time.monotonic() + (self.FINAL_FLUSH_TIMEOUT_S if final else 0.0)
         while self.pending:
             try:
+                if self.sent_through is None:
+                    self.sent_through = self.client.get_run(self.run_id).data.metrics.get("step", -1.0)
+                    self.pending = [m for m in self.pending if m.step > self.sent_through]
+                    continue
                 self.client.log_batch(self.run_id, metrics=self.pending[: self.BATCH])
             except Exception as exc:
                 if time.monotonic() >= deadline:

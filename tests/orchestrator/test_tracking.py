@@ -151,6 +151,9 @@ class FlakyClient:
     def __init__(self, client: MlflowClient, failures: int) -> None:
         self.client, self.failures = client, failures
 
+    def get_run(self, run_id: str) -> object:
+        return self.client.get_run(run_id)
+
     def log_batch(self, run_id: str, **kwargs: object) -> None:
         if self.failures:
             self.failures -= 1
@@ -190,3 +193,18 @@ def test_metrics_replayed_from_a_checkpoint_are_kept_once(client: MlflowClient, 
     never_flushed.log({"loss": 0.5}, step=20)
     tracking.MLflowSink(client, run_id).restore(never_flushed.unflushed())
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [5, 10, 15, 20]
+
+
+def test_steps_an_earlier_attempt_sent_are_not_sent_again(client: MlflowClient, run_id: str) -> None:
+    """The worker died after sending step 10 but before Ray registered its checkpoint: the restart retrains
+    from step 5's checkpoint, and MLflow keeps the first attempt's step 10."""
+    first = tracking.MLflowSink(client, run_id)
+    for step in (5, 10):
+        first.log({"loss": 1.0 / step, "step": float(step)}, step=step)
+    first.flush(final=False)
+    again = tracking.MLflowSink(client, run_id)
+    for step in (10, 15):
+        again.log({"loss": 2.0 / step, "step": float(step)}, step=step)
+    again.flush(final=True)
+    history = [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")]
+    assert history == [(5, 0.2), (10, 0.1), (15, 2.0 / 15)]
