@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import subprocess
 import sys
@@ -12,19 +11,10 @@ from types import SimpleNamespace
 import pytest
 from ray.tune.schedulers import ASHAScheduler
 
-from orchestrator.config.schema import ExperimentConfig, ScalingSpec
+from orchestrator.config.schema import ExperimentConfig
 from orchestrator.config.sweep_spec import SearchDist, SweepSpec, TuneSpec
-from orchestrator.sweep import (
-    NodeType,
-    check_resources,
-    check_storage,
-    keep_credentials_out_of_trial_runtime_envs,
-    trial_cpus,
-    tune_config,
-    worker_env,
-)
-from orchestrator.tracking import QUIET_ENV, trial_name
-from sphere_core.config import ConfigError
+from orchestrator.sweep import tune_config
+from orchestrator.tracking import trial_name
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,75 +28,6 @@ def test_trial_names_are_deterministic_and_distinct() -> None:
     )  # restore: new prefix
     assert trial_name("noise-abc", "f00d1_00003", {**params, "loss.latent_con": 0.2}) != name
     assert trial_name("noise-abc", "f00d1_00004", params) != name
-
-
-def test_resources_per_trial_and_refusals() -> None:
-    two_by_half = ScalingSpec(workers_per_trial=2, cpus_per_worker=0.49)
-    assert trial_cpus(two_by_half) == pytest.approx(0.99)
-    check_resources(two_by_half, {"CPU": 1.0}, "a 1-CPU cluster")
-    with pytest.raises(
-        ConfigError, match=r"needs 2.01 CPUs \(2 workers x 1 \+ 0.01 trial driver\) but the x"
-    ):
-        check_resources(ScalingSpec(workers_per_trial=2, cpus_per_worker=1.0), {"CPU": 2.0}, "the x")
-    with pytest.raises(ConfigError, match=r"scaling\.use_gpu: a trial needs 2 GPUs"):
-        check_resources(ScalingSpec(use_gpu=True), {"CPU": 8.0, "GPU": 1.0}, "the x")
-    with pytest.raises(ConfigError, match=r"has 0 \(allowed: a cluster with at least 0\.99 CPUs\)"):
-        check_resources(two_by_half, {}, "a 0-CPU head")  # never a negative bound
-
-
-def test_an_autoscaling_cluster_is_checked_against_what_it_can_grow_to() -> None:
-    """KubeRay's shape: a 0-CPU head and a GPU group that starts at 0 nodes."""
-    gpu_group = NodeType("gpu-group", {"CPU": 8.0, "GPU": 2.0, "memory": 6e10}, max_count=4)
-    head = NodeType("headgroup", {"CPU": 0.0}, max_count=1)
-    four_gpus = ScalingSpec(workers_per_trial=4, cpus_per_worker=3.0, use_gpu=True)
-    plan = check_resources(four_gpus, {"CPU": 0.0}, "the cluster", [head, gpu_group])
-    assert plan == (
-        "trials: 4 workers of 3 CPU, 1 GPU each on node type gpu-group (2 per node; the autoscaler adds "
-        "nodes as trials start)"
-    )
-    with pytest.raises(
-        ConfigError, match=r"workers_per_trial: 9 workers .* grows to at most 8 \(allowed: 1\.\.8\)"
-    ):
-        check_resources(
-            dataclasses.replace(four_gpus, workers_per_trial=9), {}, "the cluster", [head, gpu_group]
-        )
-    with pytest.raises(ConfigError, match=r"one worker needs 12 CPU, 1 GPU but no node type of the cluster"):
-        check_resources(
-            dataclasses.replace(four_gpus, cpus_per_worker=12.0), {}, "the cluster", [head, gpu_group]
-        )
-    unbounded = NodeType("cpu", {"CPU": 4.0}, max_count=-1)
-    assert "on node type cpu" in check_resources(ScalingSpec(workers_per_trial=64), {}, "c", [unbounded])
-
-
-def test_worker_env_forwards_the_endpoint_never_a_credential(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.setenv(name, "canary")
-    env = worker_env("http://127.0.0.1:5000")
-    assert (
-        env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
-        and env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
-    )
-    assert "canary" not in env.values() and QUIET_ENV.items() <= env.items()
-    with pytest.raises(ConfigError, match=r"tracking\.uri: holds a password"):
-        worker_env("http://me:canary@127.0.0.1:5000")
-
-
-def test_tune_copies_no_credential_into_a_trial_actors_runtime_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ray.tune.execution import class_cache
-
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.setenv(name, "canary")
-    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE", set(class_cache.ENV_VARS_TO_PROPAGATE))
-    captured: dict[str, object] = {}
-    monkeypatch.setattr(
-        class_cache.ray, "remote", lambda **options: captured.update(options) or (lambda cls: cls)
-    )
-    class_cache._ActorClassCache().get(type("Before", (), {}))
-    assert "canary" in str(captured["runtime_env"])  # Ray's own behaviour, which this guards against
-    keep_credentials_out_of_trial_runtime_envs()
-    class_cache._ActorClassCache().get(type("After", (), {}))
-    assert "canary" not in str(captured["runtime_env"])
 
 
 def train_spec(search: dict[str, SearchDist], tune: TuneSpec) -> SweepSpec:
@@ -259,13 +180,3 @@ def test_a_shipped_sweep_resolves_from_any_directory_and_sets_show_in_the_dry_ru
     (tmp_path / "sweeps" / "noise.yaml").write_text("name: mine\n")
     assert main(["sweeps/noise.yaml", "--dry-run"]) == 2
     assert "using the project's" not in capsys.readouterr().out
-
-
-def test_a_local_storage_path_is_refused_once_there_are_several_nodes() -> None:
-    check_storage("/tmp/ray-results", multi_node=False, where="one machine")
-    check_storage("s3://bucket/ray-results", multi_node=True, where="the cluster")
-    check_storage("file:///mnt/shared/ray-results", multi_node=True, where="the cluster")
-    with pytest.raises(
-        ConfigError, match=r"run\.storage_path: '/tmp/ray-results' is a local path, but the c"
-    ):
-        check_storage("/tmp/ray-results", multi_node=True, where="the cluster")

@@ -1,0 +1,189 @@
+"""Checks before any cluster work: does a trial fit what the cluster has or can grow to, is the checkpoint
+storage shared once there are several nodes, can the model read the dataset. Each failure is a ConfigError
+naming the field and what is allowed."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.config.schema import ExperimentConfig, ScalingSpec
+from sphere_core.config import ConfigError
+
+TRIAL_DRIVER_CPU = 0.01  # 0 is rejected by Tune; 1 (Tune's default) deadlocks the Train workers on 2 cores
+
+
+def trial_cpus(scaling: ScalingSpec) -> float:
+    return TRIAL_DRIVER_CPU + scaling.workers_per_trial * scaling.cpus_per_worker
+
+
+@dataclass(frozen=True)
+class NodeType:
+    """An autoscaler node group: what one node offers and how many there may be (-1: no limit)."""
+
+    name: str
+    resources: Mapping[str, float]
+    max_count: int
+
+
+def worker_bundle(scaling: ScalingSpec) -> dict[str, float]:
+    return {"CPU": scaling.cpus_per_worker} | ({"GPU": 1.0} if scaling.use_gpu else {})
+
+
+def workers_per_node(resources: Mapping[str, float], bundle: Mapping[str, float]) -> int:
+    return min(int(float(resources.get(key, 0.0)) / need + 1e-9) for key, need in bundle.items() if need > 0)
+
+
+def check_resources(
+    scaling: ScalingSpec, available: Mapping[str, float], where: str, node_types: Sequence[NodeType] = ()
+) -> str:
+    """One trial (its driver and all its workers) must fit what the cluster has, or, on an autoscaling
+    cluster (`node_types`), what it can grow to; otherwise Tune waits forever. Returns where trials go."""
+    bundle, workers = worker_bundle(scaling), scaling.workers_per_trial
+    need = ", ".join(f"{value:g} {key}" for key, value in bundle.items())
+    if node_types:
+        hosts = [(t, workers_per_node(t.resources, bundle)) for t in node_types if t.max_count != 0]
+        hosts = [(t, per_node) for t, per_node in hosts if per_node > 0]
+        if not hosts:
+            offered = "; ".join(f"{t.name}: {dict(t.resources)}" for t in node_types)
+            raise ConfigError(
+                f"scaling: one worker needs {need} but no node type of {where} offers that (node types: "
+                f"{offered}) (allowed: cpus_per_worker and use_gpu that one node type can host)"
+            )
+        unbounded = any(t.max_count < 0 for t, _ in hosts)
+        grows_to = sum(per_node * t.max_count for t, per_node in hosts if t.max_count > 0)
+        if not unbounded and grows_to < workers:
+            raise ConfigError(
+                f"scaling.workers_per_trial: {workers} workers of {need} each, but {where} grows to at "
+                f"most {grows_to} (allowed: 1..{grows_to})"
+            )
+        host, per_node = hosts[0]
+        return (
+            f"trials: {workers} workers of {need} each on node type {host.name} ({per_node} per node; "
+            "the autoscaler adds nodes as trials start)"
+        )
+    have, total = float(available.get("CPU", 0.0)), trial_cpus(scaling)
+    if total > have + 1e-9:
+        fits = max(int((have - TRIAL_DRIVER_CPU) / scaling.cpus_per_worker + 1e-9), 0)
+        allowed = (
+            f"workers_per_trial x cpus_per_worker <= {have - TRIAL_DRIVER_CPU:g}, e.g. {fits} workers"
+            if fits
+            else f"a cluster with at least {total:g} CPUs"
+        )
+        raise ConfigError(
+            f"scaling.cpus_per_worker: a trial needs {total:g} CPUs ({workers} workers x "
+            f"{scaling.cpus_per_worker:g} + {TRIAL_DRIVER_CPU} trial driver) but {where} has {have:g} "
+            f"(allowed: {allowed})"
+        )
+    if scaling.use_gpu and float(available.get("GPU", 0.0)) < workers:
+        raise ConfigError(
+            f"scaling.use_gpu: a trial needs {workers} GPUs but {where} has "
+            f"{available.get('GPU', 0.0):g} (allowed: use_gpu: false, or a cluster with GPUs)"
+        )
+    return f"trials: {workers} workers of {need} each on the {have:g} CPUs up now"
+
+
+def check_local_resources(scaling: ScalingSpec) -> None:
+    """Without RAY_ADDRESS a local Ray gets this machine's CPUs: check before starting anything."""
+    if not os.environ.get("RAY_ADDRESS"):
+        check_resources(scaling, {"CPU": float(os.cpu_count() or 1)}, "this machine (local Ray)")
+
+
+def autoscaler_node_types() -> list[NodeType]:
+    """The worker node groups the cluster's autoscaler reported to the GCS (KubeRay, `ray up`); [] when no
+    autoscaler runs. Read through Ray's own state API, as Ray Data's autoscaling does."""
+    import ray._private.state
+
+    config = ray._private.state.state.get_cluster_config()
+    if config is None:
+        return []
+    return [
+        NodeType(group.name, dict(group.resources), group.max_count)
+        for group in config.node_group_configs
+        if group.max_count != 0
+    ]
+
+
+def connect_ray(scaling: ScalingSpec, storage_path: str) -> None:
+    """Joins the cluster in RAY_ADDRESS (set by `ray job submit`) or starts a local one, then checks it."""
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:  # a local ray.init() would otherwise write ~/.ray/auth_token, and every later
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # `ray start` on this machine would require it
+    ray.init(address=address or None, log_to_driver=True)
+    print(cluster_preflight(scaling, storage_path, f"the Ray cluster at {address or 'local'}"))
+
+
+def cluster_preflight(scaling: ScalingSpec, storage_path: str, where: str) -> str:
+    """Checks a trial against the connected cluster (what it can grow to) and its storage; says where
+    trials go."""
+    import ray
+
+    node_types = autoscaler_node_types()
+    plan = check_resources(scaling, ray.cluster_resources(), where, node_types)
+    alive = sum(1 for node in ray.nodes() if node["Alive"])
+    check_storage(storage_path, alive > 1 or bool(node_types), where)
+    return f"{plan}; {alive} node(s) up"
+
+
+def cluster_report(cfg: ExperimentConfig) -> str:
+    """The preflight against the cluster in RAY_ADDRESS, for a dry run (it connects, starts nothing)."""
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:
+        return "  no RAY_ADDRESS: checked against this machine only (set it to check a cluster)"
+    import ray
+
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    except Exception as exc:  # a dry run reports an unreachable cluster instead of raising
+        return f"  {address}: not reachable ({type(exc).__name__}: {exc})"
+    try:
+        return "  " + cluster_preflight(cfg.scaling, cfg.run.storage_path, f"the Ray cluster at {address}")
+    finally:
+        ray.shutdown()
+
+
+def check_storage(storage_path: str, multi_node: bool, where: str) -> None:
+    """Checkpoints must be where every node can read them once there is more than one node."""
+    if multi_node and "://" not in storage_path:
+        raise ConfigError(
+            f"run.storage_path: {storage_path!r} is a local path, but {where} has several nodes (or can add "
+            "them): a worker restarted elsewhere would not find its checkpoints (allowed: s3://... or a "
+            "filesystem mounted on every node, given as file:///path)"
+        )
+
+
+def dataset_input(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The manifest as logged with every trial; fails if the model cannot read this dataset."""
+    from orchestrator.data.shards import read_manifest
+
+    manifest = read_manifest(cfg.data.url)
+    model, url = cfg.model, cfg.data.url
+    if model.channels != manifest.channels:
+        raise ConfigError(
+            f"model.channels: {model.channels} but the dataset at {url} has {manifest.channels} "
+            f"(allowed: {manifest.channels})"
+        )
+    served = cfg.data.image_size or manifest.image_size  # what the stream yields
+    if model.image_size != served:
+        raise ConfigError(
+            f"model.image_size: {model.image_size} but the data stream yields {served} px "
+            f"(allowed: {served}, or set data.image_size to resize)"
+        )
+    if model.num_classes not in (0, manifest.num_classes):
+        raise ConfigError(
+            f"model.num_classes: {model.num_classes} but the dataset at {cfg.data.url} has "
+            f"{manifest.num_classes} classes (allowed: {manifest.num_classes}, or 0 = unconditional)"
+        )
+    profile = {
+        "num_samples": manifest.num_samples,
+        "num_shards": len(manifest.shards),
+        "image_size": manifest.image_size,
+        "channels": manifest.channels,
+        "num_classes": manifest.num_classes,
+    }
+    return {"url": cfg.data.url, "name": manifest.source, "digest": manifest.digest, "profile": profile}

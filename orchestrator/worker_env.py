@@ -1,0 +1,45 @@
+"""What reaches Ray's workers through their runtime env, and what never does.
+
+Workers inherit the raylet's env, not the driver's: the settings in FORWARDED_ENV travel in their runtime
+env. Never a credential: Ray writes runtime envs in plain text to its logs and job API. Workers take
+credentials from their node (the local cluster's `ray start` env, an instance/pod role, a Kubernetes Secret).
+"""
+
+from __future__ import annotations
+
+import os
+
+from sphere_core.config import ConfigError
+
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "SPHERE_GIT_COMMIT")
+# Named only to be kept out: Ray Tune would copy them from the driver into every trial's runtime env.
+KEPT_OUT_OF_RUNTIME_ENVS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+)
+
+
+def worker_env(tracking_uri: str) -> dict[str, str]:
+    from urllib.parse import urlsplit
+
+    from orchestrator.tracking import QUIET_ENV
+
+    if urlsplit(tracking_uri).password is not None:
+        raise ConfigError(
+            "tracking.uri: holds a password, which would reach Ray's logs with the workers' env (allowed: a "
+            "URI without user:password@; set MLFLOW_TRACKING_USERNAME/PASSWORD or _TOKEN on the nodes)"
+        )
+
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    return {**env, **QUIET_ENV, "MLFLOW_TRACKING_URI": tracking_uri}
+
+
+def keep_credentials_out_of_trial_runtime_envs() -> None:
+    """Ray Tune copies the driver's AWS credentials into every trial actor's runtime env
+    (ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE), and Ray writes runtime envs in plain text to
+    runtime_env_agent.log. Trial actors take them from their node instead, like every other Ray worker."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - set(KEPT_OUT_OF_RUNTIME_ENVS)

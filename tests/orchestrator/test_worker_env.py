@@ -1,0 +1,40 @@
+"""What reaches Ray's workers through runtime envs (orchestrator/worker_env.py): never credentials."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.tracking import QUIET_ENV
+from orchestrator.worker_env import keep_credentials_out_of_trial_runtime_envs, worker_env
+from sphere_core.config import ConfigError
+
+
+def test_worker_env_forwards_the_endpoint_never_a_credential(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(name, "canary")
+    env = worker_env("http://127.0.0.1:5000")
+    assert (
+        env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
+        and env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
+    )
+    assert "canary" not in env.values() and QUIET_ENV.items() <= env.items()
+    with pytest.raises(ConfigError, match=r"tracking\.uri: holds a password"):
+        worker_env("http://me:canary@127.0.0.1:5000")
+
+
+def test_tune_copies_no_credential_into_a_trial_actors_runtime_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.tune.execution import class_cache
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(name, "canary")
+    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE", set(class_cache.ENV_VARS_TO_PROPAGATE))
+    captured: dict[str, object] = {}
+    monkeypatch.setattr(
+        class_cache.ray, "remote", lambda **options: captured.update(options) or (lambda cls: cls)
+    )
+    class_cache._ActorClassCache().get(type("Before", (), {}))
+    assert "canary" in str(captured["runtime_env"])  # Ray's own behaviour, which this guards against
+    keep_credentials_out_of_trial_runtime_envs()
+    class_cache._ActorClassCache().get(type("After", (), {}))
+    assert "canary" not in str(captured["runtime_env"])
