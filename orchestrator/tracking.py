@@ -97,8 +97,9 @@ class NullSink:
 
 class MLflowSink:
     """Logs into an existing run. Metrics are held until the loop flushes them, right after each checkpoint:
-    - a resumed run restarts from its last checkpoint, and what was logged up to it is all that was
-      flushed, so MLflow keeps exactly one value per step;
+    - a resumed run restarts from its last checkpoint: metrics held at that checkpoint travel in it and are
+      replayed, and steps an earlier attempt already sent are not sent again, so MLflow keeps exactly one
+      value per step;
     - an MLflow outage costs no metric: a flush that fails keeps them for the next one, and the final flush
       retries for up to FINAL_FLUSH_TIMEOUT_S.
     Sample grids, figures and tags go at once; one that cannot be sent is dropped with a warning rather than
