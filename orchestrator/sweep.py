@@ -26,6 +26,7 @@ from orchestrator.config.loader import dump_yaml, load_sweep, parse_set
 from orchestrator.config.schema import ExperimentConfig
 from orchestrator.config.search_space import apply_trial_params, expand_trials, to_param_space
 from orchestrator.config.sweep_spec import SweepSpec
+from orchestrator.driver_node import keep_train_coordinator_on_this_node
 from orchestrator.preflight import (
     TRIAL_DRIVER_CPU,
     check_local_resources,
@@ -264,6 +265,7 @@ def run_train_sweep(spec: SweepSpec) -> None:
     uri = tracking.resolve_tracking_uri(cfg)
     dataset = dataset_input(cfg)
     connect_ray(cfg.scaling, cfg.run.storage_path)
+    keep_train_coordinator_on_this_node()
     with sweep_lock(spec):
         train_sweep_under_lock(spec, uri, dataset)
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 from orchestrator.config.sweep_spec import SweepSpec
+from orchestrator.driver_node import on_this_node
 
 LOCK_NAMESPACE = "sphere-sweeps"  # the lock actors' namespace: a job's own namespace is anonymous
 
@@ -45,7 +46,8 @@ def sweep_lock(spec: SweepSpec) -> Iterator[None]:
 
     name = f"lock:{spec.experiment_name}"
     try:
-        lock = SweepLock.options(name=name, namespace=LOCK_NAMESPACE).remote(  # type: ignore[attr-defined]
+        options = {"name": name, "namespace": LOCK_NAMESPACE, "scheduling_strategy": on_this_node()}
+        lock = SweepLock.options(**options).remote(  # type: ignore[attr-defined]
             this_driver(), time.strftime("%Y-%m-%d %H:%M:%S %Z")
         )
         ray.get(lock.describe.remote())

@@ -1,6 +1,7 @@
 """@slow: one sweep across several Ray nodes on this machine (Ray's own `ray.cluster_utils.Cluster`: a 0-CPU
 head and three 1-CPU raylets, all on 127.0.0.1), sharing the session cluster's MLflow server and S3 store:
 - the two trials land on different nodes (each node fits one trial) and checkpoint to the shared store;
+- cluster-wide actors (Ray Train's autoscaling coordinator, the sweep lock) stay on the head node;
 - a worker *node* removed mid-trial takes the trial's driver and worker with it: Tune reruns the trial,
   which resumes on the spare node from its last checkpoint; MLflow keeps one value per step."""
 
@@ -91,7 +92,7 @@ def node_of(pid: int, nodes: Any) -> Any:
 
 
 def test_trials_spread_over_nodes_and_a_lost_node_resumes_from_its_checkpoint(
-    nodes: Any, mnist_shards: str, tmp_path: Path
+    nodes: Any, mnist_shards: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlflow import MlflowClient
 
@@ -147,6 +148,15 @@ def test_trials_spread_over_nodes_and_a_lost_node_resumes_from_its_checkpoint(
     workers = {pid for pid in pids if Path(f"/proc/{pid}").exists()}
     hosts = {node_of(pid, cluster.worker_nodes) for pid in workers}
     assert len(workers) == 2 and len(hosts) == 2 and None not in hosts, (workers, hosts)  # one trial per node
+
+    # Cluster-wide actors live on the driver's (head) node, so losing any worker node leaves them be.
+    from ray.util.state import list_actors
+
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", f"http://{cluster.head_node.webui_url}")  # over RAY_ADDRESS
+    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+    placed = {actor.name: actor.node_id for actor in alive if actor.name}
+    for name in ("AutoscalingCoordinator", f"lock:{spec.experiment_name}"):
+        assert placed.get(name) == cluster.head_node.node_id, (name, placed)
 
     victim = next(iter(hosts))
     cluster.remove_node(victim, allow_graceful=False)  # the node dies with the trial's driver and worker
