@@ -253,7 +253,7 @@ def _evaluate_child(
     run = client.get_run(run_id)
     if run.info.status != "FINISHED":  # a resubmitted sweep keeps finished settings
         score = score_setting(frozen, sampling, protocol, spec.evaluate.seed)
-        tracking.log_config(client, run_id, cfg, params)
+        tracking.log_config(client, run_id, cfg)
         client.set_tag(run_id, FINGERPRINT_TAG.format(score.fd_key), score.fingerprint)
         sink = tracking.MLflowSink(client, run_id)
         sink.log(score.metrics, step=0)

@@ -218,7 +218,6 @@ def train_driver_fn(params: dict[str, Any], context: TrialContext) -> None:
         parent_run_id=context.parent_run_id,
         name=name,
         cfg=cfg,
-        params=params,
         dataset=context.dataset,
     )
     scaling = cfg.scaling
@@ -362,11 +361,15 @@ def tune_config(spec: SweepSpec) -> Any:
 def finish(
     client: Any, spec: SweepSpec, exp_id: str, parent_id: str, results: list[Any], dataset: Mapping[str, Any]
 ) -> None:
-    """Summary tables on the parent run; the best trial's checkpoint registered under the alias."""
-    from orchestrator import registry
+    """Summary tables and the best trial on the parent run; its checkpoint registered under the alias."""
+    from orchestrator import registry, tracking
 
     rows = registry.result_rows(spec, results)
     registry.log_summary(client, parent_id, rows, spec.tune.metric, spec.tune.mode)
+    best = registry.best_row(rows, spec.tune.metric, spec.tune.mode)
+    if best is not None:
+        metric = spec.tune.metric
+        tracking.log_best_trial(client, exp_id, parent_id, best["trial"], metric, float(best[metric]))
     registry.log_training_pareto(client, parent_id, spec, results)
     version = registry.register_best(
         client,

@@ -16,7 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -41,6 +41,7 @@ QUIET_ENV = {
 }
 PARENT_TAG = "sweep.digest"  # on the parent run: finds it again when a sweep is resubmitted
 TRIAL_TAG = "sweep.trial"  # on a child run: the deterministic trial name
+MLFLOW_PARAMS_PER_BATCH = 100  # the tracking server refuses bigger log_batch calls
 
 
 @dataclass(frozen=True)
@@ -300,9 +301,10 @@ def open_sweep_run(
         tags={**lineage, **(tags or {})},
         key={PARENT_TAG: spec.digest},
     )
-    if created:
+    if created:  # the swept fields' base values never ran: the parent shows their search space instead
         searched = {f"search.{p}": d.describe() for p, d in spec.search.items()}
-        log_config(client, parent_id, cfg, searched | {f"set.{p}": v for p, v in spec.sets.items()})
+        sets = {f"set.{p}": v for p, v in spec.sets.items()}
+        log_config(client, parent_id, cfg, extra=searched | sets, omit=spec.search)
     print(f"sweep {spec.experiment_name}: MLflow parent run {parent_id} in experiment {exp_id}")
     return exp_id, parent_id
 
@@ -321,23 +323,57 @@ def open_trial_run(
     parent_run_id: str,
     name: str,
     cfg: ExperimentConfig,
-    params: Mapping[str, Any],
     dataset: Mapping[str, Any],
 ) -> str:
-    """A trial's child run (reused on resume): varied params, config.yaml, dataset input, lineage tags."""
+    """A trial's child run (reused on resume): its resolved config (`params` applied) as params and
+    config.yaml, dataset input, lineage tags."""
     tags = {"mlflow.parentRunId": parent_run_id, "git.commit": git_commit(), "config.hash": config_hash(cfg)}
     run_id, created = open_run(client, exp_id, name=name, tags=tags, key={TRIAL_TAG: name})
     if created:
-        log_config(client, run_id, cfg, params)
+        log_config(client, run_id, cfg)
         log_dataset(client, run_id, **dataset)
     return run_id
 
 
-def log_config(client: MlflowClient, run_id: str, cfg: ExperimentConfig, params: Mapping[str, Any]) -> None:
-    """The varied knobs as params (once per run), the resolved config as config.yaml."""
+def flat_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested config as {dotted.field: value as text}, the names `--set` and sweep files use."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat |= flat_params(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+def log_best_trial(
+    client: MlflowClient, exp_id: str, parent_run_id: str, trial: str, metric: str, value: float
+) -> None:
+    """The sweep's answer on its parent run: the best trial's metric (`best.<metric>`, comparable across
+    sweeps in the runs table) and, in the run's description, a link to that trial's run."""
+    run_id = find_run(client, exp_id, {TRIAL_TAG: trial})
+    client.log_metric(parent_run_id, f"best.{metric}", value)
+    link = f"[{trial}](#/experiments/{exp_id}/runs/{run_id})" if run_id else trial  # relative: any UI host
+    client.set_tag(parent_run_id, "best.trial", trial)
+    client.set_tag(parent_run_id, "mlflow.note.content", f"Best trial by {metric}: {link} ({value:.6g})")
+
+
+def log_config(
+    client: MlflowClient,
+    run_id: str,
+    cfg: ExperimentConfig,
+    extra: Mapping[str, Any] | None = None,
+    omit: Collection[str] = (),
+) -> None:
+    """Every field of the resolved config as a param (once per run), so any two runs, of any sweeps,
+    compare field by field in the MLflow UI; `extra` params beside them; the config as config.yaml."""
     from mlflow.entities import Param
 
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    fields = {k: v for k, v in flat_params(cfg.to_dict()).items() if k not in omit}
+    params = sorted(({k: str(v) for k, v in (extra or {}).items()} | fields).items())
+    for start in range(0, len(params), MLFLOW_PARAMS_PER_BATCH):
+        batch = params[start : start + MLFLOW_PARAMS_PER_BATCH]
+        client.log_batch(run_id, params=[Param(k, v) for k, v in batch])
     client.log_text(run_id, dump_yaml(cfg.to_dict()), "config.yaml")
 
 

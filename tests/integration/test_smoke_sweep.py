@@ -50,6 +50,11 @@ def test_smoke_sweep_tracks_registers_and_generates(smoke_sweep: SweepSpec, tmp_
     assert parent.info.status == "FINISHED" and parent.data.tags["git.commit"] not in ("", "unknown")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(c.data.params["noise.alpha_max_deg"] for c in children) == ["75.0", "85.0"]
+    assert len({frozenset(c.data.params) for c in children}) == 1  # the whole config, field by field
+    best = next(c for c in children if c.data.tags["sweep.trial"] == parent.data.tags["best.trial"])
+    metric = spec.tune.metric
+    assert parent.data.metrics[f"best.{metric}"] == pytest.approx(best.data.metrics[metric])
+    assert f"runs/{best.info.run_id})" in parent.data.tags["mlflow.note.content"]
     for child in children:
         assert child.info.status == "FINISHED"
         assert {"loss", "recon_dist", "lr", "images_per_s", "data_wait_s", "skipped_samples"} <= set(

@@ -5,16 +5,22 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from orchestrator import tracking
+from orchestrator.config.loader import load_sweep
 from orchestrator.config.schema import ExperimentConfig, TrackingConfig
+from orchestrator.config.search_space import apply_trial_params
+from orchestrator.config.sweep_spec import SearchDist
 from sphere_core.config import ConfigError
 
 os.environ.update(tracking.QUIET_ENV)
 from mlflow import MlflowClient  # after QUIET_ENV: telemetry off before mlflow is imported
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +90,12 @@ def test_open_run_reuses_the_tagged_run(client: MlflowClient, tmp_path: Path) ->
     assert client.get_run(first).info.status == "RUNNING"
 
 
-def test_config_params_and_dataset_input(client: MlflowClient, run_id: str, tmp_path: Path) -> None:
+def test_config_params_and_dataset_input(
+    client: MlflowClient, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tracking, "MLFLOW_PARAMS_PER_BATCH", 10)
     cfg = ExperimentConfig(tracking=TrackingConfig(experiment="x"))
-    tracking.log_config(client, run_id, cfg, {"noise.alpha_max_deg": 80.0})
+    tracking.log_config(client, run_id, cfg, extra={"search.noise.alpha_max_deg": "grid [80.0]"})
     tracking.log_dataset(
         client,
         run_id,
@@ -96,7 +105,9 @@ def test_config_params_and_dataset_input(client: MlflowClient, run_id: str, tmp_
         profile={"num_samples": 10},
     )
     run = client.get_run(run_id)
-    assert run.data.params == {"noise.alpha_max_deg": "80.0"}
+    every_field = tracking.flat_params(cfg.to_dict())
+    assert run.data.params == every_field | {"search.noise.alpha_max_deg": "grid [80.0]"}
+    assert run.data.params["noise.alpha_max_deg"] == "85.0" and len(every_field) > 5 * 10  # several batches
     assert run.inputs is not None
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.digest == "abc123" and dataset_input.dataset.source_type == "s3"
@@ -208,3 +219,40 @@ def test_steps_an_earlier_attempt_sent_are_not_sent_again(client: MlflowClient, 
     again.flush(final=True)
     history = [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")]
     assert history == [(5, 0.2), (10, 0.1), (15, 2.0 / 15)]
+
+
+def sample(dist: SearchDist) -> Any:
+    """One value a trial could get: a grid's or choice's first, a range's lower end."""
+    return (dist.grid or dist.choice or dist.uniform or dist.loguniform or [None])[0]
+
+
+def test_trials_of_different_sweeps_share_every_config_param(client: MlflowClient, tmp_path: Path) -> None:
+    """Each trial run carries its whole resolved config, so runs of the noise and the loss-weights sweeps
+    compare field by field in the UI, the swept fields included."""
+    runs = {}
+    for sweep in ("noise", "loss_weights"):
+        spec = load_sweep(REPO / "sweeps" / f"{sweep}.yaml")
+        params = {path: sample(dist) for path, dist in spec.search.items()}
+        exp = client.create_experiment(f"shared-{sweep}", artifact_location=str(tmp_path / sweep))
+        parent = client.create_run(exp).info.run_id
+        runs[sweep] = tracking.open_trial_run(
+            client,
+            exp,
+            parent_run_id=parent,
+            name=f"{sweep}-t000",
+            cfg=apply_trial_params(spec.experiment, params),
+            dataset={"url": "s3://sphere/d", "name": "builtin:mnist/train", "digest": "d", "profile": {}},
+        )
+    noise, weights = (client.get_run(runs[s]).data.params for s in ("noise", "loss_weights"))
+    assert set(noise) == set(weights) and len(noise) > 50
+    assert noise["noise.alpha_max_deg"] in {"70.0", "75.0", "80.0", "85.0"}
+    assert weights["loss.recon_dist"] in {"0.5", "1.0", "2.0"} and noise["loss.recon_dist"] == "1.0"
+
+
+def test_parent_run_carries_the_best_trial_and_links_it(client: MlflowClient, run_id: str) -> None:
+    exp = client.get_run(run_id).info.experiment_id
+    trial, _ = tracking.open_run(client, exp, name="t3", tags={}, key={tracking.TRIAL_TAG: "sweep-t003-abc"})
+    tracking.log_best_trial(client, exp, run_id, "sweep-t003-abc", "fd_clf_1step", 142.5)
+    parent = client.get_run(run_id).data
+    assert parent.metrics == {"best.fd_clf_1step": 142.5} and parent.tags["best.trial"] == "sweep-t003-abc"
+    assert f"[sweep-t003-abc](#/experiments/{exp}/runs/{trial})" in parent.tags["mlflow.note.content"]
