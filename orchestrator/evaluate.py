@@ -34,7 +34,6 @@ from sphere_core.model import SphereEncoder
 from sphere_core.sampling import generate, guidance_weights, passes_for
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
     from mlflow import MlflowClient
 
     from orchestrator.evaluation.protocol import Protocol
@@ -296,36 +295,6 @@ def format_table(rows: Sequence[Mapping[str, Any]], fd_key: str) -> str:
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
-
-
-def steps_curve(rows: Sequence[Mapping[str, Any]], fd_key: str) -> Figure:
-    """The 1 -> T-step FD curve: one line per (cfg, position, schedule, noise), each starting at the
-    1-step sample it refines (`curve_start`: scored once, shared by several curves)."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
-    ax = figure.subplots()
-    fd = {row["setting"]: float(row[fd_key]) for row in rows}
-    curves: dict[str, list[tuple[int, float]]] = {}
-    for row in rows:
-        if row["steps"] > 1:
-            points = curves.setdefault(row["setting"].split("_", 1)[1], [])
-            points.append((int(row["steps"]), fd[row["setting"]]))
-            if row["curve_start"] in fd and (1, fd[row["curve_start"]]) not in points:
-                points.append((1, fd[row["curve_start"]]))
-    starts = {row["curve_start"] for row in rows if row["steps"] > 1}
-    for row in rows:  # a 1-step setting that starts no curve is a point of its own
-        if row["steps"] == 1 and row["setting"] not in starts:
-            curves.setdefault(row["setting"].split("_", 1)[1], [(1, fd[row["setting"]])])
-    for label, points in sorted(curves.items()):
-        ax.plot(*zip(*sorted(points), strict=True), "o-", label=label)
-    ax.axhline(rows[0][fd_key + "_floor"], color="0.5", linestyle="--", label="real-vs-real floor")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("forward steps T")
-    ax.set_ylabel(f"{fd_key} (lower is better)")
-    ax.legend(fontsize=6, ncol=2)
-    ax.grid(alpha=0.3)
-    return figure
 
 
 # --- the one-off CLI ----------------------------------------------------------------------------

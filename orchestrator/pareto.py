@@ -1,8 +1,8 @@
 """Pareto summaries of a sweep: which settings give the best quality for their cost.
 
 Pure: rows (one plain dict per setting or per trial report) in; the Pareto-optimal rows, a CSV and a
-markdown table with those rows marked, and a matplotlib figure out. Logging them is the caller's job
-(registry.log_pareto). A row dominates another when it is no worse on every objective and strictly
+markdown table with those rows marked, and matplotlib figures (the front; an evaluate sweep's 1 -> T-step
+FD curve) out. Logging them is the caller's job (registry.log_pareto). A row dominates another when it is no worse on every objective and strictly
 better on at least one; rows that tie on every objective are all kept; a row missing a finite value
 for an objective is never on the front.
 """
@@ -143,4 +143,32 @@ def _plot(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     figure.suptitle(title)
+    return figure
+
+
+def steps_curve(rows: Sequence[Mapping[str, Any]], fd_key: str) -> Figure:
+    """The 1 -> T-step FD curve: one line per (cfg, position, schedule, noise), each starting at the
+    1-step sample it refines (`curve_start`: scored once, shared by several curves)."""
+    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = figure.subplots()
+    fd = {row["setting"]: float(row[fd_key]) for row in rows}
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        if row["steps"] > 1:
+            points = curves.setdefault(row["setting"].split("_", 1)[1], [])
+            points.append((int(row["steps"]), fd[row["setting"]]))
+            if row["curve_start"] in fd and (1, fd[row["curve_start"]]) not in points:
+                points.append((1, fd[row["curve_start"]]))
+    starts = {row["curve_start"] for row in rows if row["steps"] > 1}
+    for row in rows:  # a 1-step setting that starts no curve is a point of its own
+        if row["steps"] == 1 and row["setting"] not in starts:
+            curves.setdefault(row["setting"].split("_", 1)[1], [(1, fd[row["setting"]])])
+    for label, points in sorted(curves.items()):
+        ax.plot(*zip(*sorted(points), strict=True), "o-", label=label)
+    ax.axhline(rows[0][fd_key + "_floor"], color="0.5", linestyle="--", label="real-vs-real floor")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("forward steps T")
+    ax.set_ylabel(f"{fd_key} (lower is better)")
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
     return figure

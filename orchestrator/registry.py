@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.config.schema import TrackingConfig
 from orchestrator.config.sweep_spec import SweepSpec
 from orchestrator.mlflow_model import save_pyfunc
-from orchestrator.pareto import Objective, ParetoSummary, summarize
+from orchestrator.pareto import Objective, ParetoSummary, steps_curve, summarize
 from orchestrator.tracking import TRIAL_TAG, find_run, trial_name
 
 if TYPE_CHECKING:
@@ -263,7 +263,6 @@ def log_evaluation_plots(
 ) -> None:
     """An evaluate sweep: FD against network passes per image and against measured images/s, and the
     1 -> T-step FD curve."""
-    from orchestrator.evaluate import steps_curve
 
     costs = [Objective("network_passes", "min", "network passes per image"), Objective("images_per_s", "max")]
     summary = summarize(

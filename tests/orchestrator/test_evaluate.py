@@ -19,9 +19,9 @@ from orchestrator.evaluate import (
     score_reconstructions,
     score_setting,
     setting_name,
-    steps_curve,
 )
 from orchestrator.evaluation.protocol import Protocol
+from orchestrator.pareto import steps_curve
 from sphere_core.config import ConfigError, SamplingConfig, SphereConfig
 from sphere_core.sampling import generate, passes_for
 from tests.sphere_core.tiny import tiny_model
