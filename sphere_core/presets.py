@@ -125,13 +125,13 @@ def oxford_flowers_256_l() -> SphereConfig:
 
 def _cpu(size: ViTSize, *, channels: int, compression_ratio: float) -> SphereConfig:
     """32 px, 10 classes, patch 4 ("low"): 8 x 8 = 64 tokens, so a nano step at batch 16 takes ~0.1 s on
-    one CPU core. Pixel and latent terms only. The recipe was measured on the built-in MNIST
-    (README "Training recipe"; sweeps/recipe.yaml): alpha_max 85 (not the official 32 px 80: at L = 512 a
-    tiny decoder reads the class from an 80-degree latent and ignores the label), a peak LR of 3e-3 at
-    batch 16 after a 200-step warmup (the official init starts the pixel head at tanh(0); without the
-    warmup, Adam at 2e-3 already saturates the tanh within ~100 steps and the decoder never recovers), and
-    2,000 steps, by which the 1-step samples are the digits asked for. The encoder keeps the official
-    x0.1 LR: at x1 samples vary more within a class, but the label took hold late in some runs."""
+    one CPU core. Pixel and latent terms only. The recipe was measured on the built-in MNIST (docs/results.md
+    "Training recipe"; sweeps/recipe.yaml): alpha_max 85 (not the official 32 px 80: at L = 512 a tiny decoder
+    reads the class from an 80-degree latent and ignores the label), a peak LR of 3e-3 at batch 16 after a
+    200-step warmup (the official init starts the pixel head at tanh(0); without the warmup, Adam at 2e-3
+    already saturates the tanh within ~100 steps and the decoder never recovers), and 2,000 steps, by which
+    the 1-step samples are the digits asked for. The encoder keeps the official x0.1 LR: at x1 samples vary
+    more within a class, but the label took hold late in some runs."""
     return SphereConfig(
         model=ModelConfig(
             image_size=32,

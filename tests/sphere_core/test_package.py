@@ -1,4 +1,5 @@
-"""The package's front door: the usage example in sphere_core's docstring (and the README) runs as written."""
+"""The package's front door: the usage example in sphere_core's docstring (and docs/model.md) runs as
+written."""
 
 from __future__ import annotations
 
