@@ -2,9 +2,9 @@
 
 Pure: rows (one plain dict per setting or per trial report) in; the Pareto-optimal rows, a CSV and a
 markdown table with those rows marked, and matplotlib figures (the front; an evaluate sweep's 1 -> T-step
-FD curve) out. Logging them is the caller's job (registry.log_pareto). A row dominates another when it is no worse on every objective and strictly
-better on at least one; rows that tie on every objective are all kept; a row missing a finite value
-for an objective is never on the front.
+FD curve) out. Logging them is the caller's job (registry.log_pareto). A row dominates another when it
+is no worse on every objective and strictly better on at least one; rows that tie on every objective are
+all kept; a row missing a finite value for an objective is never on the front.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from webdataset import filters, gopen_schemes
 from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from orchestrator.config.schema import DataConfig
+from orchestrator.data.config import DataConfig
 from orchestrator.data.shards import (
     DataError,
     Manifest,

@@ -7,7 +7,8 @@ import dataclasses
 
 import pytest
 
-from orchestrator.config.schema import DataConfig, EvalSpec, ExperimentConfig
+from orchestrator.config.schema import EvalSpec, ExperimentConfig
+from orchestrator.data.config import DataConfig
 from sphere_core.config import ConfigError, ModelConfig, SamplingConfig
 
 GRAY = ModelConfig(channels=1, num_classes=10)

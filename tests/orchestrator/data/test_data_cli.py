@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from orchestrator.config.schema import DataConfig
 from orchestrator.data.cli import main
+from orchestrator.data.config import DataConfig
 from orchestrator.data.pipeline import ShardStream, read_images
 from orchestrator.data.shards import Manifest, read_manifest
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.config.schema import DataConfig
+from orchestrator.data.config import DataConfig
 from orchestrator.data.pipeline import ShardStream, read_images, read_shard, register_gopen
 from orchestrator.data.shards import (
     DataError,
