@@ -16,24 +16,88 @@ that turns any point of it into an image, one-step generation and few-step refin
 The package never imports ray, mlflow, fsspec, s3fs, webdataset, yaml or PIL (tests/sphere_core enforce it).
 """
 
-from sphere_core.checkpoint import load_checkpoint, load_model, save_checkpoint
-from sphere_core.config import (
-    AugmentConfig,
-    ConfigError,
-    LossWeights,
-    ModelConfig,
-    NoiseConfig,
-    OptimConfig,
-    SamplingConfig,
-    SphereConfig,
-)
-from sphere_core.editing import crossover, interpolate, interpolate_grid, manipulate_class, reconstruct
-from sphere_core.losses import SphereObjective
-from sphere_core.model import SphereEncoder
-from sphere_core.presets import PRESETS, build_model, count_parameters, get_preset
-from sphere_core.sampling import generate, network_passes
-from sphere_core.spherify import add_training_noise, spherify
-from sphere_core.train_step import TrainState, make_train_state, train_step
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sphere_core.checkpoint import load_checkpoint, load_model, save_checkpoint
+    from sphere_core.config import (
+        AugmentConfig,
+        ConfigError,
+        LossWeights,
+        ModelConfig,
+        NoiseConfig,
+        OptimConfig,
+        SamplingConfig,
+        SphereConfig,
+    )
+    from sphere_core.editing import crossover, interpolate, interpolate_grid, manipulate_class, reconstruct
+    from sphere_core.losses import SphereObjective
+    from sphere_core.model import SphereEncoder
+    from sphere_core.presets import PRESETS, build_model, count_parameters, get_preset
+    from sphere_core.sampling import generate, network_passes
+    from sphere_core.spherify import add_training_noise, spherify
+    from sphere_core.train_step import TrainState, make_train_state, train_step
+
+_HOME = {  # public name -> its module, imported on first use: `import sphere_core.config` stays torch-free
+    "load_checkpoint": "sphere_core.checkpoint",
+    "load_model": "sphere_core.checkpoint",
+    "save_checkpoint": "sphere_core.checkpoint",
+    "AugmentConfig": "sphere_core.config",
+    "ConfigError": "sphere_core.config",
+    "LossWeights": "sphere_core.config",
+    "ModelConfig": "sphere_core.config",
+    "NoiseConfig": "sphere_core.config",
+    "OptimConfig": "sphere_core.config",
+    "SamplingConfig": "sphere_core.config",
+    "SphereConfig": "sphere_core.config",
+    "crossover": "sphere_core.editing",
+    "interpolate": "sphere_core.editing",
+    "interpolate_grid": "sphere_core.editing",
+    "manipulate_class": "sphere_core.editing",
+    "reconstruct": "sphere_core.editing",
+    "SphereObjective": "sphere_core.losses",
+    "SphereEncoder": "sphere_core.model",
+    "PRESETS": "sphere_core.presets",
+    "build_model": "sphere_core.presets",
+    "count_parameters": "sphere_core.presets",
+    "get_preset": "sphere_core.presets",
+    "generate": "sphere_core.sampling",
+    "network_passes": "sphere_core.sampling",
+    "add_training_noise": "sphere_core.spherify",
+    "spherify": "sphere_core.spherify",
+    "TrainState": "sphere_core.train_step",
+    "make_train_state": "sphere_core.train_step",
+    "train_step": "sphere_core.train_step",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'sphere_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Importing a submodule binds it on the package: `spherify` and `train_step` name the functions,
+        # not their modules (as when this file imported everything eagerly).
+        if not (name in _HOME and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __all__ = [
     "PRESETS",
