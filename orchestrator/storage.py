@@ -1,27 +1,21 @@
 """Object-store faults: a connection that fails is retried for a bounded time, then fails in one line.
 
 Two paths reach the store. Our own reads (manifests, shards) go through fsspec and `retrying`; Ray's
-checkpoint and Tune-state I/O goes through pyarrow, whose AWS SDK retries are counted in attempts, so
-`ray_storage` picks the attempts that cover the same budget. Only connection-class errors are retried: a
-missing key or a refused credential fails at once, and a corrupt shard is the data pipeline's business.
+checkpoint and Tune-state I/O goes through pyarrow, whose AWS SDK retries are counted in attempts
+(orchestrator/checkpoint_storage.py picks the attempts that cover the same budget). Only connection-class
+errors are retried: a missing key or a refused credential fails at once, and a corrupt shard is the data
+pipeline's business.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 8.0
-# The AWS SDK's legacy ("default") strategy: waits 25 ms x 2^k before retry k, so n attempts give up after
-# 0.025 x (2^n - 1) s; measured against a dead endpoint: 8 / 10 attempts, 6.4 / 25.6 s. Not the "standard"
-# strategy: its retry quota, drained by every caller of the process during an outage, fails later calls
-# at once (measured: a checkpoint write failed "after 0 ms" 20 s into an outage).
-PYARROW_FIRST_WAIT_S = 0.025
 
 
 class StorageUnavailable(RuntimeError):
@@ -88,29 +82,3 @@ def retrying(
             return fn()
         except Exception as exc:
             backoff.wait(exc)
-
-
-def pyarrow_attempts(budget_s: float) -> int:
-    """The fewest attempts whose waits add up to `budget_s` (at least 3, pyarrow's own default)."""
-    return max(3, math.ceil(math.log2(max(budget_s, 0.0) / PYARROW_FIRST_WAIT_S + 1)))
-
-
-def ray_storage(storage_path: str, retry_s: float) -> tuple[str, Any]:
-    """(storage_path, storage_filesystem) for Ray's RunConfig: an s3:// path gets a pyarrow S3 filesystem
-    that retries for `retry_s` to twice that (Ray's own default gives up after ~2 s), else Ray's default.
-    The filesystem carries no credential: pyarrow resolves them on each node (env, instance/pod role)."""
-    if not storage_path.startswith("s3://"):
-        return storage_path, None
-    import pyarrow.fs
-
-    # Built by hand, pyarrow's S3 does not read AWS_ENDPOINT_URL as its from_uri does; the endpoint and
-    # region are settings, not secrets, and travel in the pickle.
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    filesystem = pyarrow.fs.S3FileSystem(
-        endpoint_override=endpoint,
-        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
-        retry_strategy=pyarrow.fs.AwsDefaultS3RetryStrategy(max_attempts=pyarrow_attempts(retry_s)),
-        connect_timeout=5,
-        request_timeout=30,
-    )
-    return storage_path.removeprefix("s3://"), filesystem

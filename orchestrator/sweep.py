@@ -205,7 +205,7 @@ def train_driver_fn(params: dict[str, Any], context: TrialContext) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from orchestrator.storage import ray_storage
+    from orchestrator.checkpoint_storage import ray_storage
     from orchestrator.tracking import open_trial_run, trial_name
     from orchestrator.worker import train_fn_per_worker
 
@@ -301,7 +301,7 @@ def fit_tuner(spec: SweepSpec, context: TrialContext) -> list[Any]:
     from ray import tune
 
     keep_credentials_out_of_trial_runtime_envs()
-    from orchestrator.storage import ray_storage
+    from orchestrator.checkpoint_storage import ray_storage
 
     trainable = tune.with_resources(
         tune.with_parameters(train_driver_fn, context=context), {"CPU": TRIAL_DRIVER_CPU}

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import botocore.exceptions
 import pytest
 
-from orchestrator.storage import StorageUnavailable, is_transient, pyarrow_attempts, ray_storage, retrying
+from orchestrator.storage import StorageUnavailable, is_transient, retrying
 
 
 def _refused() -> Exception:
@@ -56,17 +56,3 @@ def test_retrying_recovers_within_its_budget_and_then_names_the_url() -> None:
         retrying(
             lambda: (_ for _ in ()).throw(FileNotFoundError("k")), url="u", budget_s=60, sleep=slept.append
         )
-
-
-def test_ray_storage_gives_s3_a_retrying_filesystem_without_credentials(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import pickle
-
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "canary-secret")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "canary-key")
-    path, filesystem = ray_storage("s3://bucket/ray-results", 120)
-    assert path == "bucket/ray-results" and filesystem is not None
-    assert b"canary" not in pickle.dumps(filesystem)  # it travels to every worker
-    assert pyarrow_attempts(120) == 13 and pyarrow_attempts(0) == 3  # 0.025 x (2^13 - 1) = 205 s >= 120 s
-    assert ray_storage("/shared/ray-results", 120) == ("/shared/ray-results", None)
