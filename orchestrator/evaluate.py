@@ -22,21 +22,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+from orchestrator.cli_errors import at_least, reaching, run
+from orchestrator.data import BUILTIN_NAMES
+from orchestrator.generate import check_registry_uri
 
-from orchestrator.config.schema import ExperimentConfig, eval_scores
-from orchestrator.config.search_space import apply_trial_params, expand_trials
-from orchestrator.config.sweep_spec import EvaluateSpec, SearchDist, SweepSpec, TuneSpec
-from orchestrator.generate import load_registered
-from orchestrator.tracking import QUIET_ENV, resolve_tracking_uri
-from sphere_core.config import ConfigError, SamplingConfig, SphereConfig
-from sphere_core.model import SphereEncoder
-from sphere_core.sampling import generate, guidance_weights, passes_for
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch, mlflow and the configs load only after the CLI's flags have parsed
+    import torch
     from mlflow import MlflowClient
 
+    from orchestrator.config.sweep_spec import SweepSpec
     from orchestrator.evaluation.protocol import Protocol
+    from sphere_core.config import SamplingConfig, SphereConfig
+    from sphere_core.model import SphereEncoder
 
 
 @dataclass(frozen=True)
@@ -51,6 +48,9 @@ class FrozenModel:
 
 def load_frozen(client: MlflowClient, uri: str, tracking_uri: str) -> FrozenModel:
     """The model and its lineage: a registered version's `source.run_id` tag, or the run in runs:/RUN_ID."""
+    from orchestrator.generate import load_registered
+    from sphere_core.config import ConfigError
+
     model, config = load_registered(uri, tracking_uri)
     version = ""
     if uri.startswith("models:/"):
@@ -78,7 +78,10 @@ def score_setting(
     frozen: FrozenModel, sampling: SamplingConfig, protocol: Protocol, seed: int
 ) -> SettingScore:
     """Proxy metrics of n samples (balanced classes, the same noise for every setting), and their speed."""
+    import torch
+
     from orchestrator.evaluation.protocol import evaluate_samples
+    from sphere_core.sampling import generate, passes_for
 
     n, classes = protocol.n, frozen.config.model.num_classes
     labels: torch.Tensor | int = torch.arange(n) % classes if classes else n
@@ -124,6 +127,8 @@ def canonical(model: SphereEncoder, sampling: SamplingConfig) -> SamplingConfig:
     are scored once: a 1-step sample has no refinement (schedule and noise sharing unused) and never
     meets the encoder (enc guidance unused); 2 steps draw refinement noise once, shared or not;
     unguided sampling has no position."""
+    from sphere_core.sampling import guidance_weights
+
     if sampling.steps == 1:
         sampling = dataclasses.replace(sampling, schedule="fixed", shared_noise=True)
     if sampling.steps == 2:
@@ -135,6 +140,10 @@ def canonical(model: SphereEncoder, sampling: SamplingConfig) -> SamplingConfig:
 
 
 def sample_grid(frozen: FrozenModel, sampling: SamplingConfig) -> dict[str, torch.Tensor]:
+    import torch
+
+    from sphere_core.sampling import generate
+
     classes = frozen.config.model.num_classes
     labels: torch.Tensor | int = torch.arange(16) % classes if classes else 16
     images = generate(
@@ -161,11 +170,12 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
     from mlflow import MlflowClient
 
     from orchestrator import registry, tracking
+    from orchestrator.config.search_space import apply_trial_params, expand_trials
     from orchestrator.evaluation.protocol import protocol_for
 
     assert spec.evaluate is not None  # the loader requires it for kind: evaluate
     evaluate = spec.evaluate
-    uri = resolve_tracking_uri(spec.experiment)
+    uri = tracking.resolve_tracking_uri(spec.experiment)
     client = MlflowClient(uri)
     frozen = load_frozen(client, evaluate.model, uri)
     # The same sweep file against a newly promoted version is a new evaluation, not a resumed one.
@@ -236,6 +246,7 @@ def _evaluate_child(
     sampling: SamplingConfig,
 ) -> dict[str, Any]:
     from orchestrator import tracking
+    from orchestrator.config.search_space import apply_trial_params
     from orchestrator.registry import FINGERPRINT_TAG
 
     assert spec.evaluate is not None
@@ -276,6 +287,8 @@ def _evaluate_child(
 def format_table(rows: Sequence[Mapping[str, Any]], fd_key: str) -> str:
     """setting, passes/image, images/s, fd, kid, precision, recall (e.g. *_clf), the floor at that n,
     fingerprint. fd_key: the FD metric's full name (e.g. proxy/fd_clf)."""
+    from orchestrator.config.schema import eval_scores
+
     prefix, tag = fd_key.rsplit("fd_", 1)
     table_metrics = [m for m in eval_scores(tag, conditional=True) if any(prefix + m in row for row in rows)]
     columns = ["setting", "passes", "images/s", *table_metrics, "fd floor", "fingerprint"]
@@ -302,6 +315,10 @@ def format_table(rows: Sequence[Mapping[str, Any]], fd_key: str) -> str:
 
 def one_off_spec(args: argparse.Namespace) -> SweepSpec:
     """The CLI's grid as an evaluate sweep of its own (named by its arguments, so a rerun reuses results)."""
+    from orchestrator.config.schema import ExperimentConfig
+    from orchestrator.config.search_space import apply_trial_params
+    from orchestrator.config.sweep_spec import EvaluateSpec, SearchDist, SweepSpec, TuneSpec
+
     search = {
         "sampling.steps": SearchDist(grid=list(args.steps)),
         "sampling.cfg": SearchDist(grid=list(args.cfg)),
@@ -343,15 +360,40 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m orchestrator.evaluate", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--model", required=True, help="models:/NAME@ALIAS or runs:/RUN_ID/PATH")
-    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4], help="forward steps T")
+    parser.add_argument(
+        "--steps", type=at_least(1), nargs="+", default=[1, 2, 4], help="forward steps T (default 1 2 4)"
+    )
     parser.add_argument("--cfg", type=float, nargs="+", default=[1.0], help="guidance scales (1 = off)")
-    parser.add_argument("--cfg-position", nargs="+", choices=("enc", "dec", "combo"), default=["combo"])
-    parser.add_argument("--schedule", nargs="+", choices=("fixed", "decay"), default=["fixed"])
-    parser.add_argument("--noise", nargs="+", choices=("shared", "independent"), default=["shared"])
-    parser.add_argument("--num", type=int, default=256, help="samples per setting (fixed: FD is biased by n)")
+    parser.add_argument(
+        "--cfg-position",
+        nargs="+",
+        choices=("enc", "dec", "combo"),
+        default=["combo"],
+        help="where guidance applies: the encoder, the decoder or both (default combo)",
+    )
+    parser.add_argument(
+        "--schedule",
+        nargs="+",
+        choices=("fixed", "decay"),
+        default=["fixed"],
+        help="refinement noise schedule (default fixed)",
+    )
+    parser.add_argument(
+        "--noise",
+        nargs="+",
+        choices=("shared", "independent"),
+        default=["shared"],
+        help="refinement noise drawn once (shared) or per step (default shared)",
+    )
+    parser.add_argument(
+        "--num",
+        type=at_least(16),
+        default=256,
+        help="samples per setting (default 256; fixed: FD is biased by n)",
+    )
     parser.add_argument(
         "--dataset",
-        choices=("digits", "mnist", "fashion-mnist", "none"),
+        choices=(*BUILTIN_NAMES, "none"),
         help="built-in whose classifier scores and whose splits are the real images (default: mnist; "
         "none with --reference)",
     )
@@ -362,22 +404,34 @@ def main(argv: list[str] | None = None) -> int:
         "--reference", help="held-out shards (fsspec URL) to compare with, e.g. s3://b/data/val"
     )
     parser.add_argument("--floor", help="training shards (fsspec URL) for the real-vs-real floor")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
     args = parser.parse_args(argv)
-    os.environ.update(QUIET_ENV)
-    try:
-        run_evaluate_sweep(one_off_spec(args))
-    except ConfigError as exc:
-        message = str(exc)
-        for field, flag in (
-            ("evaluate.num_images", "--num"),
-            ("evaluate.", "--"),
-            ("sampling.", "--"),
-        ):
-            message = message.replace(field, flag)  # the dataclasses name their fields; the user typed flags
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    renames = (("evaluate.num_images", "--num"), ("evaluate.", "--"), ("sampling.", "--"))
+    return run(lambda: _evaluate(args), renames)  # the dataclasses name their fields; the user typed flags
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    check_registry_uri(args.model, local_allowed=False)  # before seconds of imports
+    from orchestrator.tracking import QUIET_ENV
+
+    os.environ.update(QUIET_ENV)  # before mlflow is imported
+    spec = one_off_spec(args)
+    for flag in ("--reference", "--floor"):
+        url = getattr(args, flag.removeprefix("--"))
+        if url is not None:
+            probe(url, flag)
+    run_evaluate_sweep(spec)
     return 0
+
+
+def probe(url: str, flag: str) -> None:
+    """One look at `url`, so a wrong scheme, an unreachable store or refused credentials fail in one line
+    before the tracking server and the model are reached."""
+    from fsspec.core import url_to_fs
+
+    with reaching(url, flag):
+        filesystem, path = url_to_fs(url)
+        filesystem.exists(path)
 
 
 if __name__ == "__main__":

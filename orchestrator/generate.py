@@ -1,51 +1,82 @@
 """Sampling from the model registry: `python -m orchestrator.generate --model models:/NAME@ALIAS ...`.
 
 A registered version is a plain sphere_core checkpoint directory (see orchestrator/registry.py): it is
-downloaded over the tracking server and loaded with sphere_core alone (EMA weights by default).
+downloaded over the tracking server and loaded with sphere_core alone (EMA weights by default). A local
+checkpoint directory is loaded as it is, without a tracking server.
 The inference-time evaluation of a frozen model (metrics per sampling setting) is orchestrator.evaluate.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
+import re
 import sys
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from PIL import Image
+from orchestrator.cli_errors import UserError, at_least, run
 
-from orchestrator.config.schema import ExperimentConfig
-from orchestrator.mlflow_model import checkpoint_dir
-from orchestrator.tracking import QUIET_ENV, grid_image, resolve_tracking_uri
-from sphere_core.checkpoint import load_model
-from sphere_core.config import ConfigError, SamplingConfig, SphereConfig
-from sphere_core.model import SphereEncoder
-from sphere_core.sampling import generate
+if TYPE_CHECKING:  # torch, mlflow and sphere_core load only after the flags have parsed
+    import torch
+
+    from sphere_core.config import SphereConfig
+    from sphere_core.model import SphereEncoder
+
+REGISTRY_URI = re.compile(r"models:/[^/@]+@[^/@]+|runs:/[^/]+/.+")
+REGISTRY_FORMS = "models:/NAME@ALIAS, runs:/RUN_ID/PATH"
+
+
+def check_registry_uri(uri: str, *, local_allowed: bool) -> None:
+    """UserError unless `uri` is a registry or run URI, or (when allowed) an existing local directory."""
+    if REGISTRY_URI.fullmatch(uri) or (local_allowed and Path(uri).is_dir()):
+        return
+    forms = f"{REGISTRY_FORMS} or a local checkpoint directory" if local_allowed else REGISTRY_FORMS
+    looks_local = local_allowed and "://" not in uri and not uri.startswith(("models:", "runs:"))
+    what = "no such directory" if looks_local else "not a model URI"
+    raise UserError(f"--model {uri}: {what} (accepted: {forms})")
 
 
 def load_registered(
     uri: str, tracking_uri: str, *, use_ema: bool = True
 ) -> tuple[SphereEncoder, SphereConfig]:
     """models:/NAME@ALIAS (or any artifact URI of a checkpoint directory) -> (model in eval mode, config)."""
+    import tempfile
+
     import mlflow
     from mlflow.exceptions import MlflowException
+
+    from sphere_core.config import ConfigError
 
     with tempfile.TemporaryDirectory(prefix="sphere-model-") as tmp:
         try:
             local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp, tracking_uri=tracking_uri))
         except MlflowException as exc:
             raise ConfigError(f"--model: {uri} cannot be resolved ({exc.message.splitlines()[0]})") from None
-        local = checkpoint_dir(local)
-        config = SphereConfig.from_dict(json.loads((local / "config.json").read_text()))
-        return load_model(local, use_ema=use_ema), config
+        return load_local(local, use_ema=use_ema)
+
+
+def load_local(directory: Path, *, use_ema: bool = True) -> tuple[SphereEncoder, SphereConfig]:
+    """A checkpoint directory (bare, or a pyfunc model holding one) -> (model in eval mode, config)."""
+    import json
+
+    from orchestrator.mlflow_model import checkpoint_dir
+    from sphere_core.checkpoint import load_model
+    from sphere_core.config import SphereConfig
+
+    local = checkpoint_dir(directory)
+    if not (local / "config.json").is_file():
+        raise UserError(f"--model {directory}: no sphere_core checkpoint in it (config.json is missing)")
+    config = SphereConfig.from_dict(json.loads((local / "config.json").read_text()))
+    return load_model(local, use_ema=use_ema), config
 
 
 def sample_labels(labels: list[int] | None, num: int, num_classes: int) -> torch.Tensor | int:
     """--labels cycled to `num` images; without labels, `num` (random classes, or unconditional)."""
+    import torch
+
+    from sphere_core.config import ConfigError
+
     if not labels:
         return num
     if num_classes == 0:
@@ -61,6 +92,8 @@ def sample_labels(labels: list[int] | None, num: int, num_classes: int) -> torch
 def side_by_side(blocks: list[torch.Tensor], columns: int) -> torch.Tensor:
     """Equal-length image sets (B, C, H, W), each laid out `columns` wide, joined left to right: row r of
     the result holds row r of every set. Returns images in grid order for `grid_image(nrow=columns * k)`."""
+    import torch
+
     rows = math.ceil(blocks[0].shape[0] / columns)
     padded = [torch.cat([b, b.new_ones(rows * columns - b.shape[0], *b.shape[1:])]) for b in blocks]
     return torch.cat([b.unflatten(0, (rows, columns)) for b in padded], dim=1).flatten(0, 1)
@@ -70,50 +103,78 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.generate", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--model", required=True, help="models:/NAME@ALIAS")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help=f"{REGISTRY_FORMS} (over MLflow), or a local checkpoint directory (no server needed)",
+    )
     parser.add_argument(
         "--steps",
-        type=int,
+        type=at_least(1),
         nargs="+",
         default=[1],
         help="forward steps T (1 decoder pass + T-1 refinements); several values are drawn from the same "
         "noise and shown side by side",
     )
-    parser.add_argument("--num", type=int, default=16, help="number of images")
+    parser.add_argument("--num", type=at_least(1), default=16, help="number of images (default 16)")
     parser.add_argument("--out", required=True, type=Path, help="PNG grid to write")
-    parser.add_argument("--labels", type=int, nargs="+", help="class ids, cycled to --num (default: random)")
     parser.add_argument(
-        "--per-class", type=int, metavar="K", help="one row per class with K samples each (replaces --num)"
+        "--labels", type=at_least(0), nargs="+", help="class ids, cycled to --num (default: random)"
+    )
+    parser.add_argument(
+        "--per-class",
+        type=at_least(1),
+        metavar="K",
+        help="one row per class with K samples each (replaces --num)",
     )
     parser.add_argument("--cfg", type=float, default=1.0, help="guidance scale (1 = off)")
-    parser.add_argument("--cfg-position", choices=("enc", "dec", "combo"), default="combo")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cfg-position",
+        choices=("enc", "dec", "combo"),
+        default="combo",
+        help="where guidance applies: the encoder, the decoder or both (default combo)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise and random classes")
     parser.add_argument("--raw-weights", action="store_true", help="the training weights instead of the EMA")
     args = parser.parse_args(argv)
-    os.environ.update(QUIET_ENV)
-    try:
-        if args.num < 1 or (args.per_class is not None and args.per_class < 1):
-            raise ConfigError("--num: must be >= 1" if args.num < 1 else "--per-class: must be >= 1")
-        samplings = [
-            SamplingConfig(steps=steps, cfg=args.cfg, cfg_position=args.cfg_position) for steps in args.steps
-        ]
+    # SamplingConfig names its fields; the user typed flags
+    return run(lambda: _generate(args), (("sampling.steps", "--steps"), ("sampling.cfg", "--cfg")))
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import os
+
+    check_registry_uri(args.model, local_allowed=True)  # before seconds of imports
+
+    from orchestrator.tracking import QUIET_ENV
+
+    os.environ.update(QUIET_ENV)  # before mlflow is imported
+    import torch
+    from PIL import Image
+
+    from orchestrator.config.schema import ExperimentConfig
+    from orchestrator.tracking import grid_image, resolve_tracking_uri
+    from sphere_core.config import ConfigError, SamplingConfig
+    from sphere_core.sampling import generate
+
+    samplings = [
+        SamplingConfig(steps=steps, cfg=args.cfg, cfg_position=args.cfg_position) for steps in args.steps
+    ]
+    use_ema = not args.raw_weights
+    if REGISTRY_URI.fullmatch(args.model):
         uri = resolve_tracking_uri(ExperimentConfig())
-        model, config = load_registered(args.model, uri, use_ema=not args.raw_weights)
-        classes = config.model.num_classes
-        if args.per_class is not None:
-            if classes == 0:
-                raise ConfigError("--per-class: the model is unconditional (num_classes 0)")
-            labels: torch.Tensor | int = torch.arange(classes).repeat_interleave(args.per_class)
-            columns = args.per_class
-        else:
-            labels = sample_labels(args.labels, args.num, classes)
-            columns = math.ceil(math.sqrt(args.num))
-    except ConfigError as exc:
-        message = str(exc)
-        for field, flag in (("sampling.steps", "--steps"), ("sampling.cfg", "--cfg")):
-            message = message.replace(field, flag)  # SamplingConfig names its fields; the user typed flags
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        model, config = load_registered(args.model, uri, use_ema=use_ema)
+    else:
+        model, config = load_local(Path(args.model), use_ema=use_ema)
+    classes = config.model.num_classes
+    if args.per_class is not None:
+        if classes == 0:
+            raise ConfigError("--per-class: the model is unconditional (num_classes 0)")
+        labels: torch.Tensor | int = torch.arange(classes).repeat_interleave(args.per_class)
+        columns = args.per_class
+    else:
+        labels = sample_labels(args.labels, args.num, classes)
+        columns = math.ceil(math.sqrt(args.num))
     num = labels.shape[0] if isinstance(labels, torch.Tensor) else labels
     if classes and not isinstance(labels, torch.Tensor):  # random classes, the same for every --steps
         labels = torch.randint(classes, (num,), generator=torch.Generator().manual_seed(args.seed))

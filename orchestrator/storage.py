@@ -10,7 +10,7 @@ pipeline's business.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -34,14 +34,17 @@ def is_transient(exc: BaseException) -> bool:
         botocore.exceptions.HTTPClientError,
         aiohttp.ClientConnectionError,
     )
+    return any(isinstance(cause, transient) for cause in exception_chain(exc))
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what caused it (raise ... from, or raised while handling), and so on."""
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
-        if isinstance(cause, transient):
-            return True
         seen.add(id(cause))
+        yield cause
         cause = cause.__cause__ or cause.__context__
-    return False
 
 
 class Backoff:

@@ -3,50 +3,64 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from orchestrator.data.builtin import BUILTINS, builtin_sources
-from orchestrator.data.shards import DataError, Manifest, join_url
-from orchestrator.data.sources import Source, image_folder, json_lines, shuffled
-from orchestrator.data.verify import verify_dataset
-from orchestrator.data.writer import write_dataset
+from orchestrator.cli_errors import at_least, reaching, run
+
+if TYPE_CHECKING:  # the data modules import torch: only after the flags have parsed
+    from orchestrator.data.shards import Manifest
+    from orchestrator.data.sources import Source
 
 BUILTIN_PREFIX = "builtin:"
 FOLDER_DEFAULT_SIZE = 32  # px for folders and JSON-lines lists when --image-size is not given
 
 
 def _parser() -> argparse.ArgumentParser:
-    builtins = "; ".join(f"{b.name}: {b.summary}" for b in BUILTINS.values())
     parser = argparse.ArgumentParser(prog="python -m orchestrator.data", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
     build = verbs.add_parser(
         "build",
         help="write webdataset shards + manifest.json",
-        description=f"Built-in sources (builtin:NAME, written to OUT/train and OUT/test): {builtins}",
+        description="Built-in sources (builtin:NAME) are written to OUT/train and OUT/test; "
+        "`python -m orchestrator.data list-builtins` lists them.",
     )
-    build.add_argument("--source", required=True, help="image folder, JSON-lines list, or builtin:NAME")
-    build.add_argument("--out", required=True, help="fsspec URL: s3://bucket/prefix, file:///path, a path")
     build.add_argument(
-        "--image-size", type=int, help=f"px (builtins: their default; others: {FOLDER_DEFAULT_SIZE})"
+        "--source",
+        required=True,
+        help="an image folder (one subfolder per class), a JSON-lines list, or builtin:NAME",
     )
-    build.add_argument("--shard-size", type=int, default=256, help="samples per shard (default 256)")
-    build.add_argument("--channels", type=int, choices=(1, 3), default=3, help="folders and lists only")
+    build.add_argument(
+        "--out", required=True, help="fsspec URL: s3://bucket/prefix, gs://..., file:///path, a path"
+    )
+    build.add_argument(
+        "--image-size",
+        type=at_least(1),
+        help=f"px (builtins: their default; others: {FOLDER_DEFAULT_SIZE})",
+    )
+    build.add_argument("--shard-size", type=at_least(1), default=256, help="samples per shard (default 256)")
+    build.add_argument(
+        "--channels", type=int, choices=(1, 3), default=3, help="1 or 3 (default 3): folders and lists only"
+    )
     build.add_argument(
         "--keep-order",
         action="store_true",
         help="folders and lists: write in listing order (default: a seeded shuffle, so shards mix classes)",
     )
     build.add_argument("--overwrite", action="store_true", help="replace a dataset already at --out")
-    build.add_argument("--no-progress", action="store_true")
+    build.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     verify = verbs.add_parser("verify", help="re-read every shard against manifest.json")
-    verify.add_argument("url")
+    verify.add_argument("url", help="the dataset's fsspec URL or path (the folder holding manifest.json)")
     verbs.add_parser("list-builtins", help="the built-in datasets (nothing is downloaded)")
     return parser
 
 
 def _sources(args: argparse.Namespace) -> dict[str, Source]:
     """Output URL -> source: one per split for builtins, the --out URL itself otherwise."""
+    from orchestrator.data.builtin import builtin_sources
+    from orchestrator.data.shards import join_url
+    from orchestrator.data.sources import image_folder, json_lines, shuffled
+
     if args.source.startswith(BUILTIN_PREFIX):
         splits = builtin_sources(args.source.removeprefix(BUILTIN_PREFIX), args.image_size)
         return {join_url(args.out, split): source for split, source in splits.items()}
@@ -70,11 +84,19 @@ def _summary(m: Manifest) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.verb == "list-builtins":
-            for b in BUILTINS.values():
-                print(f"builtin:{b.name:<14} {b.default_size}px default  {b.summary}")
-        elif args.verb == "build":
+    return run(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.verb == "list-builtins":
+        from orchestrator.data.builtin import BUILTINS
+
+        for b in BUILTINS.values():
+            print(f"builtin:{b.name:<14} {b.default_size}px default  {b.summary}")
+    elif args.verb == "build":
+        with reaching(args.out, "--out"):
+            from orchestrator.data.writer import write_dataset  # torch: after the URL's scheme is checked
+
             for url, source in _sources(args).items():
                 manifest = write_dataset(
                     source,
@@ -84,11 +106,11 @@ def main(argv: list[str] | None = None) -> int:
                     progress=not args.no_progress,
                 )
                 print(_summary(manifest))
-        else:
+    else:
+        with reaching(args.url):
+            from orchestrator.data.verify import verify_dataset
+
             report = verify_dataset(args.url)
-            print("\n".join(report.lines()))
-            return 0 if report.ok else 1
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print("\n".join(report.lines()))
+        return 0 if report.ok else 1
     return 0

@@ -4,40 +4,59 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-import torch
+from orchestrator.cli_errors import at_least, check_scheme, reaching, run
+from orchestrator.data import BUILTIN_NAMES
 
-from orchestrator.evaluation.classifier import DATASETS, WEIGHTS_DIR, train_classifier
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.evaluation")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.evaluation", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
     train = sub.add_parser(
         "train-classifier", help="train the metric classifier (fixed seed) and write weights"
     )
-    train.add_argument("--dataset", choices=DATASETS, required=True)
-    train.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    train.add_argument("--dataset", choices=BUILTIN_NAMES, required=True, help="the built-in to train on")
+    train.add_argument(
+        "--out", type=Path, help="directory for the weights (default: the committed ones, in the package)"
+    )
     floor = sub.add_parser("floor", help="cache reference statistics and print the real-vs-real floor")
-    floor.add_argument("--dataset", choices=DATASETS, required=True)
-    floor.add_argument("--n", type=int, default=None, help="samples per evaluation (default: standard n)")
+    floor.add_argument("--dataset", choices=BUILTIN_NAMES, required=True, help="the built-in to measure")
+    floor.add_argument(
+        "--n", type=at_least(16), default=None, help="samples per evaluation (>= 16; default: standard n)"
+    )
     floor.add_argument("--cache", default=None, help="directory or fsspec URL (default $SPHERE_EVAL_CACHE)")
     for p in (train, floor):
-        p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the committed weights: 2)")
+        p.add_argument(
+            "--threads", type=at_least(1), default=2, help="torch CPU threads (the committed weights: 2)"
+        )
     args = parser.parse_args(argv)
+    return run(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.verb == "floor" and args.cache:
+        check_scheme(args.cache, "--cache")  # before seconds of imports
+    import torch
+
     torch.set_num_threads(args.threads)
     if args.verb == "train-classifier":
-        card = train_classifier(args.dataset, out_dir=args.out)
+        from orchestrator.evaluation.classifier import train_classifier
+
+        card = train_classifier(args.dataset, **({"out_dir": args.out} if args.out else {}))
         print(
             json.dumps({"name": card.name, "sha256": card.sha256, "heldout_accuracy": card.heldout_accuracy})
         )
-        return
+        return 0
     from orchestrator.evaluation.protocol import Protocol  # loads torchmetrics: only when needed
+    from orchestrator.evaluation.reference import default_cache
 
     start = time.perf_counter()
-    protocol = Protocol.for_dataset(args.dataset, n=args.n, cache=args.cache)
+    cache = args.cache or default_cache()
+    with reaching(cache, "--cache"):
+        protocol = Protocol.for_dataset(args.dataset, n=args.n, cache=cache)
     seconds = round(time.perf_counter() - start, 2)
     print(
         json.dumps(
@@ -50,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
             }
         )
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from orchestrator.data import BUILTIN_NAMES
 from orchestrator.data.builtin import (
     BUILTINS,
     FASHION_MNIST_DIR,
@@ -13,6 +14,10 @@ from orchestrator.data.builtin import (
     fit_builtin,
 )
 from orchestrator.data.shards import DataError
+
+
+def test_the_cli_choices_name_every_builtin() -> None:
+    assert tuple(BUILTINS) == BUILTIN_NAMES
 
 
 def test_digits_fixed_stratified_split() -> None:
