@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+from sphere_core.config import ConfigError
+
 USER_ERROR_EXIT = 2
 KNOWN_SCHEMES = "file (or a plain path), s3, gs, memory"
 AWS_CREDENTIALS = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
@@ -51,19 +53,13 @@ def run(work: Callable[[], int], renames: Sequence[tuple[str, str]] = ()) -> int
     try:
         return work()
     except Exception as exc:
-        if not isinstance(exc, (StorageUnavailable, UserError)) and not _is_config_error(exc):
+        if not isinstance(exc, (StorageUnavailable, UserError, ConfigError)):
             raise
         message = " ".join(str(exc).split("\n"))
         for field, flag in renames:
             message = message.replace(field, flag)
         print(f"error: {message}", file=sys.stderr)
         return USER_ERROR_EXIT
-
-
-def _is_config_error(exc: Exception) -> bool:
-    from sphere_core.config import ConfigError  # imports torch: not for errors found before it is needed
-
-    return isinstance(exc, ConfigError)
 
 
 def check_scheme(url: str, flag: str = "") -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator import cli_errors
 from orchestrator.config.loader import dump_yaml, load_sweep, parse_set
 from orchestrator.config.schema import ExperimentConfig
 from orchestrator.config.search_space import apply_trial_params, expand_trials, to_param_space
@@ -37,7 +38,6 @@ from orchestrator.preflight import (
 )
 from orchestrator.sweep_lock import SweepBusy, sweep_lock
 from orchestrator.worker_env import keep_credentials_out_of_trial_runtime_envs, worker_env
-from sphere_core.config import ConfigError
 
 
 class SweepError(RuntimeError):
@@ -80,9 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         "(default: resubmitting a sweep resumes it, and is refused while it runs)",
     )
     args = parser.parse_args(argv)
+    return cli_errors.run(lambda: sweep(args))
+
+
+def sweep(args: argparse.Namespace) -> int:
+    """The CLI's work; user errors (ConfigError, unreachable storage) are `run`'s, exit 2."""
     try:
         sets = dict(parse_set(assignment) for assignment in args.set)
         spec = load_sweep(resolve_sweep_path(args.sweep), sets)
+        cli_errors.check_scheme(spec.experiment.data.url, "data.url")  # else each worker finds out alone
         if args.new_experiment:
             spec = dataclasses.replace(spec, digest=f"{spec.digest}-{time.strftime('%Y%m%d-%H%M%S')}")
         if args.dry_run:
@@ -97,9 +103,6 @@ def main(argv: list[str] | None = None) -> int:
             run_evaluate_sweep(spec)
         else:
             run_train_sweep(spec)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
-"""Every CLI answers a user error (a bad flag, URL, store, credential or model URI) with one line on
-stderr and exit status 2, never a traceback: a table of bad invocations per CLI, run in-process, and one
-per CLI through its real `python -m` entry point."""
+"""Every CLI (orchestrator.sweep, .data, .generate, .evaluate, .evaluation) answers a user error (a bad
+flag, URL, store, credential or model URI) with one line on stderr and exit status 2, never a traceback:
+a table of bad invocations per CLI, run in-process, and one per CLI through its real `python -m` entry
+point."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from orchestrator.data.cli import main as data_main
 from orchestrator.evaluate import main as evaluate_main
 from orchestrator.evaluation.__main__ import main as evaluation_main
 from orchestrator.generate import main as generate_main
+from orchestrator.sweep import main as sweep_main
 from tests.fixtures.s3 import S3Endpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -257,12 +259,31 @@ def test_evaluation_cli_bad_invocation(
     assert message in call(evaluation_main, argv, capsys)
 
 
+# --- python -m orchestrator.sweep ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["nope.yaml"], "error: nope.yaml: cannot read (No such file or directory)"),
+        (["sweeps/noise.yaml", "--set", "bogus.x=1"], "--set bogus.x: unknown field bogus (allowed: name,"),
+        (["sweeps/noise.yaml", "--set", "run.steps"], "--set"),
+        (["sweeps/noise.yaml", "--set", "run.steps=-3"], "run.steps"),
+        (["sweeps/noise.yaml", "--set", "data.url=xyz://b/d", "--dry-run"], "xyz://b/d"),
+        (["sweeps/noise.yaml", "--dry", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_sweep_cli_bad_invocation(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert message in call(sweep_main, argv, capsys)
+
+
 # --- the real entry points --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("module", "argv", "message"),
     [
+        ("orchestrator.sweep", ["sweeps/noise.yaml", "--set", "bogus.x=1"], "unknown field bogus"),
         ("orchestrator.data", [*BUILD, "xyz://b/d"], "error: --out xyz://b/d: unknown URL scheme 'xyz'"),
         ("orchestrator.generate", ["--model", "s3://b/m", "--out", "g.png"], "error: --model s3://b/m: not"),
         ("orchestrator.evaluate", ["--model", "s3://b/m"], "error: --model s3://b/m: not a model URI"),
@@ -282,7 +303,7 @@ class Parsing(Exception):
         self.parser = parser
 
 
-@pytest.mark.parametrize("main", [data_main, generate_main, evaluate_main, evaluation_main])
+@pytest.mark.parametrize("main", [sweep_main, data_main, generate_main, evaluate_main, evaluation_main])
 def test_every_flag_has_help(main: Callable[[list[str]], int], monkeypatch: pytest.MonkeyPatch) -> None:
     def stop(parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
         raise Parsing(parser)
@@ -301,7 +322,7 @@ def test_every_flag_has_help(main: Callable[[list[str]], int], monkeypatch: pyte
     assert missing == []
 
 
-@pytest.mark.parametrize("module", ["data", "generate", "evaluate", "evaluation"])
+@pytest.mark.parametrize("module", ["sweep", "data", "generate", "evaluate", "evaluation"])
 def test_bad_flags_answer_before_torch_is_imported(module: str) -> None:
     probe = (
         "import sys, runpy\n"
