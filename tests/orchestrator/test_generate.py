@@ -1,10 +1,17 @@
-"""The sample grid's layout: several step counts side by side, a row per class."""
+"""The sample grid's layout (several step counts side by side, a row per class), and drawing it from a
+local checkpoint."""
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
-from orchestrator.generate import side_by_side
+import pytest
+import torch
+from PIL import Image
+
+from orchestrator.generate import main, side_by_side
+from sphere_core.checkpoint import save_checkpoint
+from tests.sphere_core.tiny import CONFIG, fresh_state
 
 
 def test_side_by_side_puts_row_r_of_every_set_on_row_r() -> None:
@@ -18,3 +25,14 @@ def test_side_by_side_pads_a_short_last_row_with_white() -> None:
     images = torch.zeros(3, 1, 2, 2)
     grid = side_by_side([images], columns=2)
     assert grid.shape == (4, 1, 2, 2) and torch.equal(grid[3], torch.ones(1, 2, 2))
+
+
+def test_a_local_checkpoint_directory_samples_without_a_tracking_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    directory = save_checkpoint(tmp_path / "ckpt", fresh_state(), CONFIG)
+    out = tmp_path / "rows.png"
+    assert main(["--model", str(directory), "--per-class", "2", "--steps", "1", "2", "--out", str(out)]) == 0
+    with Image.open(out) as grid:  # its layout: the side_by_side tests above
+        assert grid.format == "PNG" and min(grid.size) > CONFIG.model.image_size
