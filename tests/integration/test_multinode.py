@@ -51,7 +51,6 @@ tune:
 @pytest.fixture(scope="module")
 def nodes(local_cluster: LocalCluster) -> Iterator[Any]:
     """A Cluster whose raylets inherit this process's env: the session's MLflow server and store."""
-    from ray.cluster_utils import Cluster
 
     gcs_port, *agent_ports = free_ports(5)  # agents: one per raylet, none on Ray's default port
     temp_dir = tempfile.mkdtemp(prefix="mn-", dir="/tmp")  # short: Ray's socket paths
@@ -59,6 +58,25 @@ def nodes(local_cluster: LocalCluster) -> Iterator[Any]:
     # Cluster records its address where ray.init("auto") looks (/tmp/ray/ray_current_cluster): removed below.
     address_file = Path("/tmp/ray/ray_current_cluster")
     address_file.parent.mkdir(exist_ok=True)
+    # Not the session cluster's RAY_ADDRESS: Ray Train's PlacementGroupCleaner asks the state API at
+    # RAY_ADDRESS whether its controller lives, found none there, exited, and a lost node's placement
+    # groups then held the surviving nodes' CPUs (the CI saw both trials wait 10 min for workers).
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("RAY_ADDRESS", raising=False)
+        env.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+        cluster = start_cluster(gcs_port, agent_ports, loopback)
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        if address_file.exists() and address_file.read_text().strip() == cluster.address:
+            address_file.unlink()
+
+
+def start_cluster(gcs_port: int, agent_ports: list[int], loopback: dict[str, Any]) -> Any:
+    from ray.cluster_utils import Cluster
+
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
@@ -72,13 +90,7 @@ def nodes(local_cluster: LocalCluster) -> Iterator[Any]:
     )
     for port in agent_ports[1:4]:
         cluster.add_node(num_cpus=1, dashboard_agent_listen_port=port, **loopback)
-    try:
-        yield cluster
-    finally:
-        cluster.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        if address_file.exists() and address_file.read_text().strip() == cluster.address:
-            address_file.unlink()
+    return cluster
 
 
 def node_of(pid: int, nodes: Any) -> Any:
