@@ -129,8 +129,10 @@ class MLflowSink:
             try:
                 if self.sent_through is None:
                     self.sent_through = self.client.get_run(self.run_id).data.metrics.get("step", -1.0)
-                    self.pending = [m for m in self.pending if m.step > self.sent_through]
-                    continue
+                # Every flush: a resume from checkpoint 10 after step 20 was sent retrains 15 and 20 later.
+                self.pending = [m for m in self.pending if m.step > self.sent_through]
+                if not self.pending:
+                    return
                 self.client.log_batch(self.run_id, metrics=self.pending[: self.BATCH])
             except Exception as exc:
                 if time.monotonic() >= deadline:

@@ -207,18 +207,19 @@ def test_metrics_replayed_from_a_checkpoint_are_kept_once(client: MlflowClient, 
 
 
 def test_steps_an_earlier_attempt_sent_are_not_sent_again(client: MlflowClient, run_id: str) -> None:
-    """The worker died after sending step 10 but before Ray registered its checkpoint: the restart retrains
-    from step 5's checkpoint, and MLflow keeps the first attempt's step 10."""
+    """The worker died after sending step 15 but before Ray registered its checkpoint: the restart replays
+    what checkpoint 5 held, retrains 10 and 15 over two flushes, and MLflow keeps the first attempt's."""
     first = tracking.MLflowSink(client, run_id)
-    for step in (5, 10):
+    for step in (5, 10, 15):
         first.log({"loss": 1.0 / step, "step": float(step)}, step=step)
     first.flush(final=False)
     again = tracking.MLflowSink(client, run_id)
-    for step in (10, 15):
+    again.restore([])  # checkpoint 5 held nothing unsent: this first flush has nothing to send
+    for step in (10, 15, 20):
         again.log({"loss": 2.0 / step, "step": float(step)}, step=step)
-    again.flush(final=True)
+        again.flush(final=step == 20)
     history = [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")]
-    assert history == [(5, 0.2), (10, 0.1), (15, 2.0 / 15)]
+    assert history == [(5, 0.2), (10, 0.1), (15, 1.0 / 15), (20, 0.1)]
 
 
 def sample(dist: SearchDist) -> Any:
