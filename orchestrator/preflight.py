@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from orchestrator.config.schema import ExperimentConfig, ScalingSpec
@@ -93,18 +94,88 @@ def check_local_resources(scaling: ScalingSpec) -> None:
 
 
 def autoscaler_node_types() -> list[NodeType]:
-    """The worker node groups the cluster's autoscaler reported to the GCS (KubeRay, `ray up`); [] when no
-    autoscaler runs. Read through Ray's own state API, as Ray Data's autoscaling does."""
+    """The worker node groups the cluster's autoscaler can add; [] when no autoscaler runs.
+
+    Ray reads them from the GCS (Ray Data's autoscaling does), but Ray 2.60's autoscaler never reports them
+    there, so the config it reads is read here as well: the file the head's autoscaler monitor was started
+    with (`ray up` gives it ~/ray_bootstrap_config.yaml; `ray start --head --autoscaling-config`), or on
+    KubeRay the RayCluster resource, through Ray's own KubeRay reader. The sweep driver runs on the head."""
+    import ray
     import ray._private.state
 
-    config = ray._private.state.state.get_cluster_config()
-    if config is None:
-        return []
-    return [
-        NodeType(group.name, dict(group.resources), group.max_count)
-        for group in config.node_group_configs
-        if group.max_count != 0
-    ]
+    reported = ray._private.state.state.get_cluster_config()
+    if reported is not None and reported.node_group_configs:
+        return [
+            NodeType(group.name, dict(group.resources), group.max_count)
+            for group in reported.node_group_configs
+            if group.max_count != 0
+        ]
+    gcs_port = ray.get_runtime_context().gcs_address.rsplit(":", 1)[-1]
+    config = monitor_autoscaling_config(gcs_port) or kuberay_autoscaling_config()
+    return node_types_from_autoscaling_config(config) if config else []
+
+
+def node_types_from_autoscaling_config(config: Mapping[str, Any]) -> list[NodeType]:
+    """Worker node types of a Ray autoscaling config (cluster-launcher YAML or KubeRay's derived one)."""
+    cluster_max = int(config.get("max_workers", -1))
+    types = []
+    for name, spec in dict(config.get("available_node_types") or {}).items():
+        if name == config.get("head_node_type"):
+            continue
+        max_count = int(spec.get("max_workers", cluster_max))
+        if cluster_max >= 0:
+            max_count = cluster_max if max_count < 0 else min(max_count, cluster_max)
+        if max_count != 0:
+            resources = {key: float(value) for key, value in (spec.get("resources") or {}).items()}
+            types.append(NodeType(name, resources, max_count))
+    return types
+
+
+def monitor_autoscaling_config(gcs_port: str) -> dict[str, Any] | None:
+    """The config file of the autoscaler monitor serving the GCS on `gcs_port`, if it runs on this node."""
+    import yaml
+
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = [arg.decode(errors="replace") for arg in cmdline.read_bytes().split(b"\0") if arg]
+        except OSError:  # gone meanwhile, or another user's process
+            continue
+        if not any(arg.endswith("monitor.py") for arg in argv[:3]):
+            continue
+        flags = dict(arg.split("=", 1) for arg in argv if arg.startswith("--") and "=" in arg)
+        path = flags.get("--autoscaling-config")
+        if path and flags.get("--gcs-address", "").rsplit(":", 1)[-1] == gcs_port:
+            try:
+                return dict(yaml.safe_load(Path(path).read_text()))
+            except (OSError, yaml.YAMLError) as exc:
+                print(
+                    f"preflight: cannot read the autoscaler's config {path} ({exc}); "
+                    "checking the nodes up now"
+                )
+    return None
+
+
+def kuberay_autoscaling_config() -> dict[str, Any] | None:
+    """On a KubeRay pod (the operator sets RAY_CLUSTER_NAME), the autoscaling config Ray's KubeRay
+    autoscaler derives from this RayCluster, read with the pod's service account as that autoscaler does."""
+    name = os.environ.get("RAY_CLUSTER_NAME")
+    namespace_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    if not name or not namespace_file.exists():
+        return None
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+    from ray.autoscaler._private.kuberay.node_provider import KubernetesHttpApiClient
+
+    try:  # once, not with the autoscaler's five 5-s retries: a preflight answers at once
+        cluster = KubernetesHttpApiClient(namespace=namespace_file.read_text().strip()).get(
+            f"rayclusters/{name}"
+        )
+        return dict(_derive_autoscaling_config_from_ray_cr(cluster))
+    except Exception as exc:  # RBAC, API server, or a CR Ray cannot read: fall back to the nodes up now
+        print(
+            f"preflight: cannot read RayCluster {name} ({type(exc).__name__}: {exc}); "
+            "checking the nodes up now"
+        )
+        return None
 
 
 def connect_ray(scaling: ScalingSpec, storage_path: str) -> None:
