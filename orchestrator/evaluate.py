@@ -22,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from orchestrator.cli_errors import at_least, reaching, run
 from orchestrator.data import BUILTIN_NAMES
+from orchestrator.data.cli_errors import at_least, reaching, run
 from orchestrator.generate import check_registry_uri
 
 if TYPE_CHECKING:  # torch, mlflow and the configs load only after the CLI's flags have parsed

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.cli_errors import UserError, at_least, run
+from orchestrator.data.cli_errors import UserError, at_least, run
 
 if TYPE_CHECKING:  # torch, mlflow and sphere_core load only after the flags have parsed
     import torch

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator import cli_errors
 from orchestrator.config.loader import dump_yaml, load_sweep, parse_set
 from orchestrator.config.schema import ExperimentConfig
 from orchestrator.config.search_space import apply_trial_params, expand_trials, to_param_space
 from orchestrator.config.sweep_spec import SweepSpec
+from orchestrator.data import cli_errors
 from orchestrator.driver_node import keep_train_coordinator_on_this_node
 from orchestrator.preflight import (
     TRIAL_DRIVER_CPU,

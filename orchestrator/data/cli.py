@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.cli_errors import at_least, reaching, run
+from orchestrator.data.cli_errors import at_least, reaching, run
 
 if TYPE_CHECKING:  # the data modules import torch: only after the flags have parsed
     from orchestrator.data.shards import Manifest

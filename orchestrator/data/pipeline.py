@@ -52,7 +52,7 @@ from orchestrator.data.shards import (
     seen_has,
 )
 from orchestrator.data.sources import decode_sample
-from orchestrator.storage import Backoff, is_transient, retrying
+from orchestrator.data.storage import Backoff, is_transient, retrying
 from sphere_core.transforms import fit_square, random_hflip, to_signed_unit
 
 log = logging.getLogger(__name__)

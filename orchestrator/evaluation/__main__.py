@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.cli_errors import at_least, check_scheme, reaching, run
 from orchestrator.data import BUILTIN_NAMES
+from orchestrator.data.cli_errors import at_least, check_scheme, reaching, run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from orchestrator.data.shards import (
     rank_shards,
     read_manifest,
 )
-from orchestrator.storage import StorageUnavailable
+from orchestrator.data.storage import StorageUnavailable
 from sphere_core.transforms import to_signed_unit
 from tests.fixtures.services import free_ports
 

@@ -48,7 +48,7 @@ def run(work: Callable[[], int], renames: Sequence[tuple[str, str]] = ()) -> int
     """work()'s exit status, or USER_ERROR_EXIT after printing a user error as one `error:` line.
     renames: (config field, flag) pairs applied in order: the config dataclasses name their fields, the
     user typed flags."""
-    from orchestrator.storage import StorageUnavailable
+    from orchestrator.data.storage import StorageUnavailable
 
     try:
         return work()
@@ -101,7 +101,7 @@ def storage_problem(exc: BaseException, url: str) -> str | None:
     error that already names its URL)."""
     import botocore.exceptions
 
-    from orchestrator.storage import StorageUnavailable, exception_chain, is_transient
+    from orchestrator.data.storage import StorageUnavailable, exception_chain, is_transient
 
     if isinstance(exc, StorageUnavailable):
         return None

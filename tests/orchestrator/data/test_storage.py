@@ -1,5 +1,5 @@
-"""Bounded retries of lost connections (orchestrator/storage.py); the shard reader riding out a real outage
-is in tests/orchestrator/data/test_pipeline.py."""
+"""Bounded retries of lost connections (orchestrator/data/storage.py); the shard reader riding out a real
+outage is in tests/orchestrator/data/test_pipeline.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import botocore.exceptions
 import pytest
 
-from orchestrator.storage import StorageUnavailable, is_transient, retrying
+from orchestrator.data.storage import StorageUnavailable, is_transient, retrying
 
 
 def _refused() -> Exception:
