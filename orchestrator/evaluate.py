@@ -7,6 +7,9 @@ under it, so the MLflow UI shows the inference-time settings under the training 
 the reconstruction metrics (rFID-proxy, once per model), the summary and Pareto tables and plots; each
 sampling setting is a child run with its proxy metrics, their protocol fingerprint, network passes per
 image, measured images/s and a sample grid.
+
+Over 300 lines because the CLI and the `kind: evaluate` sweep share every line (one code path, so the
+two cannot drift); the metrics themselves are in orchestrator/evaluation/.
 """
 
 from __future__ import annotations
@@ -203,9 +206,12 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
         ]
         distinct = list(dict.fromkeys(canonical(frozen.model, sampling) for sampling in grid))
         print(f"{len(grid)} settings, {len(distinct)} with distinct samples (each scored once)")
+        from tqdm import tqdm
+
+        # 43 settings of sweeps/steps.yaml took ~5 min in silence: a bar on a terminal, none in a job log
+        bar = tqdm(distinct, desc="settings", unit="setting", file=sys.stderr, disable=None)
         rows = [
-            _evaluate_child(client, spec, exp_id, parent_id, frozen, protocol, sampling)
-            for sampling in distinct
+            _evaluate_child(client, spec, exp_id, parent_id, frozen, protocol, sampling) for sampling in bar
         ]
         fd_key = next(k for k in rows[0] if k.endswith(f"fd_{protocol.extractor.tag}"))
         registry.log_summary(client, parent_id, rows, fd_key, "min")

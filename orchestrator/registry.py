@@ -8,6 +8,9 @@ Promotion: every version is registered, but the alias moves to it only when nobo
 when the holder's score was measured under the same metric and protocol fingerprint and the candidate
 beats it. FD-like numbers under different protocols (extractor, reference, n, seeds, sampler) are not
 comparable, so a mismatch keeps the alias where it is and says why instead of comparing blindly.
+
+Over 300 lines because registering and promoting share the fingerprint rules; the summary table and
+plots go with them until the tracking/ package split (issue 12) moves reports out.
 """
 
 from __future__ import annotations

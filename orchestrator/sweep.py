@@ -7,6 +7,9 @@ same sweep after the driver died restores it (finished trials are not rerun), an
 run is named after the sweep, its index and its params, so a rerun trial resumes from its checkpoint.
 Ray, MLflow and torch are imported only when a sweep runs, so a config error or a dry run answers in
 well under a second.
+
+Over 300 lines because it is the one driver: CLI, dry-run report, Tune wiring and the end-of-sweep
+registration; the checks it runs live in preflight.py, sweep_lock.py and worker_env.py.
 """
 
 from __future__ import annotations

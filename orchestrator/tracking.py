@@ -3,6 +3,9 @@
 Rank gating happens once, in `make_sink`: rank 0 gets an MLflowSink on the trial's run (created by the
 trial driver, so its id is known before the workers start); every other rank gets a NullSink.
 All MLflow traffic is HTTP to one tracking server; `resolve_tracking_uri` fails fast when there is none.
+
+Over 300 lines because the sinks and the runs share one contract (which step was sent, which run a
+resumed trial reopens); it splits along that line when tracking/ becomes a package (issue 12).
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ so DDP synchronises every gradient); `get_checkpoint` resumes weights, EMA, opti
 merged data cursor; `report` (every rank, at the loop's checkpoint cadence) hands rank 0's checkpoint
 directory to Ray. Rank 0 logs to the trial's MLflow run; the other ranks get a no-op sink, which never
 samples nor evaluates, so only rank 0 pays for the proxy metrics and sphere diagnostics (ProxyEval).
+
+Over 300 lines because everything that runs inside a Ray Train worker is here, so no other module of the
+training path imports ray.train; the loop it drives is framework-free in loop.py.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ Cursor (JSON): {"epoch": e, "batches": n, "seen": {shard name: "all" | base64 bi
 Each rank's cursor covers its own shards; `shards.merge_cursors` unions them; every rank must resume from the
 same merged cursor so that all ranks recompute the same cut. A resumed epoch skips seen samples before
 decoding, so each sample is still seen once per epoch (order after the resume differs: buffers restart).
+
+Over 300 lines because the plan, the readers and the batcher must agree on one cursor format; split, a
+change to one would silently break resume in another.
 """
 
 from __future__ import annotations

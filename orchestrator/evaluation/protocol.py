@@ -9,6 +9,9 @@ marked `proxy` (in-loop estimates, never leaderboard numbers).
     protocol = Protocol.for_dataset("digits")                     # clf-digits, n = 594 held-out images
     result = evaluate_samples(images01, protocol=protocol.with_sampler(steps=4, cfg=1.5))
     result.values["fd_clf"], result.floor["fd_clf"], result.fingerprint
+
+Over 300 lines because the fingerprint must cover every element it pins, so the elements, their
+digests and the comparability check stay in one reviewable file.
 """
 
 from __future__ import annotations
