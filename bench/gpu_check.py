@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from orchestrator.config.loader import load_sweep
 from orchestrator.config.schema import EvalSpec
-from orchestrator.worker import ProxyEval
+from orchestrator.train.worker import ProxyEval
 from sphere_core.config import SamplingConfig
 from sphere_core.presets import PRESETS, get_preset
 from sphere_core.sampling import generate

@@ -172,13 +172,13 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
     same model version skips the settings already finished."""
     from mlflow import MlflowClient
 
-    from orchestrator import registry, tracking
     from orchestrator.config.search_space import apply_trial_params, expand_trials
     from orchestrator.evaluation.protocol import protocol_for
+    from orchestrator.tracking import registry, runs
 
     assert spec.evaluate is not None  # the loader requires it for kind: evaluate
     evaluate = spec.evaluate
-    uri = tracking.resolve_tracking_uri(spec.experiment)
+    uri = runs.resolve_tracking_uri(spec.experiment)
     client = MlflowClient(uri)
     frozen = load_frozen(client, evaluate.model, uri)
     # The same sweep file against a newly promoted version is a new evaluation, not a resumed one.
@@ -189,7 +189,7 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
         "model.uri": frozen.uri,
         "model.version": frozen.version,
     }
-    exp_id, parent_id = tracking.open_sweep_run(client, spec, lineage, exp_id=frozen.experiment_id)
+    exp_id, parent_id = runs.open_sweep_run(client, spec, lineage, exp_id=frozen.experiment_id)
     print(f"{frozen.uri} (version {frozen.version or '-'}, trained in run {frozen.source_run_id})")
     model = frozen.config.model
     protocol = protocol_for(
@@ -230,8 +230,8 @@ def _log_reconstructions(
     recon_fd = f"recon_fd_{protocol.extractor.tag}"
     if any(k.endswith(recon_fd) for k in client.get_run(parent_id).data.metrics):
         return  # once per model
-    from orchestrator.registry import FINGERPRINT_TAG
-    from orchestrator.tracking import MLflowSink
+    from orchestrator.tracking.registry import FINGERPRINT_TAG
+    from orchestrator.tracking.runs import MLflowSink
 
     metrics, fingerprint = score_reconstructions(frozen, protocol)
     sink = MLflowSink(client, parent_id)
@@ -251,27 +251,27 @@ def _evaluate_child(
     protocol: Protocol,
     sampling: SamplingConfig,
 ) -> dict[str, Any]:
-    from orchestrator import tracking
     from orchestrator.config.search_space import apply_trial_params
-    from orchestrator.registry import FINGERPRINT_TAG
+    from orchestrator.tracking import runs
+    from orchestrator.tracking.registry import FINGERPRINT_TAG
 
     assert spec.evaluate is not None
     params = {path: getattr(sampling, path.removeprefix("sampling.")) for path in spec.search}
     cfg = apply_trial_params(spec.experiment, params)
     run_name = f"{spec.experiment_name}-{setting_name(sampling)}"
-    run_id, _ = tracking.open_run(
+    run_id, _ = runs.open_run(
         client,
         exp_id,
         name=run_name,
-        key={tracking.TRIAL_TAG: run_name},
+        key={runs.TRIAL_TAG: run_name},
         tags={"mlflow.parentRunId": parent_id, "model.version": frozen.version},
     )
     run = client.get_run(run_id)
     if run.info.status != "FINISHED":  # a resubmitted sweep keeps finished settings
         score = score_setting(frozen, sampling, protocol, spec.evaluate.seed)
-        tracking.log_config(client, run_id, cfg)
+        runs.log_config(client, run_id, cfg)
         client.set_tag(run_id, FINGERPRINT_TAG.format(score.fd_key), score.fingerprint)
-        sink = tracking.MLflowSink(client, run_id)
+        sink = runs.MLflowSink(client, run_id)
         sink.log(score.metrics, step=0)
         sink.flush(final=True)
         sink.log_images(lambda: sample_grid(frozen, sampling), step=0)
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     check_registry_uri(args.model, local_allowed=False)  # before seconds of imports
-    from orchestrator.tracking import QUIET_ENV
+    from orchestrator.tracking.runs import QUIET_ENV
 
     os.environ.update(QUIET_ENV)  # before mlflow is imported
     spec = one_off_spec(args)

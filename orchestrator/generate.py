@@ -1,7 +1,7 @@
 """Sampling from the model registry: `python -m orchestrator.generate --model models:/NAME@ALIAS ...`.
 
-A registered version is a plain sphere_core checkpoint directory (see orchestrator/registry.py): it is
-downloaded over the tracking server and loaded with sphere_core alone (EMA weights by default). A local
+A registered version is a plain sphere_core checkpoint directory (see orchestrator/tracking/registry.py):
+it is downloaded over the tracking server and loaded with sphere_core alone (EMA weights by default). A local
 checkpoint directory is loaded as it is, without a tracking server.
 The inference-time evaluation of a frozen model (metrics per sampling setting) is orchestrator.evaluate.
 """
@@ -60,7 +60,7 @@ def load_local(directory: Path, *, use_ema: bool = True) -> tuple[SphereEncoder,
     """A checkpoint directory (bare, or a pyfunc model holding one) -> (model in eval mode, config)."""
     import json
 
-    from orchestrator.mlflow_model import checkpoint_dir
+    from orchestrator.tracking.mlflow_model import checkpoint_dir
     from sphere_core.checkpoint import load_model
     from sphere_core.config import SphereConfig
 
@@ -146,14 +146,14 @@ def _generate(args: argparse.Namespace) -> int:
 
     check_registry_uri(args.model, local_allowed=True)  # before seconds of imports
 
-    from orchestrator.tracking import QUIET_ENV
+    from orchestrator.tracking.runs import QUIET_ENV
 
     os.environ.update(QUIET_ENV)  # before mlflow is imported
     import torch
     from PIL import Image
 
     from orchestrator.config.schema import ExperimentConfig
-    from orchestrator.tracking import grid_image, resolve_tracking_uri
+    from orchestrator.tracking.runs import grid_image, resolve_tracking_uri
     from sphere_core.config import ConfigError, SamplingConfig
     from sphere_core.sampling import generate
 

@@ -9,7 +9,7 @@ Ray, MLflow and torch are imported only when a sweep runs, so a config error or 
 well under a second.
 
 Over 300 lines because it is the one driver: CLI, dry-run report, Tune wiring and the end-of-sweep
-registration; the checks it runs live in preflight.py, sweep_lock.py and worker_env.py.
+registration; the checks it runs live in orchestrator/cluster/, what reaches workers in train/worker_env.py.
 """
 
 from __future__ import annotations
@@ -25,13 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config.loader import dump_yaml, load_sweep, parse_set
-from orchestrator.config.schema import ExperimentConfig
-from orchestrator.config.search_space import apply_trial_params, expand_trials, to_param_space
-from orchestrator.config.sweep_spec import SweepSpec
-from orchestrator.data import cli_errors
-from orchestrator.driver_node import keep_train_coordinator_on_this_node
-from orchestrator.preflight import (
+from orchestrator.cluster.driver_node import keep_train_coordinator_on_this_node
+from orchestrator.cluster.preflight import (
     TRIAL_DRIVER_CPU,
     check_local_resources,
     cluster_report,
@@ -39,8 +34,13 @@ from orchestrator.preflight import (
     dataset_input,
     trial_cpus,
 )
-from orchestrator.sweep_lock import SweepBusy, sweep_lock
-from orchestrator.worker_env import keep_credentials_out_of_trial_runtime_envs, worker_env
+from orchestrator.cluster.sweep_lock import SweepBusy, sweep_lock
+from orchestrator.config.loader import dump_yaml, load_sweep, parse_set
+from orchestrator.config.schema import ExperimentConfig
+from orchestrator.config.search_space import apply_trial_params, expand_trials, to_param_space
+from orchestrator.config.sweep_spec import SweepSpec
+from orchestrator.data import cli_errors
+from orchestrator.train.worker_env import keep_credentials_out_of_trial_runtime_envs, worker_env
 
 
 class SweepError(RuntimeError):
@@ -97,7 +97,7 @@ def sweep(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(dry_run_report(spec))
             return 0
-        from orchestrator.tracking import QUIET_ENV
+        from orchestrator.tracking.runs import QUIET_ENV
 
         os.environ.update(QUIET_ENV)  # before mlflow is imported anywhere in this process
         if spec.kind == "evaluate":
@@ -211,9 +211,9 @@ def train_driver_fn(params: dict[str, Any], context: TrialContext) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from orchestrator.checkpoint_storage import ray_storage
-    from orchestrator.tracking import open_trial_run, trial_name
-    from orchestrator.worker import train_fn_per_worker
+    from orchestrator.tracking.runs import open_trial_run, trial_name
+    from orchestrator.train.checkpoint_storage import ray_storage
+    from orchestrator.train.worker import train_fn_per_worker
 
     cfg = apply_trial_params(ExperimentConfig.from_dict(context.base), params)
     name = trial_name(context.experiment_name, tune.get_context().get_trial_id(), params)
@@ -265,9 +265,9 @@ def run_train_sweep(spec: SweepSpec) -> None:
     """Preflight (resources, MLflow, dataset), parent run, Tune fit or restore, summary, registration."""
     cfg = spec.experiment
     check_local_resources(cfg.scaling)
-    from orchestrator import tracking
+    from orchestrator.tracking import runs
 
-    uri = tracking.resolve_tracking_uri(cfg)
+    uri = runs.resolve_tracking_uri(cfg)
     dataset = dataset_input(cfg)
     connect_ray(cfg.scaling, cfg.run.storage_path)
     keep_train_coordinator_on_this_node()
@@ -278,11 +278,11 @@ def run_train_sweep(spec: SweepSpec) -> None:
 def train_sweep_under_lock(spec: SweepSpec, uri: str, dataset: dict[str, Any]) -> None:
     from mlflow import MlflowClient
 
-    from orchestrator import tracking
+    from orchestrator.tracking import runs
 
     cfg = spec.experiment
     client = MlflowClient(uri)
-    exp_id, parent_id = tracking.open_sweep_run(client, spec)
+    exp_id, parent_id = runs.open_sweep_run(client, spec)
     print(f"sweep {spec.experiment_name}: parent run {parent_id} (MLflow experiment {exp_id})")
     context = TrialContext(
         base=cfg.to_dict(),
@@ -307,7 +307,7 @@ def fit_tuner(spec: SweepSpec, context: TrialContext) -> list[Any]:
     from ray import tune
 
     keep_credentials_out_of_trial_runtime_envs()
-    from orchestrator.checkpoint_storage import ray_storage
+    from orchestrator.train.checkpoint_storage import ray_storage
 
     trainable = tune.with_resources(
         tune.with_parameters(train_driver_fn, context=context), {"CPU": TRIAL_DRIVER_CPU}
@@ -368,14 +368,14 @@ def finish(
     client: Any, spec: SweepSpec, exp_id: str, parent_id: str, results: list[Any], dataset: Mapping[str, Any]
 ) -> None:
     """Summary tables and the best trial on the parent run; its checkpoint registered under the alias."""
-    from orchestrator import registry, tracking
+    from orchestrator.tracking import registry, runs
 
     rows = registry.result_rows(spec, results)
     registry.log_summary(client, parent_id, rows, spec.tune.metric, spec.tune.mode)
     best = registry.best_row(rows, spec.tune.metric, spec.tune.mode)
     if best is not None:
         metric = spec.tune.metric
-        tracking.log_best_trial(client, exp_id, parent_id, best["trial"], metric, float(best[metric]))
+        runs.log_best_trial(client, exp_id, parent_id, best["trial"], metric, float(best[metric]))
     registry.log_training_pareto(client, parent_id, spec, results)
     version = registry.register_best(
         client,

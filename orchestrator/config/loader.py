@@ -196,8 +196,8 @@ def _check_kind(raw: SweepFile) -> None:
             raise ConfigError(f"search.{dotted}.{dist.kind}: kind: evaluate takes grid only")
 
 
-# What every training report carries (sphere_core.train_step + orchestrator.loop), plus the loss terms of
-# nonzero weights; the Tune metric must be one of them or Tune stops at the first report.
+# What every training report carries (sphere_core.train_step + orchestrator.train.loop), plus the loss
+# terms of nonzero weights; the Tune metric must be one of them or Tune stops at the first report.
 REPORTED = (
     "loss",
     "grad_norm",

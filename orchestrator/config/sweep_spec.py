@@ -53,7 +53,7 @@ class SearchDist:
 
 @dataclass(frozen=True, kw_only=True)
 class TuneSpec:
-    metric: str = "loss"  # a metric the training loop reports at each checkpoint (see orchestrator.loop)
+    metric: str = "loss"  # one the training loop reports at each checkpoint (see orchestrator.train.loop)
     mode: Literal["min", "max"] = "min"
     search_alg: Literal["basic", "optuna"] = "basic"  # basic = Tune's grid/random variant generator
     scheduler: Literal["fifo", "asha"] = "fifo"

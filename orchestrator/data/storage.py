@@ -2,9 +2,9 @@
 
 Two paths reach the store. Our own reads (manifests, shards) go through fsspec and `retrying`; Ray's
 checkpoint and Tune-state I/O goes through pyarrow, whose AWS SDK retries are counted in attempts
-(orchestrator/checkpoint_storage.py picks the attempts that cover the same budget). Only connection-class
-errors are retried: a missing key or a refused credential fails at once, and a corrupt shard is the data
-pipeline's business.
+(orchestrator/train/checkpoint_storage.py picks the attempts that cover the same budget). Only
+connection-class errors are retried: a missing key or a refused credential fails at once, and a corrupt
+shard is the data pipeline's business.
 """
 
 from __future__ import annotations

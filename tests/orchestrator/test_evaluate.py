@@ -21,7 +21,7 @@ from orchestrator.evaluate import (
     setting_name,
 )
 from orchestrator.evaluation.protocol import Protocol
-from orchestrator.pareto import steps_curve
+from orchestrator.tracking.pareto import steps_curve
 from sphere_core.config import ConfigError, SamplingConfig, SphereConfig
 from sphere_core.sampling import generate, passes_for
 from tests.sphere_core.tiny import tiny_model

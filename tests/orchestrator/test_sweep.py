@@ -14,7 +14,7 @@ from ray.tune.schedulers import ASHAScheduler
 from orchestrator.config.schema import ExperimentConfig
 from orchestrator.config.sweep_spec import SearchDist, SweepSpec, TuneSpec
 from orchestrator.sweep import tune_config
-from orchestrator.tracking import trial_name
+from orchestrator.tracking.runs import trial_name
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,7 +100,7 @@ def test_training_pareto_plots_fd_against_images_seen(tmp_path: Path) -> None:
     import mlflow
     import pandas as pd
 
-    from orchestrator.registry import log_training_pareto
+    from orchestrator.tracking.registry import log_training_pareto
 
     spec = SweepSpec(
         name="x",

@@ -24,7 +24,7 @@ KEPT_OUT_OF_RUNTIME_ENVS = (
 def worker_env(tracking_uri: str) -> dict[str, str]:
     from urllib.parse import urlsplit
 
-    from orchestrator.tracking import QUIET_ENV
+    from orchestrator.tracking.runs import QUIET_ENV
 
     if urlsplit(tracking_uri).password is not None:
         raise ConfigError(

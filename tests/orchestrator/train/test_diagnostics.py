@@ -8,7 +8,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from orchestrator.diagnostics import (
+from orchestrator.train.diagnostics import (
     Coverage,
     conditioning_strength,
     cosine_histogram_figure,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from orchestrator.checkpoint_storage import pyarrow_attempts, ray_storage
+from orchestrator.train.checkpoint_storage import pyarrow_attempts, ray_storage
 
 
 def test_the_filesystem_travels_without_credentials(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,7 +29,6 @@ import torch
 import torch.distributed as dist
 from fsspec.core import url_to_fs
 
-from orchestrator import diagnostics
 from orchestrator.config.schema import ExperimentConfig, PerceptualWeights, eval_scores
 from orchestrator.data.pipeline import ShardStream
 from orchestrator.data.shards import merge_cursors
@@ -40,8 +39,9 @@ from orchestrator.evaluation.protocol import (
     evaluate_samples,
     protocol_for,
 )
-from orchestrator.loop import run_loop
-from orchestrator.tracking import Evaluation, make_sink
+from orchestrator.tracking.runs import Evaluation, make_sink
+from orchestrator.train import diagnostics
+from orchestrator.train.loop import run_loop
 from sphere_core.checkpoint import load_checkpoint, restore, save_checkpoint
 from sphere_core.model import SphereEncoder
 from sphere_core.perceptual import PerceptualLoss, build_perceptual, perceptual_status

@@ -10,8 +10,8 @@ import socket
 import time
 from collections.abc import Iterator
 
+from orchestrator.cluster.driver_node import on_this_node
 from orchestrator.config.sweep_spec import SweepSpec
-from orchestrator.driver_node import on_this_node
 
 LOCK_NAMESPACE = "sphere-sweeps"  # the lock actors' namespace: a job's own namespace is anonymous
 

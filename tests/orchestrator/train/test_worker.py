@@ -13,11 +13,11 @@ from orchestrator.config.loader import load_sweep
 from orchestrator.config.schema import EvalSpec, ExperimentConfig, eval_scores
 from orchestrator.data.builtin import builtin_sources
 from orchestrator.data.writer import write_dataset
-from orchestrator.tracking import Evaluation
-from orchestrator.worker import SAMPLE_GRID, ProxyEval, noise_angle_evaluation, noise_seed, sample_grids
+from orchestrator.tracking.runs import Evaluation
+from orchestrator.train.worker import SAMPLE_GRID, ProxyEval, noise_angle_evaluation, noise_seed, sample_grids
 from sphere_core.train_step import make_train_state
 
-SMOKE = Path(__file__).resolve().parents[2] / "sweeps" / "smoke.yaml"
+SMOKE = Path(__file__).resolve().parents[3] / "sweeps" / "smoke.yaml"
 
 
 def test_noise_seeds_differ_by_rank_and_by_resume_step() -> None:
@@ -104,7 +104,7 @@ def test_perceptual_networks_load_from_s3_and_local_files(
     import fsspec
 
     from orchestrator.config.schema import PerceptualWeights
-    from orchestrator.worker import load_perceptual
+    from orchestrator.train.worker import load_perceptual
 
     assert load_perceptual(PerceptualWeights(), torch.device("cpu")) is None
     fs = fsspec.filesystem("s3")

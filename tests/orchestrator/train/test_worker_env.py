@@ -1,11 +1,11 @@
-"""What reaches Ray's workers through runtime envs (orchestrator/worker_env.py): never credentials."""
+"""What reaches Ray's workers through runtime envs (orchestrator/train/worker_env.py): never credentials."""
 
 from __future__ import annotations
 
 import pytest
 
-from orchestrator.tracking import QUIET_ENV
-from orchestrator.worker_env import keep_credentials_out_of_trial_runtime_envs, worker_env
+from orchestrator.tracking.runs import QUIET_ENV
+from orchestrator.train.worker_env import keep_credentials_out_of_trial_runtime_envs, worker_env
 from sphere_core.config import ConfigError
 
 

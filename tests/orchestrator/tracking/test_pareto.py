@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from orchestrator.pareto import MARK, Objective, pareto_front, summarize
+from orchestrator.tracking.pareto import MARK, Objective, pareto_front, summarize
 
 FD = Objective("fd", "min")
 PASSES = Objective("passes", "min")

@@ -9,13 +9,13 @@ import mlflow
 import numpy as np
 import pytest
 
-from orchestrator import registry, tracking
 from orchestrator.config.schema import TrackingConfig
-from orchestrator.mlflow_model import checkpoint_dir
-from orchestrator.registry import Score, promotion
+from orchestrator.tracking import registry, runs
+from orchestrator.tracking.mlflow_model import checkpoint_dir
+from orchestrator.tracking.registry import Score, promotion
 from sphere_core.config import ConfigError
 
-os.environ.update(tracking.QUIET_ENV)
+os.environ.update(runs.QUIET_ENV)
 
 ROWS = [
     {"trial": "t0", "status": "ok", "noise.alpha_max_deg": 75.0, "loss": 0.30, "checkpoint_path": "/c/0"},
@@ -129,9 +129,9 @@ def test_result_rows_name_trials_like_their_driver(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
     from orchestrator.config.loader import load_sweep
-    from orchestrator.tracking import trial_name
+    from orchestrator.tracking.runs import trial_name
 
-    spec = load_sweep(Path(__file__).resolve().parents[2] / "sweeps" / "smoke.yaml")
+    spec = load_sweep(Path(__file__).resolve().parents[3] / "sweeps" / "smoke.yaml")
     ok = SimpleNamespace(
         metrics={"trial_id": "ab12c_00001", "fd_clf_1step": 812.5, "step": 20.0, "checkpoint_path": "b/c"},
         config={"noise.alpha_max_deg": 85.0},

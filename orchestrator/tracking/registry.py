@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.config.schema import TrackingConfig
 from orchestrator.config.sweep_spec import SweepSpec
-from orchestrator.mlflow_model import save_pyfunc
-from orchestrator.pareto import Objective, ParetoSummary, steps_curve, summarize
-from orchestrator.tracking import TRIAL_TAG, find_run, trial_name
+from orchestrator.tracking.mlflow_model import save_pyfunc
+from orchestrator.tracking.pareto import Objective, ParetoSummary, steps_curve, summarize
+from orchestrator.tracking.runs import TRIAL_TAG, find_run, trial_name
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -158,7 +158,7 @@ def register_checkpoint(
     tags: Mapping[str, str],
     score: Score | None = None,
 ) -> ModelVersion:
-    """Logs the directory on the parent run as an MLflow pyfunc model (orchestrator/mlflow_model.py),
+    """Logs the directory on the parent run as an MLflow pyfunc model (orchestrator/tracking/mlflow_model.py),
     registers it as a new version and moves the alias to it
     when `promotion` allows (printing why not otherwise).
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator, Mapping
 import torch
 
 from orchestrator.config.schema import RunSpec
-from orchestrator.loop import LOOP_METRICS, EvalFn, SampleFn, run_loop
-from orchestrator.tracking import Evaluation, NullSink
+from orchestrator.tracking.runs import Evaluation, NullSink
+from orchestrator.train.loop import LOOP_METRICS, EvalFn, SampleFn, run_loop
 
 
 class FakeReporter:
@@ -182,7 +182,9 @@ def test_images_per_s_excludes_the_eval() -> None:
 
 
 def test_loop_imports_neither_ray_nor_mlflow() -> None:
-    code = "import sys, orchestrator.loop; print(sorted(m for m in ('ray', 'mlflow') if m in sys.modules))"
+    code = (
+        "import sys, orchestrator.train.loop; print(sorted(m for m in ('ray', 'mlflow') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -1,4 +1,5 @@
-"""Checks before any cluster work (orchestrator/preflight.py): resources now and at full scale, storage."""
+"""Checks before any cluster work (orchestrator/cluster/preflight.py): resources now and at full scale,
+storage."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config.loader import load_sweep
-from orchestrator.config.schema import ScalingSpec
-from orchestrator.preflight import (
+from orchestrator.cluster.preflight import (
     NodeType,
     check_resources,
     check_storage,
     node_types_from_autoscaling_config,
     trial_cpus,
 )
+from orchestrator.config.loader import load_sweep
+from orchestrator.config.schema import ScalingSpec
 from sphere_core.config import ConfigError
 
 
@@ -68,7 +69,7 @@ def test_a_local_storage_path_is_refused_once_there_are_several_nodes() -> None:
         check_storage("/tmp/ray-results", multi_node=True, where="the cluster")
 
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ON_GPUS = {"scaling.use_gpu": True, "data.url": "s3://mine/train", "run.storage_path": "s3://mine/ray"}
 
 

@@ -10,17 +10,17 @@ from typing import Any
 import pytest
 import torch
 
-from orchestrator import tracking
 from orchestrator.config.loader import load_sweep
 from orchestrator.config.schema import ExperimentConfig, TrackingConfig
 from orchestrator.config.search_space import apply_trial_params
 from orchestrator.config.sweep_spec import SearchDist
+from orchestrator.tracking import runs
 from sphere_core.config import ConfigError
 
-os.environ.update(tracking.QUIET_ENV)
+os.environ.update(runs.QUIET_ENV)
 from mlflow import MlflowClient  # after QUIET_ENV: telemetry off before mlflow is imported
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,8 @@ def render() -> dict[str, torch.Tensor]:
 
 
 def test_rank_nonzero_logs_nothing_and_never_renders(client: MlflowClient, run_id: str) -> None:
-    sink = tracking.make_sink(1, "http://unused:1", run_id)
-    assert isinstance(sink, tracking.NullSink)
+    sink = runs.make_sink(1, "http://unused:1", run_id)
+    assert isinstance(sink, runs.NullSink)
 
     def must_not_render() -> dict[str, torch.Tensor]:
         raise AssertionError("a rank that keeps no images rendered them")
@@ -53,7 +53,7 @@ def test_rank_nonzero_logs_nothing_and_never_renders(client: MlflowClient, run_i
 
 
 def test_rank_zero_logs_metrics_and_sample_grids(client: MlflowClient, run_id: str) -> None:
-    sink = tracking.MLflowSink(client, run_id)
+    sink = runs.MLflowSink(client, run_id)
     sink.log({"loss": 2.0, "lr": 1e-3, "nan_is_dropped": float("nan")}, step=5)
     sink.log({"loss": 1.5, "lr": 1e-3}, step=10)
     sink.log_images(render, step=10)
@@ -69,23 +69,19 @@ def test_rank_zero_logs_metrics_and_sample_grids(client: MlflowClient, run_id: s
 def test_grid_image_tiles_images_row_major() -> None:
     images = torch.zeros(5, 1, 4, 4)
     images[4] = 1.0  # the fifth image is white: second row, second column of a 3-wide grid
-    grid = tracking.grid_image(images, pad=1)
+    grid = runs.grid_image(images, pad=1)
     assert grid.size == (3 * 5 + 1, 2 * 5 + 1) and grid.mode == "L"
     assert grid.getpixel((1 + 5 + 1, 1 + 5 + 1)) == 255 and grid.getpixel((1, 1)) == 0
-    assert tracking.grid_image(torch.rand(4, 3, 4, 4)).mode == "RGB"
+    assert runs.grid_image(torch.rand(4, 3, 4, 4)).mode == "RGB"
 
 
 def test_open_run_reuses_the_tagged_run(client: MlflowClient, tmp_path: Path) -> None:
-    exp = tracking.experiment_id(client, "reuse")
-    assert tracking.experiment_id(client, "reuse") == exp
-    first, created = tracking.open_run(
-        client, exp, name="t0", tags={"a": "1"}, key={tracking.TRIAL_TAG: "t0"}
-    )
+    exp = runs.experiment_id(client, "reuse")
+    assert runs.experiment_id(client, "reuse") == exp
+    first, created = runs.open_run(client, exp, name="t0", tags={"a": "1"}, key={runs.TRIAL_TAG: "t0"})
     client.set_terminated(first, "FAILED")
-    again, created_again = tracking.open_run(
-        client, exp, name="t0", tags={"a": "1"}, key={tracking.TRIAL_TAG: "t0"}
-    )
-    other, _ = tracking.open_run(client, exp, name="t1", tags={}, key={tracking.TRIAL_TAG: "t1"})
+    again, created_again = runs.open_run(client, exp, name="t0", tags={"a": "1"}, key={runs.TRIAL_TAG: "t0"})
+    other, _ = runs.open_run(client, exp, name="t1", tags={}, key={runs.TRIAL_TAG: "t1"})
     assert created and not created_again and again == first and other != first
     assert client.get_run(first).info.status == "RUNNING"
 
@@ -93,10 +89,10 @@ def test_open_run_reuses_the_tagged_run(client: MlflowClient, tmp_path: Path) ->
 def test_config_params_and_dataset_input(
     client: MlflowClient, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tracking, "MLFLOW_PARAMS_PER_BATCH", 10)
+    monkeypatch.setattr(runs, "MLFLOW_PARAMS_PER_BATCH", 10)
     cfg = ExperimentConfig(tracking=TrackingConfig(experiment="x"))
-    tracking.log_config(client, run_id, cfg, extra={"search.noise.alpha_max_deg": "grid [80.0]"})
-    tracking.log_dataset(
+    runs.log_config(client, run_id, cfg, extra={"search.noise.alpha_max_deg": "grid [80.0]"})
+    runs.log_dataset(
         client,
         run_id,
         url="s3://sphere/datasets/mnist/train",
@@ -105,7 +101,7 @@ def test_config_params_and_dataset_input(
         profile={"num_samples": 10},
     )
     run = client.get_run(run_id)
-    every_field = tracking.flat_params(cfg.to_dict())
+    every_field = runs.flat_params(cfg.to_dict())
     assert run.data.params == every_field | {"search.noise.alpha_max_deg": "grid [80.0]"}
     assert run.data.params["noise.alpha_max_deg"] == "85.0" and len(every_field) > 5 * 10  # several batches
     assert run.inputs is not None
@@ -121,13 +117,13 @@ def test_tracking_uri_preflight_fails_fast(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(
         ConfigError, match=r"tracking\.tracking_uri: unset and MLFLOW_TRACKING_URI is not exported"
     ):
-        tracking.resolve_tracking_uri(ExperimentConfig())
+        runs.resolve_tracking_uri(ExperimentConfig())
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///x.db")
     with pytest.raises(ConfigError, match="is not a tracking server"):
-        tracking.resolve_tracking_uri(ExperimentConfig())
+        runs.resolve_tracking_uri(ExperimentConfig())
     closed = ExperimentConfig(tracking=TrackingConfig(tracking_uri="http://127.0.0.1:9"))
     with pytest.raises(ConfigError, match="does not answer /health"):
-        tracking.resolve_tracking_uri(closed, timeout_s=2)
+        runs.resolve_tracking_uri(closed, timeout_s=2)
 
 
 def test_rank_zero_logs_an_evaluation_and_returns_its_metrics(client: MlflowClient, run_id: str) -> None:
@@ -135,12 +131,12 @@ def test_rank_zero_logs_an_evaluation_and_returns_its_metrics(client: MlflowClie
 
     figure = Figure()
     figure.add_subplot().plot([0, 1], [1, 0])
-    evaluation = tracking.Evaluation(
+    evaluation = runs.Evaluation(
         {"fd_clf_1step": 12.5, "eval_s": 3.0},
         {"diagnostics/curve.png": figure},
         {"fingerprint.fd_clf_1step": "ab"},
     )
-    sink = tracking.MLflowSink(client, run_id)
+    sink = runs.MLflowSink(client, run_id)
     returned = sink.log_eval(lambda: evaluation, step=20)
     sink.flush(final=True)
     assert returned == {"fd_clf_1step": 12.5, "eval_s": 3.0}
@@ -150,10 +146,10 @@ def test_rank_zero_logs_an_evaluation_and_returns_its_metrics(client: MlflowClie
 
 
 def test_rank_nonzero_never_evaluates() -> None:
-    def must_not_evaluate() -> tracking.Evaluation:
+    def must_not_evaluate() -> runs.Evaluation:
         raise AssertionError("a rank that keeps nothing evaluated")
 
-    assert tracking.NullSink().log_eval(must_not_evaluate, step=1) == {}
+    assert runs.NullSink().log_eval(must_not_evaluate, step=1) == {}
 
 
 class FlakyClient:
@@ -175,9 +171,9 @@ class FlakyClient:
 def test_an_mlflow_outage_loses_no_metric(
     client: MlflowClient, run_id: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    monkeypatch.setattr(runs.time, "sleep", lambda s: None)
     flaky = FlakyClient(client, failures=1)
-    sink = tracking.MLflowSink(flaky, run_id)  # type: ignore[arg-type]
+    sink = runs.MLflowSink(flaky, run_id)  # type: ignore[arg-type]
     sink.log({"loss": 2.0}, step=5)
     sink.flush(final=False)  # the server is down: kept, training goes on
     assert "1 metric values kept for the next flush" in capsys.readouterr().out
@@ -189,31 +185,31 @@ def test_an_mlflow_outage_loses_no_metric(
 
 
 def test_metrics_replayed_from_a_checkpoint_are_kept_once(client: MlflowClient, run_id: str) -> None:
-    sink = tracking.MLflowSink(client, run_id)
+    sink = runs.MLflowSink(client, run_id)
     sink.log({"loss": 2.0}, step=5)
     sink.log({"loss": 1.5}, step=10)
     saved = sink.unflushed()  # what the checkpoint at step 10 carries
     sink.flush(final=False)  # flushed, then the worker dies: the resumed one replays the checkpoint's
-    resumed = tracking.MLflowSink(client, run_id)
+    resumed = runs.MLflowSink(client, run_id)
     resumed.restore(saved)
     resumed.log({"loss": 1.0}, step=15)
     resumed.flush(final=True)
     history = [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")]
     assert history == [(5, 2.0), (10, 1.5), (15, 1.0)]
-    never_flushed = tracking.MLflowSink(client, run_id)  # killed between checkpoint and flush: nothing lost
+    never_flushed = runs.MLflowSink(client, run_id)  # killed between checkpoint and flush: nothing lost
     never_flushed.log({"loss": 0.5}, step=20)
-    tracking.MLflowSink(client, run_id).restore(never_flushed.unflushed())
+    runs.MLflowSink(client, run_id).restore(never_flushed.unflushed())
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [5, 10, 15, 20]
 
 
 def test_steps_an_earlier_attempt_sent_are_not_sent_again(client: MlflowClient, run_id: str) -> None:
     """The worker died after sending step 15 but before Ray registered its checkpoint: the restart replays
     what checkpoint 5 held, retrains 10 and 15 over two flushes, and MLflow keeps the first attempt's."""
-    first = tracking.MLflowSink(client, run_id)
+    first = runs.MLflowSink(client, run_id)
     for step in (5, 10, 15):
         first.log({"loss": 1.0 / step, "step": float(step)}, step=step)
     first.flush(final=False)
-    again = tracking.MLflowSink(client, run_id)
+    again = runs.MLflowSink(client, run_id)
     again.restore([])  # checkpoint 5 held nothing unsent: this first flush has nothing to send
     for step in (10, 15, 20):
         again.log({"loss": 2.0 / step, "step": float(step)}, step=step)
@@ -230,13 +226,13 @@ def sample(dist: SearchDist) -> Any:
 def test_trials_of_different_sweeps_share_every_config_param(client: MlflowClient, tmp_path: Path) -> None:
     """Each trial run carries its whole resolved config, so runs of the noise and the loss-weights sweeps
     compare field by field in the UI, the swept fields included."""
-    runs = {}
+    trial_runs = {}
     for sweep in ("noise", "loss_weights"):
         spec = load_sweep(REPO / "sweeps" / f"{sweep}.yaml")
         params = {path: sample(dist) for path, dist in spec.search.items()}
         exp = client.create_experiment(f"shared-{sweep}", artifact_location=str(tmp_path / sweep))
         parent = client.create_run(exp).info.run_id
-        runs[sweep] = tracking.open_trial_run(
+        trial_runs[sweep] = runs.open_trial_run(
             client,
             exp,
             parent_run_id=parent,
@@ -244,7 +240,7 @@ def test_trials_of_different_sweeps_share_every_config_param(client: MlflowClien
             cfg=apply_trial_params(spec.experiment, params),
             dataset={"url": "s3://sphere/d", "name": "builtin:mnist/train", "digest": "d", "profile": {}},
         )
-    noise, weights = (client.get_run(runs[s]).data.params for s in ("noise", "loss_weights"))
+    noise, weights = (client.get_run(trial_runs[s]).data.params for s in ("noise", "loss_weights"))
     assert set(noise) == set(weights) and len(noise) > 50
     assert noise["noise.alpha_max_deg"] in {"70.0", "75.0", "80.0", "85.0"}
     assert weights["loss.recon_dist"] in {"0.5", "1.0", "2.0"} and noise["loss.recon_dist"] == "1.0"
@@ -252,8 +248,8 @@ def test_trials_of_different_sweeps_share_every_config_param(client: MlflowClien
 
 def test_parent_run_carries_the_best_trial_and_links_it(client: MlflowClient, run_id: str) -> None:
     exp = client.get_run(run_id).info.experiment_id
-    trial, _ = tracking.open_run(client, exp, name="t3", tags={}, key={tracking.TRIAL_TAG: "sweep-t003-abc"})
-    tracking.log_best_trial(client, exp, run_id, "sweep-t003-abc", "fd_clf_1step", 142.5)
+    trial, _ = runs.open_run(client, exp, name="t3", tags={}, key={runs.TRIAL_TAG: "sweep-t003-abc"})
+    runs.log_best_trial(client, exp, run_id, "sweep-t003-abc", "fd_clf_1step", 142.5)
     parent = client.get_run(run_id).data
     assert parent.metrics == {"best.fd_clf_1step": 142.5} and parent.tags["best.trial"] == "sweep-t003-abc"
     assert f"[sweep-t003-abc](#/experiments/{exp}/runs/{trial})" in parent.tags["mlflow.note.content"]

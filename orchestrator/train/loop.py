@@ -22,7 +22,7 @@ import torch
 from orchestrator.config.schema import RunSpec
 
 if TYPE_CHECKING:
-    from orchestrator.tracking import Evaluation
+    from orchestrator.tracking.runs import Evaluation
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], Mapping[str, float]]  # (images, labels) -> metrics
 SampleFn = Callable[[], Mapping[str, torch.Tensor]]  # name -> images [B, C, H, W] in [0, 1]
