@@ -75,12 +75,10 @@ def main() -> None:
     print(f"\n{'steps':>5} {'cfg':>4} {'passes/sample':>13} {'images/s':>9}")
     for steps in STEPS:
         for cfg_scale in (1.0, 1.4) if cfg.conditional else (1.0,):
-            sampling = SamplingConfig(steps=steps, cfg=cfg_scale)
+            sampling = SamplingConfig(steps=steps, cfg=cfg_scale).resolved(config.noise)
 
             def sample(sampling: SamplingConfig = sampling) -> None:
-                generate(
-                    model, labels, sampling=sampling, alpha_max_deg=config.noise.alpha_max_deg, generator=g
-                )
+                generate(model, labels, sampling=sampling, generator=g)
 
             rate = images_per_s(sample, args.batch, args.repeats)
             passes = passes_for(model, sampling)

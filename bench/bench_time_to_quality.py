@@ -25,7 +25,7 @@ import torch
 
 from orchestrator.evaluation.classifier import load_split
 from orchestrator.evaluation.protocol import Protocol, evaluate_samples
-from sphere_core.config import OptimConfig, SamplingConfig, SphereConfig
+from sphere_core.config import NoiseConfig, OptimConfig, SamplingConfig, SphereConfig
 from sphere_core.presets import get_preset
 from sphere_core.sampling import generate
 from sphere_core.train_step import TrainState, make_train_state, train_step
@@ -70,15 +70,14 @@ class Progress:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def score(state: TrainState, protocol: Protocol, alpha_max_deg: float) -> dict[str, float]:
+def score(state: TrainState, protocol: Protocol, noise: NoiseConfig) -> dict[str, float]:
     labels = torch.arange(protocol.n) % 10
     out: dict[str, float] = {}
     for steps in (1, 4):
         images = generate(
             state.ema.eval(),
             labels,
-            sampling=SamplingConfig(steps=steps),
-            alpha_max_deg=alpha_max_deg,
+            sampling=SamplingConfig(steps=steps).resolved(noise),
             generator=torch.Generator().manual_seed(0),
         )
         values = evaluate_samples(images, protocol=protocol, labels=labels).values
@@ -134,7 +133,7 @@ def main() -> None:
     while not all(done(p) for p in runs):
         for p in (p for p in runs if not done(p)):
             train_chunk(p, x, y, args.eval_every)
-            metrics = score(p.state, protocol, p.recipe.config.noise.alpha_max_deg)
+            metrics = score(p.state, protocol, p.recipe.config.noise)
             p.history.append({"images": p.images, "cpu_s": p.cpu_s, **metrics})
             print(
                 f"{p.recipe.name:<55} images {p.images:>7} cpu {p.cpu_s:7.0f} s | "

@@ -84,12 +84,10 @@ def check_training(preset: str, batch: int, steps: int, device: torch.device, pe
         f"{batch / seconds:.1f} img/s, {flops / 1e12:.2f} TFLOP/step{mfu}; loss {metrics['loss']:.4f}"
     )
     for steps_per_sample in (1, 4):
-        sampling = SamplingConfig(steps=steps_per_sample)
+        sampling = SamplingConfig(steps=steps_per_sample).resolved(config.noise)
         labels = torch.arange(batch, device=device) % m.num_classes if m.conditional else batch
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            sample = functools.partial(
-                generate, sampling=sampling, alpha_max_deg=config.noise.alpha_max_deg, generator=generator
-            )
+            sample = functools.partial(generate, sampling=sampling, generator=generator)
             sample(state.ema, labels)  # warm-up
             synchronize(device)
             started = time.perf_counter()

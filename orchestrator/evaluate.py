@@ -80,7 +80,8 @@ class SettingScore:
 def score_setting(
     frozen: FrozenModel, sampling: SamplingConfig, protocol: Protocol, seed: int
 ) -> SettingScore:
-    """Proxy metrics of n samples (balanced classes, the same noise for every setting), and their speed."""
+    """Proxy metrics of n samples (balanced classes, the same noise for every setting), and their speed.
+    `sampling` is resolved against the model (`sampling.resolved(frozen.config.noise)`)."""
     import torch
 
     from orchestrator.evaluation.protocol import evaluate_samples
@@ -93,7 +94,6 @@ def score_setting(
         frozen.model,
         labels,
         sampling=sampling,
-        alpha_max_deg=frozen.config.noise.alpha_max_deg,
         generator=torch.Generator().manual_seed(seed),
     )
     seconds = time.perf_counter() - started
@@ -153,7 +153,6 @@ def sample_grid(frozen: FrozenModel, sampling: SamplingConfig) -> dict[str, torc
         frozen.model,
         labels,
         sampling=sampling,
-        alpha_max_deg=frozen.config.noise.alpha_max_deg,
         generator=torch.Generator().manual_seed(0),
     )
     return {f"samples_{setting_name(sampling)}": images}
@@ -204,7 +203,9 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
         grid = [
             apply_trial_params(spec.experiment, p).sampling for p in expand_trials(spec.search, 1, "basic")
         ]
-        distinct = list(dict.fromkeys(canonical(frozen.model, sampling) for sampling in grid))
+        # Resolved once against the model's training angle: every child run samples at the angle it names.
+        resolved = (sampling.resolved(frozen.config.noise) for sampling in grid)
+        distinct = list(dict.fromkeys(canonical(frozen.model, sampling) for sampling in resolved))
         print(f"{len(grid)} settings, {len(distinct)} with distinct samples (each scored once)")
         from tqdm import tqdm
 

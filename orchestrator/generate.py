@@ -184,8 +184,7 @@ def _generate(args: argparse.Namespace) -> int:
         generate(
             model,
             labels,
-            sampling=sampling,
-            alpha_max_deg=config.noise.alpha_max_deg,
+            sampling=sampling.resolved(config.noise),
             generator=torch.Generator().manual_seed(args.seed + 1),
             noise=noise,
         )

@@ -9,8 +9,8 @@ that turns any point of it into an image, one-step generation and few-step refin
     images, labels = torch.rand(8, 1, 32, 32) * 2 - 1, torch.arange(8)  # images in [-1, 1]
     out = sphere_core.train_step(state, images, labels, optim=config.optim, global_batch=8, generator=None)
     samples = sphere_core.generate(  # (10, 1, 32, 32) in [0, 1]; 4 steps = 7 network passes
-        state.ema, torch.arange(10), sampling=sphere_core.SamplingConfig(steps=4),
-        alpha_max_deg=config.noise.alpha_max_deg, generator=torch.Generator().manual_seed(0),
+        state.ema, torch.arange(10), sampling=sphere_core.SamplingConfig(steps=4).resolved(config.noise),
+        generator=torch.Generator().manual_seed(0),
     )
 
 The package never imports ray, mlflow, fsspec, s3fs, webdataset, yaml or PIL (tests/sphere_core enforce it).

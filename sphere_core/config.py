@@ -186,13 +186,31 @@ class SamplingConfig:
     schedule: Literal["fixed", "decay"] = "fixed"  # r_k = 1, or 1 - k/T
     shared_noise: bool = True  # one noise draw reused by every refinement step
     noise_scale: float = 1.0  # multiplies r_k (the official noise_strength_scaler)
-    alpha_max_deg: float | None = None  # None = the angle the model was trained with
+    alpha_max_deg: float | None = None  # None = the angle the model was trained with (see `resolved`)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ConfigError("sampling.steps: must be >= 1")
         if self.cfg < 1.0:
             raise ConfigError("sampling.cfg: must be >= 1 (1 = no guidance)")
+        if self.alpha_max_deg is not None and not 0.0 < self.alpha_max_deg < 90.0:
+            raise ConfigError(f"sampling.alpha_max_deg: {self.alpha_max_deg} must be in (0, 90), or null")
+
+    def resolved(self, noise: NoiseConfig) -> SamplingConfig:
+        """This sampling with the model's training angle where none is set. Resolved once, where the model's
+        config is known; the samplers read the angle from here alone."""
+        if self.alpha_max_deg is not None:
+            return self
+        return dataclasses.replace(self, alpha_max_deg=noise.alpha_max_deg)
+
+    @property
+    def sigma_max(self) -> float:
+        """tan(alpha_max): the re-noising strength of a refinement step at r_k = 1."""
+        if self.alpha_max_deg is None:
+            raise ConfigError(
+                "sampling.alpha_max_deg: unresolved; sample with sampling.resolved(config.noise)"
+            )
+        return math.tan(math.radians(self.alpha_max_deg))
 
 
 @dataclass(frozen=True, kw_only=True)

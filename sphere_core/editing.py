@@ -40,7 +40,6 @@ def refine_image(
     cond: Condition,
     *,
     sampling: SamplingConfig,
-    alpha_max_deg: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """T = sampling.steps noisy encode -> decode steps from the image x itself (official G.edit with
@@ -49,7 +48,7 @@ def refine_image(
     # `refine` runs the T-1 steps after a 1-step sample; the image takes that sample's place, so T + 1
     # here gives T steps with the official edit() schedule r_k = 1 - k/(T+1).
     with_image = dataclasses.replace(sampling, steps=sampling.steps + 1)
-    x = refine(guided, x, sampling=with_image, alpha_max_deg=alpha_max_deg, generator=generator)
+    x = refine(guided, x, sampling=with_image, generator=generator)
     return to_unit_range(x)
 
 
@@ -105,7 +104,6 @@ def interpolate(
     mode: Literal["lerp", "slerp"] = "slerp",
     labels: torch.Tensor | None = None,
     sampling: SamplingConfig,
-    alpha_max_deg: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """`num` samples along a path between two initial noises (N, d), and between the class
@@ -113,9 +111,7 @@ def interpolate(
     t = torch.linspace(0, 1, num, device=noise_a.device)
     path = (slerp if mode == "slerp" else lerp)(noise_a, noise_b, t)  # (num, N, d)
     cond = _interpolated_condition(model, labels, lambda c: lerp(c[0], c[1], t.to(c.device)))
-    return generate_from_noise(
-        model, path, cond, sampling=sampling, alpha_max_deg=alpha_max_deg, generator=generator
-    )
+    return generate_from_noise(model, path, cond, sampling=sampling, generator=generator)
 
 
 @torch.no_grad()
@@ -127,16 +123,13 @@ def interpolate_grid(
     cols: int,
     labels: torch.Tensor | None = None,
     sampling: SamplingConfig,
-    alpha_max_deg: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Bilinear grid between 4 corner noises (4, N, d) and, when given, the embeddings of 4 corner
     labels -> (rows * cols, C, H, W) in [0, 1], row-major."""
     cond = _interpolated_condition(model, labels, lambda c: blerp(c, rows, cols))
     noise = blerp(corners, rows, cols)  # (rows * cols, N, d)
-    return generate_from_noise(
-        model, noise, cond, sampling=sampling, alpha_max_deg=alpha_max_deg, generator=generator
-    )
+    return generate_from_noise(model, noise, cond, sampling=sampling, generator=generator)
 
 
 # --- crossover and class manipulation ----------------------------------------------------------------
@@ -177,13 +170,12 @@ def crossover(
     mode: StitchMode,
     swap: bool = False,
     sampling: SamplingConfig,
-    alpha_max_deg: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Stitches a and b, then lets the model harmonise the seams with the null class (`refine_image`)."""
     x = stitch(a, b, mode, swap=swap)
     null = Condition.from_labels(model, model.null_labels(x.shape[0], x.device))
-    return refine_image(model, x, null, sampling=sampling, alpha_max_deg=alpha_max_deg, generator=generator)
+    return refine_image(model, x, null, sampling=sampling, generator=generator)
 
 
 @torch.no_grad()
@@ -193,7 +185,6 @@ def manipulate_class(
     labels: torch.Tensor,
     *,
     sampling: SamplingConfig,
-    alpha_max_deg: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Re-renders x as the target classes (B,) by `refine_image` conditioned on them. One step keeps the
@@ -201,4 +192,4 @@ def manipulate_class(
     if not model.cfg.conditional:
         raise ValueError("class manipulation needs a class-conditional model (num_classes > 0)")
     cond = Condition.from_labels(model, labels.to(x.device))
-    return refine_image(model, x, cond, sampling=sampling, alpha_max_deg=alpha_max_deg, generator=generator)
+    return refine_image(model, x, cond, sampling=sampling, generator=generator)

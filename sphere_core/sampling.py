@@ -107,13 +107,11 @@ def refine(
     x: torch.Tensor,
     *,
     sampling: SamplingConfig,
-    alpha_max_deg: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """The T-1 encode -> re-noise -> decode steps of Algorithm 1. x: (B, C, H, W) in [-1, 1]."""
     steps = sampling.steps
-    alpha = sampling.alpha_max_deg if sampling.alpha_max_deg is not None else alpha_max_deg
-    sigma_max = math.tan(math.radians(alpha))  # re-inject at the full training angle (r_k = 1)
+    sigma_max = sampling.sigma_max  # re-inject at the full training angle (r_k = 1)
     e_k: torch.Tensor | None = None
     for k in range(1, steps):
         z = guided.encode(x)  # (B, N, d)
@@ -133,13 +131,12 @@ def generate_from_noise(
     cond: Condition,
     *,
     sampling: SamplingConfig,
-    alpha_max_deg: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Algorithm 1 from given initial noise e (B, N, d) and condition -> images (B, C, H, W) in [0, 1]."""
     guided = Guided.build(model, cond, noise.shape[0], sampling)
     x = guided.decode(spherify(noise))  # the 1-step sample
-    x = refine(guided, x, sampling=sampling, alpha_max_deg=alpha_max_deg, generator=generator)
+    x = refine(guided, x, sampling=sampling, generator=generator)
     return to_unit_range(x)
 
 
@@ -149,7 +146,6 @@ def generate(
     labels_or_n: torch.Tensor | int,
     *,
     sampling: SamplingConfig,
-    alpha_max_deg: float,
     generator: torch.Generator | None,
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -158,7 +154,8 @@ def generate(
     Args:
         labels_or_n: class labels (B,) long, or a count n (random classes from `generator` for a
             conditional model; ignored labels for an unconditional one).
-        alpha_max_deg: the angle the model was trained with; `sampling.alpha_max_deg` overrides it.
+        sampling: resolved against the model's config (`sampling.resolved(config.noise)`), which sets the
+            refinement angle.
         noise: initial e (B, N, d); drawn from `generator` when None.
     """
     param = next(model.parameters())
@@ -179,9 +176,7 @@ def generate(
         )
     cond = Condition.from_labels(model, labels)
     noise = noise.to(param.device, param.dtype)
-    return generate_from_noise(
-        model, noise, cond, sampling=sampling, alpha_max_deg=alpha_max_deg, generator=generator
-    )
+    return generate_from_noise(model, noise, cond, sampling=sampling, generator=generator)
 
 
 def network_passes(steps: int, *, guide_enc: bool = False, guide_dec: bool = False) -> int:

@@ -44,7 +44,7 @@ class SphereSampler:
                     raise ConfigError(f"{column}: one value per request (got {list(values)})")
                 settings[column] = values[0].item() if hasattr(values[0], "item") else values[0]
         seed = int(settings.pop("seed", 0))
-        sampling = dataclasses.replace(SamplingConfig(), **settings)
+        sampling = dataclasses.replace(SamplingConfig(), **settings).resolved(self.config.noise)
         generator = torch.Generator().manual_seed(seed)
         num = len(frame)
         labels: torch.Tensor | int = num
@@ -56,7 +56,6 @@ class SphereSampler:
             self.model,
             labels,
             sampling=sampling,
-            alpha_max_deg=self.config.noise.alpha_max_deg,
             generator=generator,
         )
         return images.numpy().astype(np.float32)

@@ -171,13 +171,11 @@ def sample_grids(state: TrainState, cfg: ExperimentConfig) -> dict[str, torch.Te
     labels: torch.Tensor | int = SAMPLE_GRID
     if cfg.model.conditional:
         labels = torch.arange(SAMPLE_GRID) % cfg.model.num_classes
-    grids = {}
+    grids, resolved = {}, cfg.sampling.resolved(cfg.noise)
     for steps in cfg.eval_steps:
-        sampling = dataclasses.replace(cfg.sampling, steps=steps)
+        sampling = dataclasses.replace(resolved, steps=steps)
         generator = torch.Generator().manual_seed(cfg.run.seed)
-        grids[f"samples_{steps}step"] = generate(
-            model, labels, sampling=sampling, alpha_max_deg=cfg.noise.alpha_max_deg, generator=generator
-        )
+        grids[f"samples_{steps}step"] = generate(model, labels, sampling=sampling, generator=generator)
     return grids
 
 
@@ -205,6 +203,7 @@ class ProxyEval:
 
     def __init__(self, state: TrainState, cfg: ExperimentConfig) -> None:
         self.state, self.cfg = state, cfg
+        self.sampling = cfg.sampling.resolved(cfg.noise)  # the angle it samples at, in every fingerprint
 
     @functools.cached_property
     def protocol(self) -> Protocol:  # built at the first eval: only the evaluating rank pays for it
@@ -271,8 +270,7 @@ class ProxyEval:
             outputs[f"samples_{steps}step"] = generate(
                 model,
                 self._sample_labels(),
-                sampling=dataclasses.replace(self.cfg.sampling, steps=steps),
-                alpha_max_deg=self.cfg.noise.alpha_max_deg,
+                sampling=dataclasses.replace(self.sampling, steps=steps),
                 generator=torch.Generator().manual_seed(self.cfg.eval.seed),
             )
         images, labels = self.held_out
@@ -287,7 +285,7 @@ class ProxyEval:
         return torch.arange(n) % classes if classes else n
 
     def _score_samples(self, images: torch.Tensor, steps: int) -> MetricResult:
-        sampling = dataclasses.replace(self.cfg.sampling, steps=steps)
+        sampling = dataclasses.replace(self.sampling, steps=steps)
         # The same sampler description as the evaluate sweep's, so equal settings share a fingerprint.
         knobs = {k: v for k, v in dataclasses.asdict(sampling).items() if v is not None}
         labels = self._sample_labels()

@@ -55,14 +55,17 @@ def test_guidance_doubles_only_the_guided_networks_passes(frozen: FrozenModel) -
 def test_a_setting_is_scored_with_a_fingerprint_that_names_its_sampler(
     frozen: FrozenModel, protocol: Protocol
 ) -> None:
-    fixed = score_setting(frozen, SamplingConfig(steps=2), protocol, seed=0)
-    again = score_setting(frozen, SamplingConfig(steps=2), protocol, seed=0)
-    decay = score_setting(frozen, SamplingConfig(steps=2, schedule="decay"), protocol, seed=0)
+    two_steps = SamplingConfig(steps=2).resolved(frozen.config.noise)
+    fixed = score_setting(frozen, two_steps, protocol, seed=0)
+    again = score_setting(frozen, two_steps, protocol, seed=0)
+    decay = score_setting(frozen, dataclasses.replace(two_steps, schedule="decay"), protocol, seed=0)
     assert fixed.fd_key == "proxy/fd_clf"  # n = 32 < digits' 594 held-out images
     assert {"proxy/fd_clf", "proxy/fd_clf_floor", "proxy/kid_clf", "proxy/recall_clf"} <= set(fixed.metrics)
     assert fixed.metrics["network_passes"] == 3 and fixed.metrics["images_per_s"] > 0
     assert fixed.metrics["proxy/fd_clf"] == pytest.approx(again.metrics["proxy/fd_clf"])  # same noise
     assert fixed.fingerprint == again.fingerprint != decay.fingerprint
+    steeper = score_setting(frozen, dataclasses.replace(two_steps, alpha_max_deg=60.0), protocol, seed=0)
+    assert steeper.fingerprint != fixed.fingerprint  # the angle it sampled at is part of the protocol
     recon, recon_fingerprint = score_reconstructions(frozen, protocol)
     assert "proxy/recon_fd_clf" in recon and recon_fingerprint not in (fixed.fingerprint, "")
 
@@ -173,16 +176,18 @@ def test_settings_that_cannot_change_the_samples_collapse_to_one(frozen: FrozenM
 
 def test_two_steps_give_the_same_samples_with_shared_or_independent_noise(frozen: FrozenModel) -> None:
     def sample(shared: bool) -> torch.Tensor:
-        sampling = SamplingConfig(steps=2, shared_noise=shared)
-        generator = torch.Generator().manual_seed(3)
+        sampling = SamplingConfig(steps=2, shared_noise=shared).resolved(frozen.config.noise)
         return generate(
-            frozen.model, torch.arange(4), sampling=sampling, alpha_max_deg=80.0, generator=generator
+            frozen.model, torch.arange(4), sampling=sampling, generator=torch.Generator().manual_seed(3)
         )
 
     assert torch.equal(sample(True), sample(False))
-    sampling = SamplingConfig(steps=3, shared_noise=False)
-    three = generate(frozen.model, torch.arange(4), sampling=sampling, alpha_max_deg=80.0,
-                     generator=torch.Generator().manual_seed(3))  # fmt: skip
-    assert not torch.equal(three, generate(frozen.model, torch.arange(4),
-                           sampling=dataclasses.replace(sampling, shared_noise=True), alpha_max_deg=80.0,
-                           generator=torch.Generator().manual_seed(3)))  # fmt: skip
+    sampling = SamplingConfig(steps=3, shared_noise=False).resolved(frozen.config.noise)
+    three = generate(
+        frozen.model, torch.arange(4), sampling=sampling, generator=torch.Generator().manual_seed(3)
+    )
+    shared = dataclasses.replace(sampling, shared_noise=True)
+    assert not torch.equal(
+        three,
+        generate(frozen.model, torch.arange(4), sampling=shared, generator=torch.Generator().manual_seed(3)),
+    )

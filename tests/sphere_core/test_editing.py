@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from sphere_core.config import SamplingConfig
+from sphere_core.config import NoiseConfig, SamplingConfig
 from sphere_core.editing import (
     blerp,
     crossover,
@@ -27,6 +27,7 @@ from sphere_core.spherify import angle_deg, spherify
 from tests.sphere_core.tiny import images, tiny_model
 
 ALPHA = 80.0
+TRAINED = NoiseConfig(alpha_max_deg=ALPHA)  # the samplers take the angle the model was trained with
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -76,15 +77,15 @@ def test_interpolation_endpoints_are_the_samples_of_their_noise_and_class(model:
     e_a, e_b = torch.randn(2, 16, 16, generator=gen(1)).unbind(0)
     labels = torch.tensor([1, 4])
     frames = interpolate(
-        model, e_a, e_b, num=5, labels=labels, sampling=one_step, alpha_max_deg=ALPHA, generator=gen()
+        model, e_a, e_b, num=5, labels=labels, sampling=one_step.resolved(TRAINED), generator=gen()
     )
     assert frames.shape == (5, 3, 16, 16)
     for frame, e, y in ((frames[0], e_a, labels[:1]), (frames[-1], e_b, labels[1:])):
-        ref = generate(model, y, sampling=one_step, alpha_max_deg=ALPHA, generator=gen(), noise=e[None])
+        ref = generate(model, y, sampling=one_step.resolved(TRAINED), generator=gen(), noise=e[None])
         assert torch.allclose(frame, ref[0], atol=1e-5)
     assert not torch.allclose(frames[1], frames[2])
     lerped = interpolate(
-        model, e_a, e_b, num=5, mode="lerp", sampling=one_step, alpha_max_deg=ALPHA, generator=gen()
+        model, e_a, e_b, num=5, mode="lerp", sampling=one_step.resolved(TRAINED), generator=gen()
     )
     assert not torch.allclose(lerped[2], frames[2])
 
@@ -101,8 +102,7 @@ def test_interpolate_grid_shape_corners_and_determinism(model: SphereEncoder) ->
             rows=3,
             cols=4,
             labels=labels,
-            sampling=sampling,
-            alpha_max_deg=ALPHA,
+            sampling=sampling.resolved(TRAINED),
             generator=gen(3),
         )
 
@@ -110,11 +110,9 @@ def test_interpolate_grid_shape_corners_and_determinism(model: SphereEncoder) ->
     assert grid.shape == (12, 3, 16, 16) and torch.equal(grid, run())
     one_step = SamplingConfig(steps=1)
     flat = interpolate_grid(
-        model, corners, rows=3, cols=4, labels=labels, sampling=one_step, alpha_max_deg=ALPHA, generator=gen()
+        model, corners, rows=3, cols=4, labels=labels, sampling=one_step.resolved(TRAINED), generator=gen()
     )
-    ref = generate(
-        model, labels[3:], sampling=one_step, alpha_max_deg=ALPHA, generator=gen(), noise=corners[3:]
-    )
+    ref = generate(model, labels[3:], sampling=one_step.resolved(TRAINED), generator=gen(), noise=corners[3:])
     assert torch.allclose(flat[11], ref[0], atol=1e-5)
 
 
@@ -169,7 +167,7 @@ def test_crossover_runs_t_noisy_steps_from_the_stitch(model: SphereEncoder) -> N
     def run(**kw: object) -> torch.Tensor:
         sampling = SamplingConfig(**kw)  # type: ignore[arg-type]
         return crossover(
-            model, a, b, mode="tri_forward", sampling=sampling, alpha_max_deg=ALPHA, generator=gen()
+            model, a, b, mode="tri_forward", sampling=sampling.resolved(TRAINED), generator=gen()
         )
 
     one = run(steps=1)
@@ -189,7 +187,7 @@ def test_crossover_honours_noise_scale_and_is_deterministic(model: SphereEncoder
     def run(noise_scale: float, seed: int = 0) -> torch.Tensor:
         sampling = SamplingConfig(steps=3, noise_scale=noise_scale)
         return crossover(
-            model, a, b, mode="vertical", sampling=sampling, alpha_max_deg=ALPHA, generator=gen(seed)
+            model, a, b, mode="vertical", sampling=sampling.resolved(TRAINED), generator=gen(seed)
         )
 
     full = run(1.0)
@@ -207,7 +205,7 @@ def test_manipulate_class_honours_cfg_noise_scale_and_target(model: SphereEncode
     def run(labels: list[int], **kw: object) -> torch.Tensor:
         sampling = SamplingConfig(steps=2, **kw)  # type: ignore[arg-type]
         return manipulate_class(
-            model, x, torch.tensor(labels), sampling=sampling, alpha_max_deg=ALPHA, generator=gen()
+            model, x, torch.tensor(labels), sampling=sampling.resolved(TRAINED), generator=gen()
         )
 
     base = run([1, 2])
@@ -220,7 +218,7 @@ def test_manipulate_class_honours_cfg_noise_scale_and_target(model: SphereEncode
 def test_manipulate_class_is_the_edit_loop_conditioned_on_the_targets(model: SphereEncoder) -> None:
     x, labels = images(2, model.cfg), torch.tensor([1, 2])
     out = manipulate_class(
-        model, x, labels, sampling=SamplingConfig(steps=2), alpha_max_deg=ALPHA, generator=gen()
+        model, x, labels, sampling=SamplingConfig(steps=2).resolved(TRAINED), generator=gen()
     )
     assert torch.allclose(out, edit_by_hand(model, x, labels, steps=2, r=lambda k: 1.0), atol=1e-6)
 
@@ -229,6 +227,6 @@ def test_manipulate_class_needs_a_conditional_model() -> None:
     uncond = tiny_model(num_classes=0)
     with pytest.raises(ValueError, match="class-conditional"):
         manipulate_class(
-            uncond, images(1, uncond.cfg), torch.tensor([0]), sampling=SamplingConfig(), alpha_max_deg=ALPHA,
+            uncond, images(1, uncond.cfg), torch.tensor([0]), sampling=SamplingConfig().resolved(TRAINED),
             generator=gen(),
         )  # fmt: skip

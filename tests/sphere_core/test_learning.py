@@ -74,7 +74,7 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 def one_step_samples(model: SphereEncoder, labels: torch.Tensor) -> torch.Tensor:
     sampling = SamplingConfig(steps=1)
     gen = torch.Generator().manual_seed(1)
-    return generate(model, labels, sampling=sampling, alpha_max_deg=CONFIG.noise.alpha_max_deg, generator=gen)
+    return generate(model, labels, sampling=sampling.resolved(CONFIG.noise), generator=gen)
 
 
 @dataclass(frozen=True)

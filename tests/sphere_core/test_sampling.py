@@ -7,13 +7,14 @@ import math
 import pytest
 import torch
 
-from sphere_core.config import SamplingConfig
+from sphere_core.config import ConfigError, NoiseConfig, SamplingConfig
 from sphere_core.model import SphereEncoder
 from sphere_core.sampling import generate, guidance_weights, network_passes
 from sphere_core.spherify import spherify
 from tests.sphere_core.tiny import tiny_model
 
 ALPHA = 80.0
+TRAINED = NoiseConfig(alpha_max_deg=ALPHA)  # the samplers take the angle the model was trained with
 LABELS = torch.tensor([0, 3, 4])
 
 
@@ -25,7 +26,7 @@ def sample(
     model: SphereEncoder, seed: int = 0, labels: torch.Tensor | int = LABELS, **kw: object
 ) -> torch.Tensor:
     sampling = SamplingConfig(**kw)  # type: ignore[arg-type]
-    return generate(model, labels, sampling=sampling, alpha_max_deg=ALPHA, generator=gen(seed))
+    return generate(model, labels, sampling=sampling.resolved(TRAINED), generator=gen(seed))
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def model() -> SphereEncoder:
 def test_one_step_is_the_decoded_spherified_noise(model: SphereEncoder) -> None:
     e = torch.randn(3, 16, 16, generator=gen(5))
     out = generate(
-        model, LABELS, sampling=SamplingConfig(steps=1), alpha_max_deg=ALPHA, generator=gen(0), noise=e
+        model, LABELS, sampling=SamplingConfig(steps=1).resolved(TRAINED), generator=gen(0), noise=e
     )
     with torch.no_grad():
         expected = (model.decode(spherify(e), LABELS) * 0.5 + 0.5).clamp(0, 1)
@@ -70,7 +71,7 @@ def test_cfg_one_equals_no_guidance(model: SphereEncoder, position: str) -> None
 def test_dec_cfg_is_a_clamped_lerp_from_the_null_class(model: SphereEncoder) -> None:
     e = torch.randn(3, 16, 16, generator=gen(1))
     sampling = SamplingConfig(steps=1, cfg=3.0, cfg_position="dec")
-    out = generate(model, LABELS, sampling=sampling, alpha_max_deg=ALPHA, generator=gen(0), noise=e)
+    out = generate(model, LABELS, sampling=sampling.resolved(TRAINED), generator=gen(0), noise=e)
     with torch.no_grad():
         v = spherify(e)
         cond, uncond = model.decode(v, LABELS), model.decode(v, model.null_labels(3, "cpu"))
@@ -119,6 +120,18 @@ def test_noise_scale_and_angle_override_change_the_refinement(model: SphereEncod
     assert not torch.allclose(sample(model, steps=2, noise_scale=0.25), base)
     assert not torch.allclose(sample(model, steps=2, alpha_max_deg=60.0), base)
     assert torch.equal(sample(model, steps=2, alpha_max_deg=ALPHA), base)
+
+
+def test_the_angle_travels_in_the_sampling_config_resolved_from_the_model() -> None:
+    assert SamplingConfig(steps=4).resolved(TRAINED).alpha_max_deg == ALPHA
+    assert SamplingConfig(alpha_max_deg=60.0).resolved(TRAINED).alpha_max_deg == 60.0  # an override stays
+    assert SamplingConfig().resolved(TRAINED).sigma_max == pytest.approx(TRAINED.sigma_max)
+    with pytest.raises(
+        ConfigError, match=r"sampling\.alpha_max_deg: unresolved; sample with sampling\.resolved"
+    ):
+        generate(tiny_model(), LABELS, sampling=SamplingConfig(steps=2), generator=gen(0))
+    with pytest.raises(ConfigError, match=r"sampling\.alpha_max_deg: 95\.0 must be in \(0, 90\), or null"):
+        SamplingConfig(alpha_max_deg=95.0)
 
 
 def test_network_passes() -> None:
