@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from orchestrator.config import metric_names
 from orchestrator.data import BUILTIN_NAMES
 from orchestrator.data.cli_errors import at_least, reaching, run
 from orchestrator.generate import check_registry_uri
@@ -109,8 +110,7 @@ def score_setting(
         "images_per_s": n / seconds,
         "seconds_per_image": seconds / n,
     }
-    fd_key = next(k for k in metrics if k.endswith(f"fd_{protocol.extractor.tag}"))
-    return SettingScore(metrics, result.fingerprint, fd_key)
+    return SettingScore(metrics, result.fingerprint, protocol.key(metric_names.fd(protocol.extractor.tag)))
 
 
 def score_reconstructions(frozen: FrozenModel, protocol: Protocol) -> tuple[dict[str, float], str]:
@@ -214,7 +214,7 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
         rows = [
             _evaluate_child(client, spec, exp_id, parent_id, frozen, protocol, sampling) for sampling in bar
         ]
-        fd_key = next(k for k in rows[0] if k.endswith(f"fd_{protocol.extractor.tag}"))
+        fd_key = protocol.key(metric_names.fd(protocol.extractor.tag))
         registry.log_summary(client, parent_id, rows, fd_key, "min")
         registry.log_evaluation_plots(client, parent_id, rows, fd_key=fd_key)
     except BaseException:
@@ -228,8 +228,8 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
 def _log_reconstructions(
     client: MlflowClient, parent_id: str, frozen: FrozenModel, protocol: Protocol
 ) -> None:
-    recon_fd = f"recon_fd_{protocol.extractor.tag}"
-    if any(k.endswith(recon_fd) for k in client.get_run(parent_id).data.metrics):
+    recon_fd = protocol.key(metric_names.of_reconstructions(metric_names.fd(protocol.extractor.tag)))
+    if recon_fd in client.get_run(parent_id).data.metrics:
         return  # once per model
     from orchestrator.tracking.registry import FINGERPRINT_TAG
     from orchestrator.tracking.runs import MLflowSink
@@ -238,9 +238,9 @@ def _log_reconstructions(
     sink = MLflowSink(client, parent_id)
     sink.log(metrics, step=0)
     sink.flush(final=True)
-    key = next(k for k in metrics if k.endswith(recon_fd))
-    client.set_tag(parent_id, FINGERPRINT_TAG.format(key), fingerprint)
-    print(f"  reconstructions: {key} {metrics[key]:.4g} (floor {metrics[key + '_floor']:.4g})")
+    client.set_tag(parent_id, FINGERPRINT_TAG.format(recon_fd), fingerprint)
+    floor = metrics[metric_names.floor(recon_fd)]
+    print(f"  reconstructions: {recon_fd} {metrics[recon_fd]:.4g} (floor {floor:.4g})")
 
 
 def _evaluate_child(
@@ -294,15 +294,15 @@ def _evaluate_child(
 def format_table(rows: Sequence[Mapping[str, Any]], fd_key: str) -> str:
     """setting, passes/image, images/s, fd, kid, precision, recall (e.g. *_clf), the floor at that n,
     fingerprint. fd_key: the FD metric's full name (e.g. proxy/fd_clf)."""
-    from orchestrator.config.schema import eval_scores
-
-    prefix, tag = fd_key.rsplit("fd_", 1)
-    table_metrics = [m for m in eval_scores(tag, conditional=True) if any(prefix + m in row for row in rows)]
+    fd_name, proxy = metric_names.parse_protocol(fd_key)
+    scores = metric_names.scores(metric_names.space_of(fd_name), conditional=True)
+    logged = {m: metric_names.under_protocol(m, proxy=proxy) for m in scores}  # column -> the row's key
+    table_metrics = [m for m, key in logged.items() if any(key in row for row in rows)]
     columns = ["setting", "passes", "images/s", *table_metrics, "fd floor", "fingerprint"]
     lines = [columns]
     for row in rows:
-        floor = f"{row[fd_key + '_floor']:.4g}±{row.get(fd_key + '_floor_std', 0.0):.2g}"
-        values = [f"{row.get(prefix + m, float('nan')):.4g}" for m in table_metrics]
+        floor = f"{row[metric_names.floor(fd_key)]:.4g}±{row.get(metric_names.floor_std(fd_key), 0.0):.2g}"
+        values = [f"{row.get(logged[m], float('nan')):.4g}" for m in table_metrics]
         lines.append(
             [
                 row["setting"],

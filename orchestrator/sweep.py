@@ -35,6 +35,7 @@ from orchestrator.cluster.preflight import (
     trial_cpus,
 )
 from orchestrator.cluster.sweep_lock import SweepBusy, sweep_lock
+from orchestrator.config import metric_names
 from orchestrator.config.loader import dump_yaml, load_sweep, parse_set
 from orchestrator.config.schema import ExperimentConfig
 from orchestrator.config.search_space import apply_trial_params, expand_trials, to_param_space
@@ -345,7 +346,9 @@ def tune_config(spec: SweepSpec) -> Any:
 
     t = spec.tune
     scheduler = (
-        ASHAScheduler(time_attr="step", max_t=spec.experiment.run.steps, grace_period=t.grace_period)
+        ASHAScheduler(
+            time_attr=metric_names.STEP, max_t=spec.experiment.run.steps, grace_period=t.grace_period
+        )
         if t.scheduler == "asha"
         else FIFOScheduler()
     )

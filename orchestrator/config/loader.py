@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.config import metric_names
 from orchestrator.config.schema import ExperimentConfig
 from orchestrator.config.search_space import apply_trial_params, check_path, validate_search
 from orchestrator.config.sweep_spec import SweepFile, SweepSpec
@@ -196,21 +197,6 @@ def _check_kind(raw: SweepFile) -> None:
             raise ConfigError(f"search.{dotted}.{dist.kind}: kind: evaluate takes grid only")
 
 
-# What every training report carries (sphere_core.train_step + orchestrator.train.loop), plus the loss
-# terms of nonzero weights; the Tune metric must be one of them or Tune stops at the first report.
-REPORTED = (
-    "loss",
-    "grad_norm",
-    "lr",
-    "angle_large_deg",
-    "angle_small_deg",
-    "z_rms",
-    "step",
-    "train_images",
-    "images_per_s",
-    "data_wait_s",
-    "skipped_samples",
-)
 PERCEPTUAL = ("recon_perc", "con_perc")  # need the perceptual weight files of `perceptual:`
 
 
@@ -225,12 +211,10 @@ def _check_trainable(raw: SweepFile, experiment: ExperimentConfig) -> None:
                 "them: 0.0)"
             )
     weights = experiment.loss
-    terms = [
-        n
-        for n in ("recon_dist", "con_dist", "latent_con")
-        if getattr(weights, n) > 0 or f"loss.{n}" in raw.search
-    ]
-    reported = (*REPORTED, *terms, *experiment.eval_metrics)
+    terms = [n for n in metric_names.LOSS_TERMS if getattr(weights, n) > 0 or f"loss.{n}" in raw.search]
+    # What every training report carries, the loss terms of nonzero weight and the evals: the Tune metric
+    # must be one of them, or Tune stops at the first report.
+    reported = (*metric_names.TRAIN_STEP, *metric_names.LOOP, *terms, *experiment.eval_metrics)
     if raw.tune.metric not in reported:
         raise ConfigError(
             f"tune.metric: {raw.tune.metric!r} is never reported (allowed: {', '.join(reported)})"

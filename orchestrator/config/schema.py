@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from orchestrator.config import metric_names
 from orchestrator.data.config import DataConfig
 from sphere_core.config import (
     AugmentConfig,
@@ -66,17 +67,7 @@ class TrackingConfig:
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI from the environment
 
 
-SCORES = ("fd", "kid", "precision", "recall")  # what each evaluated image set reports, per feature space
 CLASSIFIER_IMAGES = (1, 10)  # every built-in metric classifier: (channels, classes)
-
-
-def eval_scores(tag: str, *, conditional: bool = False) -> tuple[str, ...]:
-    """Metric names in one feature space: ("fd_clf", "kid_clf", ...) or ("fd_inception", ...). A
-    conditional model scored by a dataset classifier also reports acc_clf, the fraction of images the
-    classifier assigns to the class they were drawn for, and spread_clf, how much the images of one class
-    vary relative to real ones (Inception's ImageNet classes cannot say either)."""
-    scores = (*SCORES, "acc", "spread") if conditional and tag == "clf" else SCORES
-    return tuple(f"{score}_{tag}" for score in scores)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,9 +191,9 @@ class ExperimentConfig:
         """What each eval reports (fd_clf_1step, ..., recon_fd_clf, ..., eval_s); () when eval is off."""
         if not self.eval.enabled:
             return ()
-        scores = eval_scores(self.eval.tag, conditional=self.model.conditional)
-        samples = [f"{score}_{steps}step" for steps in self.eval_steps for score in scores]
-        return (*samples, *(f"recon_{score}" for score in scores), "eval_s")
+        return metric_names.eval_metrics(
+            self.eval.tag, conditional=self.model.conditional, steps=self.eval_steps
+        )
 
     @property
     def sphere(self) -> SphereConfig:

@@ -20,12 +20,14 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torchmetrics
 
+from orchestrator.config import metric_names
 from orchestrator.config.schema import CLASSIFIER_IMAGES, MetricSource
 from orchestrator.data.pipeline import read_images
 from orchestrator.evaluation.classifier import LabelledImages, load_split
@@ -50,7 +52,11 @@ from sphere_core.config import ConfigError
 log = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1  # bump whenever a change here or in metrics.py can move a value
 STANDARD_N = {"digits": 594, "mnist": 1000, "fashion-mnist": 10_000}  # = each held-out split's size
-KINDS = {"samples": "", "reconstructions": "recon_"}  # what was scored -> metric-name prefix
+# What was scored -> its metric names (fd_clf for samples, recon_fd_clf for reconstructions).
+KINDS: dict[str, Callable[[str], str]] = {
+    "samples": lambda name: name,
+    "reconstructions": metric_names.of_reconstructions,
+}
 SamplerValue = str | int | float | bool
 
 
@@ -73,10 +79,14 @@ class MetricResult:
         """One dict for a metric sink: values, `<name>_floor`, `<name>_floor_std`; under `proxy/` if proxy."""
         out = {
             **self.values,
-            **{f"{k}_floor": v for k, v in self.floor.items()},
-            **{f"{k}_floor_std": v for k, v in self.floor_std.items()},
+            **{metric_names.floor(k): v for k, v in self.floor.items()},
+            **{metric_names.floor_std(k): v for k, v in self.floor_std.items()},
         }
-        return {f"proxy/{k}" if self.proxy else k: v for k, v in out.items()}
+        return {self.key(k): v for k, v in out.items()}
+
+    def key(self, name: str) -> str:
+        """The name a sink logs `name` under: `proxy/<name>` for a proxy result."""
+        return metric_names.under_protocol(name, proxy=self.proxy)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -124,6 +134,15 @@ class Protocol:
     pr_k: int = 3  # neighbours defining the k-NN manifolds
     is_splits: int = 10
     sampler: tuple[tuple[str, SamplerValue], ...] = field(default=())  # generation settings, sorted
+
+    @property
+    def proxy(self) -> bool:
+        """Below the dataset's standard n: an in-loop estimate, logged under `proxy/`."""
+        return self.n < self.standard_n
+
+    def key(self, name: str) -> str:
+        """The name a result of this protocol logs `name` under (`proxy/fd_clf` for a proxy)."""
+        return metric_names.under_protocol(name, proxy=self.proxy)
 
     def describe(self, kind: str = "samples") -> dict[str, Any]:
         """The fingerprinted elements, JSON-able (log them as run params)."""
@@ -300,7 +319,10 @@ def _floor(protocol: Protocol, images: torch.Tensor, cache: str) -> tuple[dict[s
     picks = [torch.randperm(len(images), generator=gen)[: protocol.n] for _ in range(protocol.floor_draws)]
     drawn, where = torch.cat(picks).unique(return_inverse=True)  # each drawn image is extracted once
     features, logits = extract(protocol.extractor, images[drawn])
-    draws = [_score(protocol, features[index], logits[index], prefix="") for index in where.split(protocol.n)]
+    draws = [
+        _score(protocol, features[index], logits[index], named=KINDS["samples"])
+        for index in where.split(protocol.n)
+    ]
     values = {k: torch.tensor([d[k] for d in draws], dtype=torch.float64) for k in draws[0]}
     mean = {k: float(v.mean()) for k, v in values.items()}
     std = {k: float(v.std()) if len(v) > 1 else 0.0 for k, v in values.items()}
@@ -313,7 +335,7 @@ def _score(
     features: torch.Tensor,
     logits: torch.Tensor,
     *,
-    prefix: str,
+    named: Callable[[str], str],
     labels: torch.Tensor | None = None,
 ) -> dict[str, float]:
     ref, tag = protocol.reference, protocol.extractor.tag
@@ -326,20 +348,21 @@ def _score(
     )
     is_mean, is_std = inception_score(logits, splits=protocol.is_splits, seed=protocol.seed)
     precision, recall = precision_recall(ref.features, features, k=protocol.pr_k)
+    name, deviation = metric_names.in_space, metric_names.deviation
     values = {
-        f"fd_{tag}": frechet_distance(ref.stats, GaussianStats.of(features)),
-        f"kid_{tag}": kid_mean,
-        f"kid_{tag}_std": kid_std,
-        f"is_{tag}": is_mean,
-        f"is_{tag}_std": is_std,
-        f"precision_{tag}": precision,
-        f"recall_{tag}": recall,
+        name("fd", tag): frechet_distance(ref.stats, GaussianStats.of(features)),
+        name("kid", tag): kid_mean,
+        deviation(name("kid", tag)): kid_std,
+        name("is", tag): is_mean,
+        deviation(name("is", tag)): is_std,
+        name("precision", tag): precision,
+        name("recall", tag): recall,
     }
     if labels is not None and protocol.extractor.classifies_dataset:
-        values[f"acc_{tag}"] = class_accuracy(logits, labels)
+        values[name("acc", tag)] = class_accuracy(logits, labels)
         real_spread = class_spread(ref.features, protocol.real.labels)
-        values[f"spread_{tag}"] = class_spread(features, labels) / real_spread
-    return {prefix + k: v for k, v in values.items()}
+        values[name("spread", tag)] = class_spread(features, labels) / real_spread
+    return {named(k): v for k, v in values.items()}
 
 
 def class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -379,15 +402,15 @@ def evaluate(
     x = images.detach().float().clamp(0, 1)
     if protocol.quantize:
         x = (x * 255).round() / 255  # what a PNG round-trip of the samples would give
-    prefix = KINDS[kind]
-    values = _score(protocol, *extract(protocol.extractor, x), prefix=prefix, labels=labels)
+    named = KINDS[kind]
+    values = _score(protocol, *extract(protocol.extractor, x), named=named, labels=labels)
     return MetricResult(
         values=values,
-        floor={prefix + k: v for k, v in protocol.floor.items() if prefix + k in values},
-        floor_std={prefix + k: v for k, v in protocol.floor_std.items() if prefix + k in values},
+        floor={named(k): v for k, v in protocol.floor.items() if named(k) in values},
+        floor_std={named(k): v for k, v in protocol.floor_std.items() if named(k) in values},
         fingerprint=protocol.fingerprint(kind),
         n=protocol.n,
-        proxy=protocol.n < protocol.standard_n,
+        proxy=protocol.proxy,
     )
 
 

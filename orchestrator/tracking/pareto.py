@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from matplotlib.figure import Figure
 
+from orchestrator.config import metric_names
+
 MARK = "✓"  # the table's marker of a Pareto-optimal row
 
 
@@ -165,7 +167,7 @@ def steps_curve(rows: Sequence[Mapping[str, Any]], fd_key: str) -> Figure:
             curves.setdefault(row["setting"].split("_", 1)[1], [(1, fd[row["setting"]])])
     for label, points in sorted(curves.items()):
         ax.plot(*zip(*sorted(points), strict=True), "o-", label=label)
-    ax.axhline(rows[0][fd_key + "_floor"], color="0.5", linestyle="--", label="real-vs-real floor")
+    ax.axhline(rows[0][metric_names.floor(fd_key)], color="0.5", linestyle="--", label="real-vs-real floor")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("forward steps T")
     ax.set_ylabel(f"{fd_key} (lower is better)")

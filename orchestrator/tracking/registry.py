@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.config import metric_names
 from orchestrator.config.schema import TrackingConfig
 from orchestrator.config.sweep_spec import SweepSpec
 from orchestrator.tracking.mlflow_model import save_pyfunc
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 CHECKPOINT_ARTIFACT = "best_checkpoint"
-TRAIN_COMPUTE = "train_images"  # cumulative images seen by a trial: the training-compute axis
+TRAIN_COMPUTE = metric_names.TRAIN_IMAGES
 FINGERPRINT_TAG = "fingerprint.{}"  # on a run: the protocol fingerprint of its metric named {}
 
 
@@ -52,7 +53,7 @@ def result_rows(spec: SweepSpec, results: Sequence[Any]) -> list[dict[str, Any]]
                 "status": "error" if result.error else "ok",
                 **params,
                 spec.tune.metric: metrics.get(spec.tune.metric),
-                "step": metrics.get("step"),
+                metric_names.STEP: metrics.get(metric_names.STEP),
                 "checkpoint_path": metrics.get("checkpoint_path"),
             }
         )
@@ -287,7 +288,8 @@ def training_rows(spec: SweepSpec, results: Sequence[Any]) -> list[dict[str, Any
             {"trial": row["trial"], **{p: row[p] for p in spec.search}, **report}
             for report in reports
             if _finite(report.get(TRAIN_COMPUTE))
-            and report.get("eval_step", report.get("step")) == report.get("step")
+            and report.get(metric_names.EVAL_STEP, report.get(metric_names.STEP))
+            == report.get(metric_names.STEP)
         ]
     return rows
 
@@ -300,8 +302,8 @@ def log_training_pareto(
     rows = training_rows(spec, results)
     cost = Objective(TRAIN_COMPUTE, "min", "training images seen")
     plotted = []
-    fd = f"fd_{spec.experiment.eval.tag}"
-    for key in dict.fromkeys((f"{fd}_1step", f"{fd}_{spec.experiment.sampling.steps}step")):
+    fd = metric_names.fd(spec.experiment.eval.tag)
+    for key in dict.fromkeys(metric_names.of_samples(fd, t) for t in (1, spec.experiment.sampling.steps)):
         if any(_finite(r.get(key)) for r in rows):
             summary = summarize(
                 rows,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from orchestrator.config import metric_names
 from orchestrator.config.schema import RunSpec
 
 if TYPE_CHECKING:
@@ -27,9 +28,6 @@ if TYPE_CHECKING:
 StepFn = Callable[[torch.Tensor, torch.Tensor], Mapping[str, float]]  # (images, labels) -> metrics
 SampleFn = Callable[[], Mapping[str, torch.Tensor]]  # name -> images [B, C, H, W] in [0, 1]
 EvalFn = Callable[[], "Evaluation"]
-
-# Always in a checkpoint's metrics besides the step function's own (e.g. "loss", "lr").
-LOOP_METRICS = ("step", "train_images", "images_per_s", "data_wait_s", "skipped_samples")
 
 
 class Reporter(Protocol):
@@ -116,7 +114,7 @@ def run_loop(
             reporter.log_images(sample_fn, step)
             evaluated = dict(reporter.log_eval(eval_fn, step))
             if evaluated:  # a checkpoint after a non-eval step carries this: pair the metrics with it
-                evaluated["eval_step"] = float(step)
+                evaluated[metric_names.EVAL_STEP] = float(step)
         if logging:
             window = _Window()  # restarted after the eval, whose time is not training throughput
         if checkpoint:

@@ -29,7 +29,8 @@ import torch
 import torch.distributed as dist
 from fsspec.core import url_to_fs
 
-from orchestrator.config.schema import ExperimentConfig, PerceptualWeights, eval_scores
+from orchestrator.config import metric_names
+from orchestrator.config.schema import ExperimentConfig, PerceptualWeights
 from orchestrator.data.pipeline import ShardStream
 from orchestrator.data.shards import merge_cursors
 from orchestrator.evaluation.protocol import (
@@ -175,7 +176,9 @@ def sample_grids(state: TrainState, cfg: ExperimentConfig) -> dict[str, torch.Te
     for steps in cfg.eval_steps:
         sampling = dataclasses.replace(resolved, steps=steps)
         generator = torch.Generator().manual_seed(cfg.run.seed)
-        grids[f"samples_{steps}step"] = generate(model, labels, sampling=sampling, generator=generator)
+        grids[metric_names.sample_images(steps)] = generate(
+            model, labels, sampling=sampling, generator=generator
+        )
     return grids
 
 
@@ -232,21 +235,20 @@ class ProxyEval:
         model = self.state.ema.eval()
         outputs = {name: tensor.cpu() for name, tensor in self.model_outputs(model).items()}
         labels = self.held_out[1]
-        # (metric-name prefix, suffix, result): fd_clf_1step, ..., recon_fd_clf, ...
-        scored = [
-            ("", f"_{steps}step", self._score_samples(outputs[f"samples_{steps}step"], steps))
-            for steps in self.cfg.eval_steps
-        ]
-        recon = evaluate_reconstructions(outputs["reconstructions"], protocol=self.protocol, labels=labels)
-        scored.append(("recon_", "", recon))
-        v = outputs["latents"]
+        scores = metric_names.scores(self.cfg.eval.tag, conditional=self.cfg.model.conditional)
         metrics: dict[str, float] = {}
         tags: dict[str, str] = {}
-        for prefix, suffix, result in scored:
-            for score in eval_scores(self.cfg.eval.tag, conditional=self.cfg.model.conditional):
-                name = f"{prefix}{score}{suffix}"
-                metrics[name] = result.values[prefix + score]
-                tags |= protocol_tags(name, prefix + score, result)
+        for steps in self.cfg.eval_steps:
+            result = self._score_samples(outputs[metric_names.sample_images(steps)], steps)
+            for score in scores:  # fd_clf -> fd_clf_1step, ...
+                name = metric_names.of_samples(score, steps)
+                metrics[name] = result.values[score]
+                tags |= protocol_tags(name, score, result)
+        recon = evaluate_reconstructions(outputs["reconstructions"], protocol=self.protocol, labels=labels)
+        for name in map(metric_names.of_reconstructions, scores):  # recon_fd_clf, ...
+            metrics[name] = recon.values[name]
+            tags |= protocol_tags(name, name, recon)
+        v = outputs["latents"]
         coverage = diagnostics.Coverage.of(v, generator=torch.Generator().manual_seed(self.cfg.eval.seed))
         figures = {
             "diagnostics/latent_cosines.png": diagnostics.cosine_histogram_figure(coverage),
@@ -267,7 +269,7 @@ class ProxyEval:
         device = next(model.parameters()).device
         outputs = {}
         for steps in self.cfg.eval_steps:
-            outputs[f"samples_{steps}step"] = generate(
+            outputs[metric_names.sample_images(steps)] = generate(
                 model,
                 self._sample_labels(),
                 sampling=dataclasses.replace(self.sampling, steps=steps),

@@ -8,9 +8,10 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
+from orchestrator.config import metric_names
 from orchestrator.config.schema import RunSpec
 from orchestrator.tracking.runs import Evaluation, NullSink
-from orchestrator.train.loop import LOOP_METRICS, EvalFn, SampleFn, run_loop
+from orchestrator.train.loop import EvalFn, SampleFn, run_loop
 
 
 class FakeReporter:
@@ -110,7 +111,7 @@ def test_cadence_logs_samples_and_checkpoints_on_schedule() -> None:
     assert checkpointer.saved[10]["eval_step"] == 10.0
     assert final == checkpointer.saved[10] and final["step"] == 10.0
     for step, metrics in reporter.logged.items():
-        assert set(LOOP_METRICS) <= set(metrics) and metrics["skipped_samples"] == 7.0
+        assert set(metric_names.LOOP) <= set(metrics) and metrics["skipped_samples"] == 7.0
         assert metrics["images_per_s"] > 0 and metrics["data_wait_s"] >= 0
         assert metrics["train_images"] == step * 8  # every rank's images: step x global batch
 

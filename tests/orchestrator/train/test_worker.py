@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from orchestrator.config import metric_names
 from orchestrator.config.loader import load_sweep
-from orchestrator.config.schema import EvalSpec, ExperimentConfig, eval_scores
+from orchestrator.config.schema import EvalSpec, ExperimentConfig
 from orchestrator.data.builtin import builtin_sources
 from orchestrator.data.writer import write_dataset
 from orchestrator.tracking.runs import Evaluation
@@ -63,7 +64,7 @@ def test_proxy_eval_reports_the_contract_metrics_with_fingerprints(digits_cfg: E
     torch.manual_seed(0)
     state = make_train_state(digits_cfg.sphere, device="cpu")
     first = ProxyEval(state, digits_cfg)()
-    scores = eval_scores("clf", conditional=True)
+    scores = metric_names.scores("clf", conditional=True)
     assert "acc_clf" in scores  # a conditional model is also scored on the classes it was asked for
     assert digits_cfg.eval_metrics == (
         *(f"{s}_1step" for s in scores),
