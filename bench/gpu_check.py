@@ -29,7 +29,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from orchestrator.config.loader import load_sweep
-from orchestrator.config.schema import EvalSpec
+from orchestrator.config.schema import EvalConfig
 from orchestrator.train.worker import ProxyEval
 from sphere_core.config import SamplingConfig
 from sphere_core.presets import PRESETS, get_preset
@@ -99,7 +99,7 @@ def check_training(preset: str, batch: int, steps: int, device: torch.device, pe
 
 def check_eval(device: torch.device) -> None:
     cfg = load_sweep(REPO / "sweeps" / "smoke.yaml").experiment
-    cfg = dataclasses.replace(cfg, eval=EvalSpec(dataset="digits", num_images=256, seed=0))
+    cfg = dataclasses.replace(cfg, eval=EvalConfig(dataset="digits", num_images=256, seed=0))
     torch.manual_seed(0)
     state = make_train_state(cfg.sphere, device=device)
     started = time.perf_counter()

@@ -324,7 +324,7 @@ def one_off_spec(args: argparse.Namespace) -> SweepSpec:
     """The CLI's grid as an evaluate sweep of its own (named by its arguments, so a rerun reuses results)."""
     from orchestrator.config.schema import ExperimentConfig
     from orchestrator.config.search_space import apply_trial_params
-    from orchestrator.config.sweep_spec import EvaluateSpec, SearchDist, SweepSpec, TuneSpec
+    from orchestrator.config.sweep_spec import EvaluateConfig, SearchDist, SweepSpec, TuneConfig
 
     search = {
         "sampling.steps": SearchDist(grid=list(args.steps)),
@@ -338,7 +338,7 @@ def one_off_spec(args: argparse.Namespace) -> SweepSpec:
         for value in dist.spec:
             apply_trial_params(base, {path: value})
     default: Literal["none", "mnist"] = "none" if args.reference else "mnist"
-    evaluate = EvaluateSpec(
+    evaluate = EvaluateConfig(
         model=args.model,
         dataset=args.dataset or default,
         inception=args.inception,
@@ -356,7 +356,7 @@ def one_off_spec(args: argparse.Namespace) -> SweepSpec:
         kind="evaluate",
         experiment=base,
         search=search,
-        tune=TuneSpec(),
+        tune=TuneConfig(),
         evaluate=evaluate,
         digest=digest,
     )

@@ -52,7 +52,7 @@ class SweepError(RuntimeError):
 class TrialContext:
     """What every trial driver needs besides its own params (passed with tune.with_parameters)."""
 
-    base: dict[str, Any]  # ExperimentConfig.to_dict() of the resolved sweep
+    base: ExperimentConfig  # the resolved sweep's experiment, typed (pickled by Ray, never a dict)
     experiment_name: str  # Tune experiment = sweep name + digest
     tracking_uri: str
     mlflow_experiment_id: str
@@ -216,7 +216,7 @@ def train_driver_fn(params: dict[str, Any], context: TrialContext) -> None:
     from orchestrator.train.checkpoint_storage import ray_storage
     from orchestrator.train.worker import train_fn_per_worker
 
-    cfg = apply_trial_params(ExperimentConfig.from_dict(context.base), params)
+    cfg = apply_trial_params(context.base, params)
     name = trial_name(context.experiment_name, tune.get_context().get_trial_id(), params)
     client = MlflowClient(context.tracking_uri)
     run_id = open_trial_run(
@@ -231,7 +231,7 @@ def train_driver_fn(params: dict[str, Any], context: TrialContext) -> None:
     storage_path, storage_filesystem = ray_storage(cfg.run.storage_path, cfg.run.storage_retry_s)
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={
+        train_loop_config={  # a dict by Ray's contract, shown as JSON in its dashboard: the one crossing
             "experiment": cfg.to_dict(),
             "tracking_uri": context.tracking_uri,
             "run_id": run_id,
@@ -286,7 +286,7 @@ def train_sweep_under_lock(spec: SweepSpec, uri: str, dataset: dict[str, Any]) -
     exp_id, parent_id = runs.open_sweep_run(client, spec)
     print(f"sweep {spec.experiment_name}: parent run {parent_id} (MLflow experiment {exp_id})")
     context = TrialContext(
-        base=cfg.to_dict(),
+        base=cfg,
         experiment_name=spec.experiment_name,
         tracking_uri=uri,
         mlflow_experiment_id=exp_id,

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config.schema import ExperimentConfig, ScalingSpec
+from orchestrator.config.schema import ExperimentConfig, ScalingConfig
 from sphere_core.config import ConfigError
 
 TRIAL_DRIVER_CPU = 0.01  # 0 is rejected by Tune; 1 (Tune's default) deadlocks the Train workers on 2 cores
 
 
-def trial_cpus(scaling: ScalingSpec) -> float:
+def trial_cpus(scaling: ScalingConfig) -> float:
     return TRIAL_DRIVER_CPU + scaling.workers_per_trial * scaling.cpus_per_worker
 
 
@@ -30,7 +30,7 @@ class NodeType:
     max_count: int
 
 
-def worker_bundle(scaling: ScalingSpec) -> dict[str, float]:
+def worker_bundle(scaling: ScalingConfig) -> dict[str, float]:
     return {"CPU": scaling.cpus_per_worker} | ({"GPU": 1.0} if scaling.use_gpu else {})
 
 
@@ -39,7 +39,7 @@ def workers_per_node(resources: Mapping[str, float], bundle: Mapping[str, float]
 
 
 def check_resources(
-    scaling: ScalingSpec, available: Mapping[str, float], where: str, node_types: Sequence[NodeType] = ()
+    scaling: ScalingConfig, available: Mapping[str, float], where: str, node_types: Sequence[NodeType] = ()
 ) -> str:
     """One trial (its driver and all its workers) must fit what the cluster has, or, on an autoscaling
     cluster (`node_types`), what it can grow to; otherwise Tune waits forever. Returns where trials go."""
@@ -87,7 +87,7 @@ def check_resources(
     return f"trials: {workers} workers of {need} each on the {have:g} CPUs up now"
 
 
-def check_local_resources(scaling: ScalingSpec) -> None:
+def check_local_resources(scaling: ScalingConfig) -> None:
     """Without RAY_ADDRESS a local Ray gets this machine's CPUs: check before starting anything."""
     if not os.environ.get("RAY_ADDRESS"):
         check_resources(scaling, {"CPU": float(os.cpu_count() or 1)}, "this machine (local Ray)")
@@ -178,7 +178,7 @@ def kuberay_autoscaling_config() -> dict[str, Any] | None:
         return None
 
 
-def connect_ray(scaling: ScalingSpec, storage_path: str) -> None:
+def connect_ray(scaling: ScalingConfig, storage_path: str) -> None:
     """Joins the cluster in RAY_ADDRESS (set by `ray job submit`) or starts a local one, then checks it."""
     import ray
 
@@ -189,7 +189,7 @@ def connect_ray(scaling: ScalingSpec, storage_path: str) -> None:
     print(cluster_preflight(scaling, storage_path, f"the Ray cluster at {address or 'local'}"))
 
 
-def cluster_preflight(scaling: ScalingSpec, storage_path: str, where: str) -> str:
+def cluster_preflight(scaling: ScalingConfig, storage_path: str, where: str) -> str:
     """Checks a trial against the connected cluster (what it can grow to) and its storage; says where
     trials go."""
     import ray

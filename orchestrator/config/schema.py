@@ -1,8 +1,16 @@
 """The experiment config: the sphere_core configs plus data, run length, scaling and tracking.
 
-YAML is loaded strictly into `ExperimentConfig` (orchestrator/config/loader.py); Ray receives
-`to_dict()` at its boundary and workers rebuild the typed object with `from_dict` on their first line.
+YAML is loaded strictly into `ExperimentConfig` (orchestrator/config/loader.py) and travels typed; it
+becomes a dict only where Ray asks for one (Ray Train's `train_loop_config`, which its dashboard shows as
+JSON), and each worker rebuilds the typed object with `from_dict` on its first line. A trial's params arrive
+from Tune as a dict of dotted paths and are applied with `apply_trial_params`, which validates them like the
+file.
 Dotted paths into this tree ("noise.alpha_max_deg", "loss.latent_con") are what sweeps vary.
+
+Naming: each section a user writes in YAML is a `*Config` named after its key (`run:` RunConfig, `eval:`
+EvalConfig, `evaluate:` EvaluateConfig), as sphere_core's are; `SweepFile` is a sweep file's typed shape and
+`SweepSpec` the whole sweep resolved (base, overrides, --set), ready to run. Ray Train's own RunConfig and
+ScalingConfig are imported only inside the function that builds the trainer.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from sphere_core.config import (
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunSpec:
+class RunConfig:
     steps: int = 200  # optimiser steps per trial
     log_every: int = 10
     eval_every: int = 100  # sample grids / proxy metrics cadence
@@ -47,7 +55,7 @@ class RunSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ScalingSpec:
+class ScalingConfig:
     workers_per_trial: int = 2
     cpus_per_worker: float = 0.49  # Tune's driver takes 0.01, so 2 trials x 2 workers fit 2 cores
     use_gpu: bool = False
@@ -115,7 +123,7 @@ class MetricSource:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalSpec(MetricSource):
+class EvalConfig(MetricSource):
     """Proxy metrics at run.eval_every and the final step (rank 0, EMA weights), for Tune and MLflow.
     Off while neither eval.dataset nor eval.reference is set; eval.floor defaults to data.url."""
 
@@ -130,7 +138,7 @@ class EvalSpec(MetricSource):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PerceptualWeights:
+class PerceptualConfig:
     """Weight files of the frozen perceptual networks (spec 1.4), as paths or fsspec URLs (s3://, gs://).
     None ship with the project and nothing is fetched from the internet: without them the perceptual
     loss terms must be 0. LPIPS needs both vgg16 and lpips; ConvNeXt-S alone is allowed."""
@@ -157,11 +165,11 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # used for eval grids
     data: DataConfig = field(default_factory=DataConfig)
-    run: RunSpec = field(default_factory=RunSpec)
-    scaling: ScalingSpec = field(default_factory=ScalingSpec)
+    run: RunConfig = field(default_factory=RunConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    eval: EvalSpec = field(default_factory=EvalSpec)
-    perceptual: PerceptualWeights = field(default_factory=PerceptualWeights)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
 
     def __post_init__(self) -> None:
         channels, classes = CLASSIFIER_IMAGES

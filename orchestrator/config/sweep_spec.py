@@ -52,7 +52,7 @@ class SearchDist:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TuneSpec:
+class TuneConfig:
     metric: str = "loss"  # one the training loop reports at each checkpoint (see orchestrator.train.loop)
     mode: Literal["min", "max"] = "min"
     search_alg: Literal["basic", "optuna"] = "basic"  # basic = Tune's grid/random variant generator
@@ -68,7 +68,7 @@ class TuneSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvaluateSpec(MetricSource):
+class EvaluateConfig(MetricSource):
     """Inference-time sweep on a frozen model: each setting becomes a child run of the model's run.
     With `reference` (held-out shards), `floor` (training shards) is required: the model's run does not
     say where its training data lived."""
@@ -112,8 +112,8 @@ class SweepFile:
     experiment: dict[str, Any] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     search: dict[str, SearchDist] = field(default_factory=dict)
-    tune: TuneSpec = field(default_factory=TuneSpec)
-    evaluate: EvaluateSpec | None = None
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    evaluate: EvaluateConfig | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,8 +124,8 @@ class SweepSpec:
     kind: Literal["train", "evaluate"]
     experiment: ExperimentConfig
     search: dict[str, SearchDist]
-    tune: TuneSpec
-    evaluate: EvaluateSpec | None
+    tune: TuneConfig
+    evaluate: EvaluateConfig | None
     digest: str  # sha256 prefix of the resolved content: names the Tune experiment, tags the parent run
     sets: dict[str, Any] = field(default_factory=dict)  # submit-time `--set` overrides, already applied
 

@@ -91,7 +91,7 @@ class SmallClassifier(nn.Module):
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainSpec:
+class ClassifierTrainConfig:
     epochs: int
     batch_size: int = 128
     lr: float = 1e-3  # Adam
@@ -99,9 +99,9 @@ class TrainSpec:
 
 
 TRAIN_SPECS = {
-    "digits": TrainSpec(epochs=40),  # 1,203 images: ~40 s on 2 cores
-    "mnist": TrainSpec(epochs=15),  # 4,000 images
-    "fashion-mnist": TrainSpec(epochs=3),  # 60,000 images: a few minutes
+    "digits": ClassifierTrainConfig(epochs=40),  # 1,203 images: ~40 s on 2 cores
+    "mnist": ClassifierTrainConfig(epochs=15),  # 4,000 images
+    "fashion-mnist": ClassifierTrainConfig(epochs=3),  # 60,000 images: a few minutes
 }
 ACCURACY_FLOORS = {"digits": 0.95, "mnist": 0.95, "fashion-mnist": 0.85}  # held-out, tested
 
@@ -115,7 +115,7 @@ class ClassifierCard:
     sha256: str  # of the .pt file
     image_size: int  # of the data-plane images it was trained on, before to_metric_geometry
     heldout_accuracy: float
-    train: TrainSpec
+    train: ClassifierTrainConfig
     num_params: int
     train_seconds: float
     torch_threads: int  # CPU float sums depend on it: same threads + same seed -> same sha256
@@ -125,7 +125,7 @@ class ClassifierCard:
     @classmethod
     def read(cls, path: Path) -> ClassifierCard:
         data = json.loads(path.read_text())
-        return cls(**{**data, "train": TrainSpec(**data["train"])})
+        return cls(**{**data, "train": ClassifierTrainConfig(**data["train"])})
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
@@ -146,7 +146,7 @@ def accuracy(model: SmallClassifier, data: LabelledImages, batch_size: int = 512
     return correct / len(data.labels)
 
 
-def fit(model: SmallClassifier, data: LabelledImages, spec: TrainSpec) -> None:
+def fit(model: SmallClassifier, data: LabelledImages, spec: ClassifierTrainConfig) -> None:
     """Plain Adam on cross-entropy; shuffling from a seeded generator so a rerun sees the same batches."""
     gen = torch.Generator().manual_seed(spec.seed)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
@@ -162,7 +162,7 @@ def fit(model: SmallClassifier, data: LabelledImages, spec: TrainSpec) -> None:
 
 
 def train_classifier(
-    dataset: str, *, out_dir: Path = WEIGHTS_DIR, spec: TrainSpec | None = None
+    dataset: str, *, out_dir: Path = WEIGHTS_DIR, spec: ClassifierTrainConfig | None = None
 ) -> ClassifierCard:
     """Train, score on the held-out split and write `clf-<dataset>.pt` + `.json` into out_dir."""
     spec = spec or TRAIN_SPECS[dataset]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from orchestrator.config import metric_names
-from orchestrator.config.schema import RunSpec
+from orchestrator.config.schema import RunConfig
 
 if TYPE_CHECKING:
     from orchestrator.tracking.runs import Evaluation
@@ -77,7 +77,7 @@ def run_loop(
     step_fn: StepFn,
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     *,
-    run: RunSpec,
+    run: RunConfig,
     start_step: int,
     reporter: Reporter,
     checkpointer: Checkpointer,

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from fsspec.core import url_to_fs
 
 from orchestrator.config import metric_names
-from orchestrator.config.schema import ExperimentConfig, PerceptualWeights
+from orchestrator.config.schema import ExperimentConfig, PerceptualConfig
 from orchestrator.data.pipeline import ShardStream
 from orchestrator.data.shards import merge_cursors
 from orchestrator.evaluation.protocol import (
@@ -136,7 +136,7 @@ def read_tags(manifest_digest: str, skipped: Mapping[str, int]) -> dict[str, str
     }
 
 
-def load_perceptual(weights: PerceptualWeights, device: torch.device) -> PerceptualLoss | None:
+def load_perceptual(weights: PerceptualConfig, device: torch.device) -> PerceptualLoss | None:
     """The frozen perceptual networks from the configured files (local or any fsspec URL), or None."""
     if not weights.given:
         return None

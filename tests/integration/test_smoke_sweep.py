@@ -245,7 +245,7 @@ def test_the_store_secret_reaches_no_log_job_or_mlflow_record(
     found = [str(p) for p in ray_files if not p.is_socket() and secret in _read(p)]
     assert len(ray_files) > 50 and any(b"runtime_env" in _read(p) for p in ray_files)  # the scan sees logs
     details = jobs.client.list_jobs()
-    assert len(details) >= 2
+    assert details  # the smoke sweep's job at least (the evaluate sweep runs as a plain driver)
     found += [f"job {d.submission_id}" for d in details if secret in d.json().encode()]
     found += [f"job logs {d.submission_id}" for d in details if secret in jobs.logs(d.submission_id).encode()]
     found += ["mlflow.db"] * (secret in (cluster.state_dir / "mlflow.db").read_bytes())

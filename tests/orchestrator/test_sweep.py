@@ -12,7 +12,7 @@ import pytest
 from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator.config.schema import ExperimentConfig
-from orchestrator.config.sweep_spec import SearchDist, SweepSpec, TuneSpec
+from orchestrator.config.sweep_spec import SearchDist, SweepSpec, TuneConfig
 from orchestrator.sweep import tune_config
 from orchestrator.tracking.runs import trial_name
 
@@ -30,7 +30,7 @@ def test_trial_names_are_deterministic_and_distinct() -> None:
     assert trial_name("noise-abc", "f00d1_00004", params) != name
 
 
-def train_spec(search: dict[str, SearchDist], tune: TuneSpec) -> SweepSpec:
+def train_spec(search: dict[str, SearchDist], tune: TuneConfig) -> SweepSpec:
     return SweepSpec(
         name="x",
         kind="train",
@@ -45,7 +45,7 @@ def train_spec(search: dict[str, SearchDist], tune: TuneSpec) -> SweepSpec:
 def test_tune_config_uses_the_reported_step_for_asha() -> None:
     spec = train_spec(
         {"noise.alpha_max_deg": SearchDist(grid=[80.0])},
-        TuneSpec(scheduler="asha", grace_period=20, max_concurrent_trials=3),
+        TuneConfig(scheduler="asha", grace_period=20, max_concurrent_trials=3),
     )
     config = tune_config(spec)
     assert isinstance(config.scheduler, ASHAScheduler) and config.scheduler._time_attr == "step"
@@ -59,7 +59,7 @@ def test_optuna_search_samples_the_sweeps_distributions_with_the_run_seed() -> N
     from orchestrator.config.search_space import to_param_space
 
     search = {"noise.alpha_max_deg": SearchDist(uniform=(70.0, 85.0))}
-    spec = train_spec(search, TuneSpec(search_alg="optuna", metric="loss", num_samples=4))
+    spec = train_spec(search, TuneConfig(search_alg="optuna", metric="loss", num_samples=4))
     config = tune_config(spec)
     assert isinstance(config.search_alg, OptunaSearch) and config.num_samples == 4
     config.search_alg.set_search_properties("loss", "min", to_param_space(search))
@@ -109,7 +109,7 @@ def test_training_pareto_plots_fd_against_images_seen(tmp_path: Path) -> None:
         evaluate=None,
         digest="d",
         search={"noise.alpha_max_deg": SearchDist(grid=[75.0, 85.0])},
-        tune=TuneSpec(),
+        tune=TuneConfig(),
     )
 
     def result(trial: int, alpha: float, fds: list[float]) -> SimpleNamespace:

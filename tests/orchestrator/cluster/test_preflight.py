@@ -17,20 +17,20 @@ from orchestrator.cluster.preflight import (
     trial_cpus,
 )
 from orchestrator.config.loader import load_sweep
-from orchestrator.config.schema import ScalingSpec
+from orchestrator.config.schema import ScalingConfig
 from sphere_core.config import ConfigError
 
 
 def test_resources_per_trial_and_refusals() -> None:
-    two_by_half = ScalingSpec(workers_per_trial=2, cpus_per_worker=0.49)
+    two_by_half = ScalingConfig(workers_per_trial=2, cpus_per_worker=0.49)
     assert trial_cpus(two_by_half) == pytest.approx(0.99)
     check_resources(two_by_half, {"CPU": 1.0}, "a 1-CPU cluster")
     with pytest.raises(
         ConfigError, match=r"needs 2.01 CPUs \(2 workers x 1 \+ 0.01 trial driver\) but the x"
     ):
-        check_resources(ScalingSpec(workers_per_trial=2, cpus_per_worker=1.0), {"CPU": 2.0}, "the x")
+        check_resources(ScalingConfig(workers_per_trial=2, cpus_per_worker=1.0), {"CPU": 2.0}, "the x")
     with pytest.raises(ConfigError, match=r"scaling\.use_gpu: a trial needs 2 GPUs"):
-        check_resources(ScalingSpec(use_gpu=True), {"CPU": 8.0, "GPU": 1.0}, "the x")
+        check_resources(ScalingConfig(use_gpu=True), {"CPU": 8.0, "GPU": 1.0}, "the x")
     with pytest.raises(ConfigError, match=r"has 0 \(allowed: a cluster with at least 0\.99 CPUs\)"):
         check_resources(two_by_half, {}, "a 0-CPU head")  # never a negative bound
 
@@ -39,7 +39,7 @@ def test_an_autoscaling_cluster_is_checked_against_what_it_can_grow_to() -> None
     """KubeRay's shape: a 0-CPU head and a GPU group that starts at 0 nodes."""
     gpu_group = NodeType("gpu-group", {"CPU": 8.0, "GPU": 2.0, "memory": 6e10}, max_count=4)
     head = NodeType("headgroup", {"CPU": 0.0}, max_count=1)
-    four_gpus = ScalingSpec(workers_per_trial=4, cpus_per_worker=3.0, use_gpu=True)
+    four_gpus = ScalingConfig(workers_per_trial=4, cpus_per_worker=3.0, use_gpu=True)
     plan = check_resources(four_gpus, {"CPU": 0.0}, "the cluster", [head, gpu_group])
     assert plan == (
         "trials: 4 workers of 3 CPU, 1 GPU each on node type gpu-group (2 per node; the autoscaler adds "
@@ -56,7 +56,7 @@ def test_an_autoscaling_cluster_is_checked_against_what_it_can_grow_to() -> None
             dataclasses.replace(four_gpus, cpus_per_worker=12.0), {}, "the cluster", [head, gpu_group]
         )
     unbounded = NodeType("cpu", {"CPU": 4.0}, max_count=-1)
-    assert "on node type cpu" in check_resources(ScalingSpec(workers_per_trial=64), {}, "c", [unbounded])
+    assert "on node type cpu" in check_resources(ScalingConfig(workers_per_trial=64), {}, "c", [unbounded])
 
 
 def test_a_local_storage_path_is_refused_once_there_are_several_nodes() -> None:

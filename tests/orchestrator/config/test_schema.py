@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from orchestrator.config.schema import EvalSpec, ExperimentConfig
+from orchestrator.config.schema import EvalConfig, ExperimentConfig
 from orchestrator.data.config import DataConfig
 from sphere_core.config import ConfigError, ModelConfig, SamplingConfig
 
@@ -15,7 +15,7 @@ GRAY = ModelConfig(channels=1, num_classes=10)
 
 
 def test_eval_metrics_name_each_step_count_and_the_reconstructions() -> None:
-    cfg = ExperimentConfig(model=GRAY, sampling=SamplingConfig(steps=2), eval=EvalSpec(dataset="digits"))
+    cfg = ExperimentConfig(model=GRAY, sampling=SamplingConfig(steps=2), eval=EvalConfig(dataset="digits"))
     assert cfg.eval_steps == (1, 2)
     # A conditional model is also scored on the classes its samples were drawn for (acc, spread).
     per_set = ("fd_clf", "kid_clf", "precision_clf", "recall_clf", "acc_clf", "spread_clf")
@@ -37,28 +37,30 @@ def test_eval_is_off_by_default_for_data_without_a_classifier() -> None:
 
 def test_a_classifier_that_cannot_score_the_model_output_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"eval.dataset: .*model.channels is 3.*allowed: none"):
-        ExperimentConfig(model=ModelConfig(channels=3), eval=EvalSpec(dataset="mnist"))
+        ExperimentConfig(model=ModelConfig(channels=3), eval=EvalConfig(dataset="mnist"))
     with pytest.raises(ConfigError, match=r"model.num_classes 5"):
-        ExperimentConfig(model=ModelConfig(channels=1, num_classes=5), eval=EvalSpec(dataset="mnist"))
-    ExperimentConfig(model=ModelConfig(channels=1, num_classes=0), eval=EvalSpec(dataset="mnist"))
+        ExperimentConfig(model=ModelConfig(channels=1, num_classes=5), eval=EvalConfig(dataset="mnist"))
+    ExperimentConfig(model=ModelConfig(channels=1, num_classes=0), eval=EvalConfig(dataset="mnist"))
 
 
 def test_inception_scores_any_images_against_reference_shards() -> None:
     cfg = ExperimentConfig(
         model=ModelConfig(channels=3, num_classes=1000),
-        eval=EvalSpec(reference="s3://b/imagenet/val", inception="s3://b/weights/pt_inception.pth"),
+        eval=EvalConfig(reference="s3://b/imagenet/val", inception="s3://b/weights/pt_inception.pth"),
     )
     assert cfg.eval.enabled and cfg.eval_metrics[0] == "fd_inception_1step"
     assert "recon_recall_inception" in cfg.eval_metrics
     assert cfg.eval_floor == cfg.data.url  # the floor's real images default to the training shards
     floor = dataclasses.replace(cfg.eval, floor="s3://b/imagenet/train-subset")
     assert dataclasses.replace(cfg, eval=floor).eval_floor == "s3://b/imagenet/train-subset"
-    assert ExperimentConfig(eval=EvalSpec(dataset="mnist", inception="w.pth")).eval_floor is None  # built-in
+    assert (
+        ExperimentConfig(eval=EvalConfig(dataset="mnist", inception="w.pth")).eval_floor is None
+    )  # built-in
 
 
 def test_eval_num_images_needs_a_spread() -> None:
     with pytest.raises(ConfigError, match=r"eval\.num_images"):
-        EvalSpec(num_images=8)
+        EvalConfig(num_images=8)
 
 
 @pytest.mark.parametrize("flip", [True, False])

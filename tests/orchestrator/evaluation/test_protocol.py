@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.config.schema import EvalSpec
+from orchestrator.config.schema import EvalConfig
 from orchestrator.data.builtin import ArraySource, builtin_sources
 from orchestrator.data.writer import write_dataset
 from orchestrator.evaluation.classifier import LabelledImages
@@ -224,7 +224,7 @@ def digits_shards(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_shards_give_the_reference_statistics_of_the_same_images(
     digits_shards: str, digits_protocol: Protocol, eval_cache: str
 ) -> None:
-    source = EvalSpec(dataset="digits", reference=f"{digits_shards}/test")
+    source = EvalConfig(dataset="digits", reference=f"{digits_shards}/test")
     protocol = protocol_for(
         source, n=594, image_size=16, channels=1, seed=0, floor=f"{digits_shards}/train", cache=eval_cache
     )
@@ -246,7 +246,7 @@ def test_inception_features_score_shards_of_rgb_images(tmp_path: Path, eval_cach
         write_dataset(source, f"file://{tmp_path}/{split}", shard_size=10, progress=False)
     torch.manual_seed(0)
     torch.save(FIDInceptionV3().state_dict(), tmp_path / "inception.pth")
-    source = EvalSpec(reference=f"file://{tmp_path}/test", inception=str(tmp_path / "inception.pth"))
+    source = EvalConfig(reference=f"file://{tmp_path}/test", inception=str(tmp_path / "inception.pth"))
     protocol = protocol_for(
         source, n=16, image_size=12, channels=3, seed=0, floor=f"file://{tmp_path}/train", cache=eval_cache
     )
@@ -266,6 +266,6 @@ def test_inception_features_score_shards_of_rgb_images(tmp_path: Path, eval_cach
     missing = dataclasses.replace(source, inception=str(tmp_path / "nowhere.pth"))
     with pytest.raises(ConfigError, match=r"eval.inception: .*nowhere.pth"):
         protocol_for(missing, n=16, image_size=12, channels=3, seed=0, floor=f"file://{tmp_path}/train")
-    classifier = EvalSpec(dataset="digits", reference=f"file://{tmp_path}/test")
+    classifier = EvalConfig(dataset="digits", reference=f"file://{tmp_path}/test")
     with pytest.raises(ConfigError, match=r"eval\.inception: the digits classifier scores 1-channel images"):
         protocol_for(classifier, n=16, image_size=12, channels=3, seed=0, floor=f"file://{tmp_path}/train")

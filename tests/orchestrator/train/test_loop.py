@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 import torch
 
 from orchestrator.config import metric_names
-from orchestrator.config.schema import RunSpec
+from orchestrator.config.schema import RunConfig
 from orchestrator.tracking.runs import Evaluation, NullSink
 from orchestrator.train.loop import EvalFn, SampleFn, run_loop
 
@@ -80,7 +80,7 @@ class FakeEval:
         return Evaluation({"fd_clf_1step": 100.0 / self.calls, "eval_s": 0.5})
 
 
-RUN = RunSpec(steps=10, log_every=3, eval_every=4, checkpoint_every=5)
+RUN = RunConfig(steps=10, log_every=3, eval_every=4, checkpoint_every=5)
 
 
 def test_cadence_logs_samples_and_checkpoints_on_schedule() -> None:
@@ -166,7 +166,7 @@ def test_images_per_s_excludes_the_eval() -> None:
         time.sleep(0.2)
         return Evaluation({"eval_s": 0.2})
 
-    run = RunSpec(steps=4, log_every=2, eval_every=2, checkpoint_every=4)
+    run = RunConfig(steps=4, log_every=2, eval_every=2, checkpoint_every=4)
     reporter = FakeReporter()
     run_loop(
         Counter(),
@@ -202,7 +202,7 @@ def test_data_wait_counts_the_iterator_not_the_step() -> None:
             time.sleep(0.01)
             yield batch
 
-    run = RunSpec(steps=4, log_every=4, eval_every=4, checkpoint_every=4)
+    run = RunConfig(steps=4, log_every=4, eval_every=4, checkpoint_every=4)
     common = dict(
         run=run,
         start_step=0,

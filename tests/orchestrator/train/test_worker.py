@@ -11,7 +11,7 @@ import torch
 
 from orchestrator.config import metric_names
 from orchestrator.config.loader import load_sweep
-from orchestrator.config.schema import EvalSpec, ExperimentConfig
+from orchestrator.config.schema import EvalConfig, ExperimentConfig
 from orchestrator.data.builtin import builtin_sources
 from orchestrator.data.writer import write_dataset
 from orchestrator.tracking.runs import Evaluation
@@ -52,10 +52,12 @@ def digits_cfg(
     monkeypatch.setenv("SPHERE_EVAL_CACHE", str(tmp_path / "eval-cache"))
     cfg = load_sweep(SMOKE).experiment
     if request.param == "builtin":
-        return dataclasses.replace(cfg, eval=EvalSpec(dataset="digits", num_images=32, seed=3))
+        return dataclasses.replace(cfg, eval=EvalConfig(dataset="digits", num_images=32, seed=3))
     for split, source in builtin_sources("digits", cfg.model.image_size).items():
         write_dataset(source, f"file://{tmp_path}/digits/{split}", shard_size=300, progress=False)
-    eval_spec = EvalSpec(dataset="digits", reference=f"file://{tmp_path}/digits/test", num_images=32, seed=3)
+    eval_spec = EvalConfig(
+        dataset="digits", reference=f"file://{tmp_path}/digits/test", num_images=32, seed=3
+    )
     data = dataclasses.replace(cfg.data, url=f"file://{tmp_path}/digits/train")  # the floor's source
     return dataclasses.replace(cfg, data=data, eval=eval_spec)
 
@@ -85,7 +87,7 @@ def test_proxy_eval_reports_the_contract_metrics_with_fingerprints(digits_cfg: E
 
 
 def test_proxy_eval_is_off_without_a_classifier() -> None:
-    cfg = dataclasses.replace(load_sweep(SMOKE).experiment, eval=EvalSpec(dataset="none"))
+    cfg = dataclasses.replace(load_sweep(SMOKE).experiment, eval=EvalConfig(dataset="none"))
     state = make_train_state(cfg.sphere, device="cpu")
     assert cfg.eval_metrics == () and ProxyEval(state, cfg)() == Evaluation({})
 
@@ -104,14 +106,14 @@ def test_perceptual_networks_load_from_s3_and_local_files(
 ) -> None:
     import fsspec
 
-    from orchestrator.config.schema import PerceptualWeights
+    from orchestrator.config.schema import PerceptualConfig
     from orchestrator.train.worker import load_perceptual
 
-    assert load_perceptual(PerceptualWeights(), torch.device("cpu")) is None
+    assert load_perceptual(PerceptualConfig(), torch.device("cpu")) is None
     fs = fsspec.filesystem("s3")
     for name in ("vgg_path", "lpips_path"):
         fs.put(str(perceptual_weight_files[name]), f"{s3_bucket}/weights/{name}.pth")
-    weights = PerceptualWeights(
+    weights = PerceptualConfig(
         vgg16=f"s3://{s3_bucket}/weights/vgg_path.pth",
         lpips=f"s3://{s3_bucket}/weights/lpips_path.pth",
         convnext_small=str(perceptual_weight_files["convnext_path"]),
@@ -123,12 +125,12 @@ def test_perceptual_networks_load_from_s3_and_local_files(
 
 
 def test_perceptual_weights_need_their_files() -> None:
-    from orchestrator.config.schema import PerceptualWeights
+    from orchestrator.config.schema import PerceptualConfig
     from sphere_core.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"perceptual\.lpips: LPIPS needs both"):
-        PerceptualWeights(vgg16="s3://b/vgg16.pth")
-    assert PerceptualWeights(convnext_small="/w/cnx.pth").given and not PerceptualWeights().given
+        PerceptualConfig(vgg16="s3://b/vgg16.pth")
+    assert PerceptualConfig(convnext_small="/w/cnx.pth").given and not PerceptualConfig().given
 
 
 class NoMixedDevices(torch.overrides.TorchFunctionMode):
