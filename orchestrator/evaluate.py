@@ -52,7 +52,7 @@ class FrozenModel:
 
 def load_frozen(client: MlflowClient, uri: str, tracking_uri: str) -> FrozenModel:
     """The model and its lineage: a registered version's `source.run_id` tag, or the run in runs:/RUN_ID."""
-    from orchestrator.generate import load_registered
+    from orchestrator.tracking.mlflow_model import load_registered
     from sphere_core.config import ConfigError
 
     model, config = load_registered(uri, tracking_uri)

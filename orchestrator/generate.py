@@ -20,8 +20,6 @@ from orchestrator.data.cli_errors import UserError, at_least, run
 if TYPE_CHECKING:  # torch, mlflow and sphere_core load only after the flags have parsed
     import torch
 
-    from sphere_core.config import SphereConfig
-    from sphere_core.model import SphereEncoder
 
 REGISTRY_URI = re.compile(r"models:/[^/@]+@[^/@]+|runs:/[^/]+/.+")
 REGISTRY_FORMS = "models:/NAME@ALIAS, runs:/RUN_ID/PATH"
@@ -35,40 +33,6 @@ def check_registry_uri(uri: str, *, local_allowed: bool) -> None:
     looks_local = local_allowed and "://" not in uri and not uri.startswith(("models:", "runs:"))
     what = "no such directory" if looks_local else "not a model URI"
     raise UserError(f"--model {uri}: {what} (accepted: {forms})")
-
-
-def load_registered(
-    uri: str, tracking_uri: str, *, use_ema: bool = True
-) -> tuple[SphereEncoder, SphereConfig]:
-    """models:/NAME@ALIAS (or any artifact URI of a checkpoint directory) -> (model in eval mode, config)."""
-    import tempfile
-
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from sphere_core.config import ConfigError
-
-    with tempfile.TemporaryDirectory(prefix="sphere-model-") as tmp:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp, tracking_uri=tracking_uri))
-        except MlflowException as exc:
-            raise ConfigError(f"--model: {uri} cannot be resolved ({exc.message.splitlines()[0]})") from None
-        return load_local(local, use_ema=use_ema)
-
-
-def load_local(directory: Path, *, use_ema: bool = True) -> tuple[SphereEncoder, SphereConfig]:
-    """A checkpoint directory (bare, or a pyfunc model holding one) -> (model in eval mode, config)."""
-    import json
-
-    from orchestrator.tracking.mlflow_model import checkpoint_dir
-    from sphere_core.checkpoint import load_model
-    from sphere_core.config import SphereConfig
-
-    local = checkpoint_dir(directory)
-    if not (local / "config.json").is_file():
-        raise UserError(f"--model {directory}: no sphere_core checkpoint in it (config.json is missing)")
-    config = SphereConfig.from_dict(json.loads((local / "config.json").read_text()))
-    return load_model(local, use_ema=use_ema), config
 
 
 def sample_labels(labels: list[int] | None, num: int, num_classes: int) -> torch.Tensor | int:
@@ -153,6 +117,7 @@ def _generate(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from orchestrator.config.schema import ExperimentConfig
+    from orchestrator.tracking.mlflow_model import load_local, load_registered
     from orchestrator.tracking.runs import grid_image, resolve_tracking_uri
     from sphere_core.config import ConfigError, SamplingConfig
     from sphere_core.sampling import generate

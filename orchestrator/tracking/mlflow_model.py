@@ -5,8 +5,9 @@
     # -> float32 array (3, C, H, W) in [0, 1]
 
 The version's artifact directory holds `MLmodel` and the checkpoint under `data/`; `checkpoint_dir`
-finds it, so orchestrator.generate/evaluate keep loading it with sphere_core alone. Columns besides
-`label` (class id; -1 or absent = a random class) are sampling settings, one value per request.
+finds it, and `load_registered`/`load_local` (what orchestrator.generate and evaluate call) load it with
+sphere_core alone, whatever the URI: models:/NAME@ALIAS, runs:/RUN_ID/PATH or a local directory. Columns
+besides `label` (class id; -1 or absent = a random class) are sampling settings, one value per request.
 Loading needs this project installed (sphere_core and this module); the requirements name torch and mlflow.
 """
 
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from orchestrator.data.cli_errors import UserError
 from sphere_core.checkpoint import load_model
 from sphere_core.config import ConfigError, SamplingConfig, SphereConfig
 from sphere_core.model import SphereEncoder
@@ -63,8 +66,7 @@ class SphereSampler:
 
 def _load_pyfunc(data_path: str) -> SphereSampler:
     """MLflow's loader_module entry point: `data_path` is the checkpoint directory."""
-    config = SphereConfig.from_dict(json.loads((Path(data_path) / "config.json").read_text()))
-    return SphereSampler(load_model(data_path, use_ema=True), config)
+    return SphereSampler(*load_local(Path(data_path)))
 
 
 def save_pyfunc(checkpoint: Path, dest: Path) -> None:
@@ -91,3 +93,27 @@ def checkpoint_dir(local: Path) -> Path:
     from mlflow.models import Model
 
     return local / Model.load(str(local / "MLmodel")).flavors["python_function"]["data"]
+
+
+def load_registered(
+    uri: str, tracking_uri: str, *, use_ema: bool = True
+) -> tuple[SphereEncoder, SphereConfig]:
+    """models:/NAME@ALIAS (or any artifact URI of a checkpoint directory) -> (model in eval mode, config)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="sphere-model-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp, tracking_uri=tracking_uri))
+        except MlflowException as exc:
+            raise ConfigError(f"--model: {uri} cannot be resolved ({exc.message.splitlines()[0]})") from None
+        return load_local(local, use_ema=use_ema)
+
+
+def load_local(directory: Path, *, use_ema: bool = True) -> tuple[SphereEncoder, SphereConfig]:
+    """A checkpoint directory (bare, or a pyfunc model holding one) -> (model in eval mode, config)."""
+    local = checkpoint_dir(directory)
+    if not (local / "config.json").is_file():
+        raise UserError(f"--model {directory}: no sphere_core checkpoint in it (config.json is missing)")
+    config = SphereConfig.from_dict(json.loads((local / "config.json").read_text()))
+    return load_model(local, use_ema=use_ema), config
