@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from orchestrator.config import metric_names
 from orchestrator.data import BUILTIN_NAMES
 from orchestrator.data.cli_errors import at_least, reaching, run
-from orchestrator.generate import check_registry_uri
+from orchestrator.generate import SAMPLING_RENAMES, add_sampling_flags, check_registry_uri, sampling_values
 
 if TYPE_CHECKING:  # torch, mlflow and the configs load only after the CLI's flags have parsed
     import torch
@@ -326,13 +326,7 @@ def one_off_spec(args: argparse.Namespace) -> SweepSpec:
     from orchestrator.config.search_space import apply_trial_params
     from orchestrator.config.sweep_spec import EvaluateConfig, SearchDist, SweepSpec, TuneConfig
 
-    search = {
-        "sampling.steps": SearchDist(grid=list(args.steps)),
-        "sampling.cfg": SearchDist(grid=list(args.cfg)),
-        "sampling.cfg_position": SearchDist(grid=list(args.cfg_position)),
-        "sampling.schedule": SearchDist(grid=list(args.schedule)),
-        "sampling.shared_noise": SearchDist(grid=[mode == "shared" for mode in args.noise]),
-    }
+    search = {f"sampling.{name}": SearchDist(grid=values) for name, values in sampling_values(args).items()}
     base = ExperimentConfig()
     for path, dist in search.items():  # every value must build a valid SamplingConfig
         for value in dist.spec:
@@ -362,36 +356,12 @@ def one_off_spec(args: argparse.Namespace) -> SweepSpec:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.evaluate", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--model", required=True, help="models:/NAME@ALIAS or runs:/RUN_ID/PATH")
-    parser.add_argument(
-        "--steps", type=at_least(1), nargs="+", default=[1, 2, 4], help="forward steps T (default 1 2 4)"
-    )
-    parser.add_argument("--cfg", type=float, nargs="+", default=[1.0], help="guidance scales (1 = off)")
-    parser.add_argument(
-        "--cfg-position",
-        nargs="+",
-        choices=("enc", "dec", "combo"),
-        default=["combo"],
-        help="where guidance applies: the encoder, the decoder or both (default combo)",
-    )
-    parser.add_argument(
-        "--schedule",
-        nargs="+",
-        choices=("fixed", "decay"),
-        default=["fixed"],
-        help="refinement noise schedule (default fixed)",
-    )
-    parser.add_argument(
-        "--noise",
-        nargs="+",
-        choices=("shared", "independent"),
-        default=["shared"],
-        help="refinement noise drawn once (shared) or per step (default shared)",
-    )
+    add_sampling_flags(parser, several=True, steps=[1, 2, 4])  # every combination is a setting
     parser.add_argument(
         "--num",
         type=at_least(16),
@@ -412,8 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--floor", help="training shards (fsspec URL) for the real-vs-real floor")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
-    args = parser.parse_args(argv)
-    renames = (("evaluate.num_images", "--num"), ("evaluate.", "--"), ("sampling.", "--"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    renames = (("evaluate.num_images", "--num"), ("evaluate.", "--"), *SAMPLING_RENAMES)
     return run(lambda: _evaluate(args), renames)  # the dataclasses name their fields; the user typed flags
 
 

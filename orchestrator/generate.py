@@ -12,6 +12,7 @@ import argparse
 import math
 import re
 import sys
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,77 @@ if TYPE_CHECKING:  # torch, mlflow and sphere_core load only after the flags hav
 
 REGISTRY_URI = re.compile(r"models:/[^/@]+@[^/@]+|runs:/[^/]+/.+")
 REGISTRY_FORMS = "models:/NAME@ALIAS, runs:/RUN_ID/PATH"
+
+
+# The sampling knobs as flags, derived from SamplingConfig's fields (cfg_position -> --cfg-position) by both
+# generate and evaluate; shared_noise reads as --noise shared|independent.
+SAMPLING_HELP = {
+    "steps": "forward steps T (1 decoder pass + T-1 refinements)",
+    "cfg": "guidance scale (1 = off)",
+    "cfg_position": "where guidance applies: the encoder, the decoder or both",
+    "schedule": "refinement noise strength per step: fixed (r_k = 1) or decay (r_k = 1 - k/T)",
+    "shared_noise": "refinement noise drawn once (shared, official) or at every step",
+    "noise_scale": "multiplies the refinement noise (the official noise_strength_scaler)",
+    "alpha_max_deg": "refinement angle in degrees (default: the angle the model was trained with)",
+}
+NOISE_MODES = {"shared": True, "independent": False}
+# SamplingConfig's errors name its fields; the user typed flags (longest first: cfg_position before cfg).
+SAMPLING_RENAMES = tuple(
+    (f"sampling.{name}", "--noise" if name == "shared_noise" else f"--{name.replace('_', '-')}")
+    for name in sorted(SAMPLING_HELP, key=len, reverse=True)
+)
+
+
+def add_sampling_flags(
+    parser: argparse.ArgumentParser, *, several: bool, steps: list[int], steps_note: str = ""
+) -> None:
+    """A flag per SamplingConfig field, its choices and default from the field; with `several`, each flag
+    takes a list (evaluate scores every combination). `steps` is the step counts' default (always a list:
+    generate draws several side by side)."""
+    import dataclasses
+    import typing
+
+    from sphere_core.config import SamplingConfig  # dataclasses only: no torch
+
+    defaults, hints = SamplingConfig(), typing.get_type_hints(SamplingConfig)
+    for field in dataclasses.fields(SamplingConfig):
+        name, default = field.name, getattr(defaults, field.name)
+        flag, kind, choices = f"--{name.replace('_', '-')}", hints[name], None
+        if name == "shared_noise":
+            flag, kind, choices = "--noise", str, tuple(NOISE_MODES)
+            default = next(mode for mode, shared in NOISE_MODES.items() if shared == default)
+        elif typing.get_origin(kind) is typing.Literal:
+            kind, choices = str, typing.get_args(kind)
+        else:
+            kind = at_least(1) if name == "steps" else float
+        listed = several or name == "steps"
+        value = steps if name == "steps" else [default] if several else default
+        shown = " ".join(map(str, value)) if isinstance(value, list) else value
+        parser.add_argument(
+            flag,
+            dest=name,
+            type=kind,
+            choices=choices,
+            nargs="+" if listed else None,
+            default=value,
+            help=SAMPLING_HELP[name]
+            + (steps_note if name == "steps" else "")
+            + (f" (default {shown})" if shown is not None else ""),
+        )
+
+
+def sampling_values(args: argparse.Namespace) -> dict[str, list[typing.Any]]:
+    """SamplingConfig field -> the values given for it (a list even for a single-valued flag)."""
+    import dataclasses
+
+    from sphere_core.config import SamplingConfig
+
+    values = {}
+    for field in dataclasses.fields(SamplingConfig):
+        given = getattr(args, field.name)
+        given = given if isinstance(given, list) else [given]
+        values[field.name] = [NOISE_MODES[v] for v in given] if field.name == "shared_noise" else given
+    return values
 
 
 def check_registry_uri(uri: str, *, local_allowed: bool) -> None:
@@ -72,13 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         required=True,
         help=f"{REGISTRY_FORMS} (over MLflow), or a local checkpoint directory (no server needed)",
     )
-    parser.add_argument(
-        "--steps",
-        type=at_least(1),
-        nargs="+",
-        default=[1],
-        help="forward steps T (1 decoder pass + T-1 refinements); several values are drawn from the same "
-        "noise and shown side by side",
+    add_sampling_flags(
+        parser, several=False, steps=[1], steps_note="; several are drawn from the same noise, side by side"
     )
     parser.add_argument("--num", type=at_least(1), default=16, help="number of images (default 16)")
     parser.add_argument("--out", required=True, type=Path, help="PNG grid to write")
@@ -91,18 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         metavar="K",
         help="one row per class with K samples each (replaces --num)",
     )
-    parser.add_argument("--cfg", type=float, default=1.0, help="guidance scale (1 = off)")
-    parser.add_argument(
-        "--cfg-position",
-        choices=("enc", "dec", "combo"),
-        default="combo",
-        help="where guidance applies: the encoder, the decoder or both (default combo)",
-    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and random classes")
     parser.add_argument("--raw-weights", action="store_true", help="the training weights instead of the EMA")
     args = parser.parse_args(argv)
-    # SamplingConfig names its fields; the user typed flags
-    return run(lambda: _generate(args), (("sampling.steps", "--steps"), ("sampling.cfg", "--cfg")))
+    return run(lambda: _generate(args), SAMPLING_RENAMES)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -122,9 +181,8 @@ def _generate(args: argparse.Namespace) -> int:
     from sphere_core.config import ConfigError, SamplingConfig
     from sphere_core.sampling import generate
 
-    samplings = [
-        SamplingConfig(steps=steps, cfg=args.cfg, cfg_position=args.cfg_position) for steps in args.steps
-    ]
+    knobs = {name: values[0] for name, values in sampling_values(args).items() if name != "steps"}
+    samplings = [SamplingConfig(steps=steps, **knobs) for steps in args.steps]
     use_ema = not args.raw_weights
     if REGISTRY_URI.fullmatch(args.model):
         uri = resolve_tracking_uri(ExperimentConfig())

@@ -16,6 +16,7 @@ from orchestrator.evaluate import (
     format_table,
     main,
     one_off_spec,
+    parse_args,
     score_reconstructions,
     score_setting,
     setting_name,
@@ -109,16 +110,15 @@ def test_table_and_steps_curve(tmp_path: Path) -> None:
 
 
 def test_the_cli_grid_is_validated_before_anything_loads() -> None:
-    from argparse import Namespace
-
-    args = Namespace(
-        model="models:/m@a", steps=[1, 4], cfg=[1.0, 1.5], cfg_position=["combo"],
-        schedule=["fixed", "decay"], noise=["shared"], num=64, dataset="mnist", seed=0,
-        inception=None, reference=None, floor=None,
+    args = parse_args(
+        ["--model", "models:/m@a", "--steps", "1", "4", "--cfg", "1", "1.5", "--schedule", "fixed", "decay",
+         "--num", "64", "--dataset", "mnist"]
     )  # fmt: skip
     spec = one_off_spec(args)
     assert spec.kind == "evaluate" and spec.evaluate is not None and spec.evaluate.num_images == 64
     assert spec.search["sampling.shared_noise"].spec == [True]
+    assert spec.search["sampling.alpha_max_deg"].spec == [None]  # the model's own angle, resolved on load
+    assert spec.search["sampling.cfg"].spec == [1.0, 1.5]
     assert one_off_spec(args).digest == spec.digest  # the same one-off again finds its earlier results
     args.steps = [0]
     with pytest.raises(ConfigError, match=r"sampling\.steps: must be >= 1"):
@@ -145,12 +145,9 @@ def test_cli_metric_source_errors_are_one_line_before_any_tracking_server(
 
 
 def test_cli_reference_shards_default_to_no_builtin_dataset() -> None:
-    from argparse import Namespace
-
-    args = Namespace(
-        model="models:/m@a", steps=[1], cfg=[1.0], cfg_position=["combo"], schedule=["fixed"],
-        noise=["shared"], num=64, dataset=None, seed=0, inception="w.pth", reference="s3://b/val",
-        floor="s3://b/train",
+    args = parse_args(
+        ["--model", "models:/m@a", "--steps", "1", "--num", "64", "--inception", "w.pth",
+         "--reference", "s3://b/val", "--floor", "s3://b/train"]
     )  # fmt: skip
     spec = one_off_spec(args)
     assert spec.evaluate is not None and spec.evaluate.dataset == "none" and spec.evaluate.tag == "inception"

@@ -36,3 +36,15 @@ def test_a_local_checkpoint_directory_samples_without_a_tracking_server(
     assert main(["--model", str(directory), "--per-class", "2", "--steps", "1", "2", "--out", str(out)]) == 0
     with Image.open(out) as grid:  # its layout: the side_by_side tests above
         assert grid.format == "PNG" and min(grid.size) > CONFIG.model.image_size
+
+
+def test_every_sampling_knob_is_a_flag_named_after_its_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = save_checkpoint(tmp_path / "ckpt", fresh_state(), CONFIG)
+    out = tmp_path / "decay.png"
+    knobs = ["--schedule", "decay", "--noise", "independent", "--noise-scale", "0.5", "--alpha-max-deg", "70"]
+    assert main(["--model", str(directory), "--steps", "3", "--out", str(out), *knobs]) == 0
+    assert main(["--model", str(directory), "--out", str(out), "--alpha-max-deg", "95"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --alpha-max-deg: 95.0 must be in (0, 90), or null"]
