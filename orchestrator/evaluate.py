@@ -358,7 +358,10 @@ def one_off_spec(args: argparse.Namespace) -> SweepSpec:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.evaluate", description=__doc__.splitlines()[0]
+        prog="python -m orchestrator.evaluate",
+        description="Score a stored model's samples at every combination of the sampling flags (fd_clf "
+        "or FID, KID, precision/recall, beside the real-vs-real floor), each a child run of the run that "
+        "trained it. The metric classifiers and floors themselves: python -m orchestrator.evaluation.",
     )
     parser.add_argument("--model", required=True, help="models:/NAME@ALIAS or runs:/RUN_ID/PATH")
     add_sampling_flags(parser, several=True, steps=[1, 2, 4])  # every combination is a setting

@@ -1,4 +1,6 @@
-"""`python -m orchestrator.evaluation train-classifier|floor --dataset NAME`."""
+"""`python -m orchestrator.evaluation train-classifier|floor --dataset NAME`: the metric's own upkeep (the
+committed classifiers behind fd_clf, the real-vs-real floors). Scoring a model is `python -m
+orchestrator.evaluate`."""
 
 from __future__ import annotations
 
