@@ -173,7 +173,7 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
 
     from orchestrator.config.search_space import apply_trial_params, expand_trials
     from orchestrator.evaluation.protocol import protocol_for
-    from orchestrator.tracking import registry, runs
+    from orchestrator.tracking import reports, runs
 
     assert spec.evaluate is not None  # the loader requires it for kind: evaluate
     evaluate = spec.evaluate
@@ -215,8 +215,8 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
             _evaluate_child(client, spec, exp_id, parent_id, frozen, protocol, sampling) for sampling in bar
         ]
         fd_key = protocol.key(metric_names.fd(protocol.extractor.tag))
-        registry.log_summary(client, parent_id, rows, fd_key, "min")
-        registry.log_evaluation_plots(client, parent_id, rows, fd_key=fd_key)
+        reports.log_summary(client, parent_id, rows, fd_key, "min")
+        reports.log_evaluation_plots(client, parent_id, rows, fd_key=fd_key)
     except BaseException:
         client.set_terminated(parent_id, "FAILED")
         raise

@@ -371,15 +371,15 @@ def finish(
     client: Any, spec: SweepSpec, exp_id: str, parent_id: str, results: list[Any], dataset: Mapping[str, Any]
 ) -> None:
     """Summary tables and the best trial on the parent run; its checkpoint registered under the alias."""
-    from orchestrator.tracking import registry, runs
+    from orchestrator.tracking import registry, reports, runs
 
-    rows = registry.result_rows(spec, results)
-    registry.log_summary(client, parent_id, rows, spec.tune.metric, spec.tune.mode)
-    best = registry.best_row(rows, spec.tune.metric, spec.tune.mode)
+    rows = reports.result_rows(spec, results)
+    reports.log_summary(client, parent_id, rows, spec.tune.metric, spec.tune.mode)
+    best = reports.best_row(rows, spec.tune.metric, spec.tune.mode)
     if best is not None:
         metric = spec.tune.metric
         runs.log_best_trial(client, exp_id, parent_id, best["trial"], metric, float(best[metric]))
-    registry.log_training_pareto(client, parent_id, spec, results)
+    reports.log_training_pareto(client, parent_id, spec, results)
     version = registry.register_best(
         client,
         spec,

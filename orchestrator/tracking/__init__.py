@@ -1,2 +1,3 @@
-"""MLflow: trial and parent runs with their metric sinks (runs.py), the registry, which registers and loads
-models (registry.py, mlflow_model.py), and the reports logged on parent runs (pareto.py)."""
+"""MLflow: trial and parent runs with their metric sinks (runs.py), registering models and moving the alias
+(registry.py), saving and loading them (mlflow_model.py), and the reports on parent runs (reports.py, with
+the Pareto arithmetic and figures of pareto.py)."""

@@ -5,7 +5,7 @@ trial driver, so its id is known before the workers start); every other rank get
 All MLflow traffic is HTTP to one tracking server; `resolve_tracking_uri` fails fast when there is none.
 
 Over 300 lines because the sinks and the runs share one contract (which step was sent, which run a
-resumed trial reopens); it splits along that line when tracking/ becomes a package (issue 12).
+resumed trial reopens), which is easier to keep right read in one place.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def test_training_pareto_plots_fd_against_images_seen(tmp_path: Path) -> None:
     import mlflow
     import pandas as pd
 
-    from orchestrator.tracking.registry import log_training_pareto
+    from orchestrator.tracking.reports import log_training_pareto
 
     spec = SweepSpec(
         name="x",

@@ -1,4 +1,4 @@
-"""Best-trial choice, summary tables, and registration under an alias on a throwaway registry."""
+"""Registration under an alias on a throwaway registry, and when the alias moves."""
 
 from __future__ import annotations
 
@@ -16,38 +16,6 @@ from orchestrator.tracking.registry import Score, promotion
 from sphere_core.config import ConfigError
 
 os.environ.update(runs.QUIET_ENV)
-
-ROWS = [
-    {"trial": "t0", "status": "ok", "noise.alpha_max_deg": 75.0, "loss": 0.30, "checkpoint_path": "/c/0"},
-    {"trial": "t1", "status": "ok", "noise.alpha_max_deg": 85.0, "loss": 0.20, "checkpoint_path": "/c/1"},
-    {"trial": "t2", "status": "error", "noise.alpha_max_deg": 80.0, "loss": None, "checkpoint_path": None},
-    {
-        "trial": "t3",
-        "status": "ok",
-        "noise.alpha_max_deg": 70.0,
-        "loss": float("nan"),
-        "checkpoint_path": "/c/3",
-    },
-    {"trial": "t4", "status": "ok", "noise.alpha_max_deg": 65.0, "loss": 0.10, "checkpoint_path": None},
-]
-
-
-def test_best_row_needs_a_finite_metric_and_a_checkpoint() -> None:
-    lowest, highest = registry.best_row(ROWS, "loss", "min"), registry.best_row(ROWS, "loss", "max")
-    assert lowest is not None and lowest["trial"] == "t1"  # t4 is lower but has no checkpoint
-    assert highest is not None and highest["trial"] == "t0"
-    assert registry.best_row(ROWS[2:3], "loss", "min") is None
-
-
-def test_summary_tables_sort_best_first_and_hide_storage_paths() -> None:
-    table_csv, table_md = registry.summary_tables(ROWS, "loss", "min")
-    lines = table_csv.strip().splitlines()
-    assert lines[0] == "trial,status,noise.alpha_max_deg,loss"
-    assert [line.split(",")[0] for line in lines[1:]] == ["t4", "t1", "t0", "t2", "t3"]
-    md = table_md.splitlines()
-    assert md[0] == "| trial | status | noise.alpha_max_deg | loss |" and md[2].startswith(
-        "| t4 | ok | 65 | 0.1 |"
-    )
 
 
 def sqlite_registry(tmp_path: Path) -> tuple[str, mlflow.MlflowClient, str]:
@@ -123,32 +91,6 @@ def test_register_checkpoint_sets_the_alias_and_resolves_from_the_registry(tmp_p
     assert client.get_model_version_by_alias("sphere-test", "champion").version == version.version
     stages = {v.current_stage for v in client.search_model_versions("name = 'sphere-test'")}
     assert stages == {"None"}  # aliases only, never stages
-
-
-def test_result_rows_name_trials_like_their_driver(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
-    from orchestrator.config.loader import load_sweep
-    from orchestrator.tracking.runs import trial_name
-
-    spec = load_sweep(Path(__file__).resolve().parents[3] / "sweeps" / "smoke.yaml")
-    ok = SimpleNamespace(
-        metrics={"trial_id": "ab12c_00001", "fd_clf_1step": 812.5, "step": 20.0, "checkpoint_path": "b/c"},
-        config={"noise.alpha_max_deg": 85.0},
-        error=None,
-    )
-    failed = SimpleNamespace(metrics=None, config={"noise.alpha_max_deg": 75.0}, error=RuntimeError("boom"))
-    rows = registry.result_rows(spec, [ok, failed])
-    assert rows[0] == {
-        "trial": trial_name(spec.experiment_name, "ab12c_00001", {"noise.alpha_max_deg": 85.0}),
-        "status": "ok",
-        "noise.alpha_max_deg": 85.0,
-        "fd_clf_1step": 812.5,
-        "step": 20.0,
-        "checkpoint_path": "b/c",
-    }
-    assert rows[1]["status"] == "error" and rows[1]["trial"] == "" and rows[1]["fd_clf_1step"] is None
-    assert rows[0]["trial"].startswith(f"{spec.experiment_name}-t001-")
 
 
 FD, OTHER = "a" * 64, "b" * 64

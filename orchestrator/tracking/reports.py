@@ -1,0 +1,150 @@
+"""What a sweep's parent run shows: the trials' summary table (CSV and Markdown), the Pareto tables and plots
+of quality against cost (inference settings, or training images seen), and the rows they are built from.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.config import metric_names
+from orchestrator.config.sweep_spec import SweepSpec
+from orchestrator.tracking.pareto import Objective, ParetoSummary, steps_curve, summarize
+from orchestrator.tracking.runs import trial_name
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+TRAIN_COMPUTE = metric_names.TRAIN_IMAGES  # the training-compute axis
+
+
+def result_rows(spec: SweepSpec, results: Sequence[Any]) -> list[dict[str, Any]]:
+    """One plain row per Tune result: trial name, status, varied params, last reported metrics."""
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        params = {path: result.config.get(path) for path in spec.search}
+        name = trial_name(spec.experiment_name, metrics["trial_id"], params) if "trial_id" in metrics else ""
+        rows.append(
+            {
+                "trial": name,
+                "status": "error" if result.error else "ok",
+                **params,
+                spec.tune.metric: metrics.get(spec.tune.metric),
+                metric_names.STEP: metrics.get(metric_names.STEP),
+                "checkpoint_path": metrics.get("checkpoint_path"),
+            }
+        )
+    return rows
+
+
+def best_row(rows: Sequence[Mapping[str, Any]], metric: str, mode: str) -> Mapping[str, Any] | None:
+    """The finished trial with the best finite `metric` and a checkpoint, or None."""
+    scored = [r for r in rows if _finite(r.get(metric)) and r.get("checkpoint_path")]
+    if not scored:
+        return None
+    pick = min if mode == "min" else max
+    return pick(scored, key=lambda r: float(r[metric]))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def summary_tables(rows: Sequence[Mapping[str, Any]], metric: str, mode: str) -> tuple[str, str]:
+    """(CSV, markdown) of every trial, best first; comparison does not need to load each child run."""
+    worst = math.inf if mode == "min" else -math.inf
+    ordered = sorted(
+        rows, key=lambda r: float(r[metric]) if _finite(r.get(metric)) else worst, reverse=mode == "max"
+    )
+    columns = list(dict.fromkeys(key for row in ordered for key in row if key != "checkpoint_path"))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(ordered)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in ordered]
+    return buffer.getvalue(), "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+def log_summary(
+    client: MlflowClient, parent_run_id: str, rows: Sequence[Mapping[str, Any]], metric: str, mode: str
+) -> None:
+    table_csv, table_md = summary_tables(rows, metric, mode)
+    client.log_text(parent_run_id, table_csv, "summary.csv")
+    client.log_text(parent_run_id, table_md, "summary.md")
+
+
+def log_pareto(client: MlflowClient, run_id: str, name: str, summary: ParetoSummary) -> None:
+    """<name>.md / .csv (Pareto-optimal rows marked) and <name>.png on the run."""
+    client.log_text(run_id, summary.markdown, f"{name}.md")
+    client.log_text(run_id, summary.csv, f"{name}.csv")
+    client.log_figure(run_id, summary.figure, f"{name}.png")
+
+
+def log_evaluation_plots(
+    client: MlflowClient,
+    run_id: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    fd_key: str,
+) -> None:
+    """An evaluate sweep: FD against network passes per image and against measured images/s, and the
+    1 -> T-step FD curve."""
+
+    costs = [Objective("network_passes", "min", "network passes per image"), Objective("images_per_s", "max")]
+    summary = summarize(
+        rows, quality=Objective(fd_key, "min"), costs=costs, label_keys=["setting"], title="FD vs cost"
+    )
+    log_pareto(client, run_id, "pareto", summary)
+    client.log_figure(run_id, steps_curve(rows, fd_key), "fd_vs_steps.png")
+
+
+def training_rows(spec: SweepSpec, results: Sequence[Any]) -> list[dict[str, Any]]:
+    """One row per (trial, evaluation): the reports whose metrics were measured at their own step, with
+    the training compute spent by then. A report that carries an earlier eval forward (eval_step < step)
+    would pair that FD with a later, larger train_images, so it is left out."""
+    rows = []
+    for result, row in zip(results, result_rows(spec, results), strict=True):
+        history = result.metrics_dataframe
+        reports = history.to_dict("records") if history is not None else [result.metrics or {}]
+        rows += [
+            {"trial": row["trial"], **{p: row[p] for p in spec.search}, **report}
+            for report in reports
+            if _finite(report.get(TRAIN_COMPUTE))
+            and report.get(metric_names.EVAL_STEP, report.get(metric_names.STEP))
+            == report.get(metric_names.STEP)
+        ]
+    return rows
+
+
+def log_training_pareto(
+    client: MlflowClient, run_id: str, spec: SweepSpec, results: Sequence[Any]
+) -> list[str]:
+    """A training sweep: the 1-step and T-step FD against images seen, when the trials report them.
+    Returns the quality keys plotted (none until the training loop reports FD and train_images)."""
+    rows = training_rows(spec, results)
+    cost = Objective(TRAIN_COMPUTE, "min", "training images seen")
+    plotted = []
+    fd = metric_names.fd(spec.experiment.eval.tag)
+    for key in dict.fromkeys(metric_names.of_samples(fd, t) for t in (1, spec.experiment.sampling.steps)):
+        if any(_finite(r.get(key)) for r in rows):
+            summary = summarize(
+                rows,
+                quality=Objective(key, "min"),
+                costs=[cost],
+                label_keys=["trial"],
+                title=f"{key} vs compute",
+            )
+            log_pareto(client, run_id, f"pareto_{key}", summary)
+            plotted.append(key)
+    return plotted
