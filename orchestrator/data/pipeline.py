@@ -51,6 +51,7 @@ from orchestrator.data.shards import (
     epoch_order,
     rank_shards,
     read_manifest,
+    seen_add,
     seen_count,
     seen_has,
 )
@@ -412,8 +413,7 @@ class ShardStream:
         self, images: torch.Tensor, labels: torch.Tensor, origins: list[tuple[str, int]], started: float
     ) -> Batch:
         for name, position in origins:
-            bits = self._seen.setdefault(name, bytearray((self._counts[name] + 7) // 8))
-            bits[position >> 3] |= 1 << (position & 7)
+            seen_add(self._seen, name, self._counts[name], position)
         if self.cfg.random_flip:  # seeded per batch, so a resumed run flips the same batches the same way
             key = f"flip:{self.cfg.seed}:{self._epoch}:{self.rank}:{self._batches}"
             generator = torch.Generator().manual_seed(random.Random(key).getrandbits(63))

@@ -187,6 +187,12 @@ def seen_has(bits: bytearray | None, position: int) -> bool:
     return bits is not None and bool(bits[position >> 3] >> (position & 7) & 1)
 
 
+def seen_add(seen: dict[str, bytearray], name: str, count: int, position: int) -> None:
+    """Marks sample `position` of shard `name` (of `count` samples) as handed to training."""
+    bits = seen.setdefault(name, bytearray((count + 7) // 8))
+    bits[position >> 3] |= 1 << (position & 7)
+
+
 def encode_seen(seen: Mapping[str, bytearray], counts: Mapping[str, int]) -> dict[str, str]:
     return {
         name: "all" if seen_count(bits) == counts[name] else base64.b64encode(bits).decode()
