@@ -29,7 +29,7 @@ import torchmetrics
 
 from orchestrator.config import metric_names
 from orchestrator.config.schema import CLASSIFIER_IMAGES, MetricSource
-from orchestrator.data.pipeline import read_images
+from orchestrator.data.readers import read_images
 from orchestrator.evaluation.classifier import LabelledImages, load_split
 from orchestrator.evaluation.features import FeatureExtractor, load_classifier, load_inception
 from orchestrator.evaluation.metrics import (

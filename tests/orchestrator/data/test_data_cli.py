@@ -14,7 +14,8 @@ from PIL import Image
 
 from orchestrator.data.cli import main
 from orchestrator.data.config import DataConfig
-from orchestrator.data.pipeline import ShardStream, read_images
+from orchestrator.data.pipeline import ShardStream
+from orchestrator.data.readers import read_images
 from orchestrator.data.shards import Manifest, read_manifest
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from orchestrator.data.config import DataConfig
-from orchestrator.data.pipeline import ShardStream, read_images, read_shard, register_gopen
+from orchestrator.data.pipeline import ShardStream
+from orchestrator.data.readers import read_images, read_shard, register_gopen
 from orchestrator.data.shards import (
     DataError,
     Manifest,
