@@ -9,6 +9,7 @@ The inference-time evaluation of a frozen model (metrics per sampling setting) i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
 import sys
@@ -51,9 +52,6 @@ def add_sampling_flags(
     """A flag per SamplingConfig field, its choices and default from the field; with `several`, each flag
     takes a list (evaluate scores every combination). `steps` is the step counts' default (always a list:
     generate draws several side by side)."""
-    import dataclasses
-    import typing
-
     from sphere_core.config import SamplingConfig  # dataclasses only: no torch
 
     defaults, hints = SamplingConfig(), typing.get_type_hints(SamplingConfig)
@@ -85,8 +83,6 @@ def add_sampling_flags(
 
 def sampling_values(args: argparse.Namespace) -> dict[str, list[typing.Any]]:
     """SamplingConfig field -> the values given for it (a list even for a single-valued flag)."""
-    import dataclasses
-
     from sphere_core.config import SamplingConfig
 
     values = {}
