@@ -38,34 +38,28 @@ def workers_per_node(resources: Mapping[str, float], bundle: Mapping[str, float]
     return min(int(float(resources.get(key, 0.0)) / need + 1e-9) for key, need in bundle.items() if need > 0)
 
 
+def _minus(resources: Mapping[str, float], used: Mapping[str, float]) -> dict[str, float]:
+    return {key: float(value) - float(used.get(key, 0.0)) for key, value in resources.items()}
+
+
+def _fits(resources: Mapping[str, float], bundle: Mapping[str, float]) -> bool:
+    return all(float(resources.get(key, 0.0)) + 1e-9 >= need for key, need in bundle.items())
+
+
 def check_resources(
-    scaling: ScalingConfig, available: Mapping[str, float], where: str, node_types: Sequence[NodeType] = ()
+    scaling: ScalingConfig,
+    available: Mapping[str, float],
+    where: str,
+    node_types: Sequence[NodeType] = (),
+    head: Mapping[str, float] | None = None,
 ) -> str:
     """One trial (its driver and all its workers) must fit what the cluster has, or, on an autoscaling
-    cluster (`node_types`), what it can grow to; otherwise Tune waits forever. Returns where trials go."""
+    cluster (`node_types`), what it can grow to; otherwise Tune waits forever. `head` is what the node the
+    sweep runs on offers (`available` when not given). Returns where trials go."""
+    if node_types:
+        return _check_autoscaling(scaling, where, node_types, available if head is None else head)
     bundle, workers = worker_bundle(scaling), scaling.workers_per_trial
     need = ", ".join(f"{value:g} {key}" for key, value in bundle.items())
-    if node_types:
-        hosts = [(t, workers_per_node(t.resources, bundle)) for t in node_types if t.max_count != 0]
-        hosts = [(t, per_node) for t, per_node in hosts if per_node > 0]
-        if not hosts:
-            offered = "; ".join(f"{t.name}: {dict(t.resources)}" for t in node_types)
-            raise ConfigError(
-                f"scaling: one worker needs {need} but no node type of {where} offers that (node types: "
-                f"{offered}) (allowed: cpus_per_worker and use_gpu that one node type can host)"
-            )
-        unbounded = any(t.max_count < 0 for t, _ in hosts)
-        grows_to = sum(per_node * t.max_count for t, per_node in hosts if t.max_count > 0)
-        if not unbounded and grows_to < workers:
-            raise ConfigError(
-                f"scaling.workers_per_trial: {workers} workers of {need} each, but {where} grows to at "
-                f"most {grows_to} (allowed: 1..{grows_to})"
-            )
-        host, per_node = hosts[0]
-        return (
-            f"trials: {workers} workers of {need} each on node type {host.name} ({per_node} per node; "
-            "the autoscaler adds nodes as trials start)"
-        )
     have, total = float(available.get("CPU", 0.0)), trial_cpus(scaling)
     if total > have + 1e-9:
         fits = max(int((have - TRIAL_DRIVER_CPU) / scaling.cpus_per_worker + 1e-9), 0)
@@ -85,6 +79,61 @@ def check_resources(
             f"{available.get('GPU', 0.0):g} (allowed: use_gpu: false, or a cluster with GPUs)"
         )
     return f"trials: {workers} workers of {need} each on the {have:g} CPUs up now"
+
+
+def _check_autoscaling(
+    scaling: ScalingConfig, where: str, node_types: Sequence[NodeType], head: Mapping[str, float]
+) -> str:
+    """The trial driver (a Tune actor of TRIAL_DRIVER_CPU) goes first: on the head when it offers a CPU,
+    else on a node of some type, which then hosts fewer workers. KubeRay's usual 0-CPU head with 8-CPU GPU
+    pods needs, for 8 workers of 8 CPU, 9 pods: one of them only for the driver."""
+    bundle, workers = worker_bundle(scaling), scaling.workers_per_trial
+    need = ", ".join(f"{value:g} {key}" for key, value in bundle.items())
+    per_node = {t.name: workers_per_node(t.resources, bundle) for t in node_types}
+    hosts = [t for t in node_types if per_node[t.name] > 0]
+    if not hosts:
+        offered = "; ".join(f"{t.name}: {dict(t.resources)}" for t in node_types)
+        raise ConfigError(
+            f"scaling: one worker needs {need} but no node type of {where} offers that (node types: "
+            f"{offered}) (allowed: cpus_per_worker and use_gpu that one node type can host)"
+        )
+    unbounded = any(t.max_count < 0 for t in hosts)
+    grows_to = sum(per_node[t.name] * t.max_count for t in hosts if t.max_count > 0)
+    driver = {"CPU": TRIAL_DRIVER_CPU}
+    if _fits(head, driver):
+        driver_at, lost = "the head", 0
+        grows_to += workers_per_node(_minus(head, driver), bundle)
+    else:  # the node type whose nodes lose the fewest workers to the driver
+        losses = [
+            (per_node[t.name] - workers_per_node(_minus(t.resources, driver), bundle), t.name)
+            for t in node_types
+            if _fits(t.resources, driver)
+        ]
+        if not losses:
+            raise ConfigError(
+                f"scaling: the trial driver needs {TRIAL_DRIVER_CPU} CPU but neither the head of {where} "
+                f"(0 CPU) nor any node type offers one (allowed: a head with num-cpus >= 1, or a CPU "
+                "node type)"
+            )
+        lost, host_name = min(losses)
+        driver_at = f"a node of type {host_name}"
+    if not unbounded and grows_to - lost < workers:
+        if lost:
+            raise ConfigError(
+                f"scaling.workers_per_trial: {workers} workers of {need} each, but the trial driver "
+                f"({TRIAL_DRIVER_CPU} CPU) finds no CPU on the head of {where} and takes {driver_at}, "
+                f"which then hosts {lost} worker(s) fewer: {where} grows to at most {grows_to - lost} "
+                f"workers beside the driver (allowed: workers_per_trial 1..{grows_to - lost}, a "
+                "cpus_per_worker that leaves a node room for the driver, or a head with num-cpus >= 1)"
+            )
+        raise ConfigError(
+            f"scaling.workers_per_trial: {workers} workers of {need} each, but {where} grows to at "
+            f"most {grows_to} (allowed: 1..{grows_to})"
+        )
+    return (
+        f"trials: {workers} workers of {need} each on node type {hosts[0].name} ({per_node[hosts[0].name]} "
+        f"per node; the autoscaler adds nodes as trials start), trial drivers on {driver_at}"
+    )
 
 
 def check_local_resources(scaling: ScalingConfig) -> None:
@@ -146,7 +195,9 @@ def monitor_autoscaling_config(gcs_port: str) -> dict[str, Any] | None:
         path = flags.get("--autoscaling-config")
         if path and flags.get("--gcs-address", "").rsplit(":", 1)[-1] == gcs_port:
             try:
-                return dict(yaml.safe_load(Path(path).read_text()))
+                # `ray up` passes --autoscaling-config=~/ray_bootstrap_config.yaml: no shell expands a `~`
+                # after `=`, and the monitor expands it itself
+                return dict(yaml.safe_load(Path(path).expanduser().read_text()))
             except (OSError, yaml.YAMLError) as exc:
                 print(
                     f"preflight: cannot read the autoscaler's config {path} ({exc}); "
@@ -195,10 +246,12 @@ def cluster_preflight(scaling: ScalingConfig, storage_path: str, where: str) -> 
     import ray
 
     node_types = autoscaler_node_types()
-    plan = check_resources(scaling, ray.cluster_resources(), where, node_types)
-    alive = sum(1 for node in ray.nodes() if node["Alive"])
-    check_storage(storage_path, alive > 1 or bool(node_types), where)
-    return f"{plan}; {alive} node(s) up"
+    alive = [node for node in ray.nodes() if node["Alive"]]
+    here = ray.get_runtime_context().get_node_id()
+    head: dict[str, float] = next((node["Resources"] for node in alive if node["NodeID"] == here), {})
+    plan = check_resources(scaling, ray.cluster_resources(), where, node_types, head=head)
+    check_storage(storage_path, len(alive) > 1 or bool(node_types), where)
+    return f"{plan}; {len(alive)} node(s) up"
 
 
 def cluster_report(cfg: ExperimentConfig) -> str:

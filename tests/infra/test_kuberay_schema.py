@@ -153,11 +153,18 @@ def kubernetes_unknown_fields(value: Any, type_name: str, where: str) -> list[st
     return errors
 
 
+CORE_API_VERSIONS = {"v1", "apps/v1"}  # ServiceAccount, ConfigMap, Service; Deployment (mlflow.yaml)
+
+
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_manifest_uses_only_fields_its_crd_defines(path: Path) -> None:
     for document in yaml.safe_load_all(path.read_text()):
-        assert document["apiVersion"] == "ray.io/v1", path
-        assert unknown_fields(document, document["kind"], document["kind"]) == []
+        kind = document["kind"]
+        if document["apiVersion"] == "ray.io/v1":
+            assert unknown_fields(document, kind, kind) == []
+        else:
+            assert document["apiVersion"] in CORE_API_VERSIONS, path
+            assert kubernetes_unknown_fields(document, f"V1{kind}", kind) == []
 
 
 def test_a_misspelt_or_misplaced_field_is_caught() -> None:
@@ -177,3 +184,14 @@ def test_a_misspelt_or_misplaced_field_is_caught() -> None:
     assert f"{container}.resource: not a field of Kubernetes' V1Container" in errors
     assert any(e.startswith("RayCluster.spec.autoscalerOptions.upscalingMode: 'Fast'") for e in errors)
     assert len(errors) == 4, errors
+
+
+def test_a_misspelt_field_of_a_core_kind_is_caught() -> None:
+    documents = list(yaml.safe_load_all((REPO / "infra" / "kuberay" / "mlflow.yaml").read_text()))
+    deployment = next(d for d in documents if d["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["readynessProbe"] = {}
+    deployment["spec"]["template"]["spec"]["serviceAccount_name"] = "x"
+    assert sorted(kubernetes_unknown_fields(deployment, "V1Deployment", "Deployment")) == [
+        "Deployment.spec.template.spec.containers[0].readynessProbe: not a field of Kubernetes' V1Container",
+        "Deployment.spec.template.spec.serviceAccount_name: not a field of Kubernetes' V1PodSpec",
+    ]

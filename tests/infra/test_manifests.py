@@ -79,18 +79,32 @@ def test_rayjob_runs_an_existing_sweep_from_the_image_on_the_cluster() -> None:
     assert load_sweep(ROOT / match[1]).kind == "train"
 
 
-def test_tracking_server_pins_match_and_publishes_on_loopback_only() -> None:
+def test_tracking_server_pins_match_authenticates_and_publishes_on_loopback_by_default() -> None:
     pins = _pins()
     dockerfile = (INFRA / "mlflow" / "Dockerfile").read_text()
-    for name in ("mlflow", "boto3"):
-        assert f"{name}=={pins[name]}" in dockerfile
+    assert f"'mlflow[auth]=={pins['mlflow']}'" in dockerfile and f"boto3=={pins['boto3']}" in dockerfile
     server = _yaml(INFRA / "mlflow" / "docker-compose.yaml")["services"]["mlflow"]
     assert "--backend-store-uri=postgresql://mlflow@postgres:5432/mlflow" in server["command"]
+    assert (
+        "--app-name=basic-auth" in server["command"]
+    )  # a server other machines reach takes no anonymous writes
     assert not any("PASSWORD" in arg for arg in server["command"])  # not in `ps`, not in a URI
     assert server["environment"]["PGPASSWORD"].startswith("${POSTGRES_PASSWORD")
+    assert server["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_AUTH_ADMIN_PASSWORD:?")
     assert server["environment"]["MLFLOW_S3_ENDPOINT_URL"] is None  # passed through only when set
     assert any(arg.startswith("--artifacts-destination=") for arg in server["command"])
-    assert all(port.startswith("127.0.0.1:") for port in server["ports"])
+    assert all(port.startswith("${MLFLOW_BIND:-127.0.0.1}:") for port in server["ports"])
+    # the Kubernetes server uses the same image, so the same pins, and the same auth app
+    k8s = [
+        d
+        for d in yaml.safe_load_all((INFRA / "kuberay" / "mlflow.yaml").read_text())
+        if d["kind"] == "Deployment"
+    ]
+    command = k8s[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--app-name=basic-auth" in command and not any("PASSWORD" in arg for arg in command)
+    assert k8s[0]["spec"]["template"]["spec"]["containers"][0]["image"].endswith(
+        f"sphere-mlflow:{pins['mlflow']}"
+    )
 
 
 def test_local_scripts_bind_loopback_only() -> None:

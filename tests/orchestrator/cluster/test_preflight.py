@@ -4,7 +4,11 @@ storage."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -13,6 +17,7 @@ from orchestrator.cluster.preflight import (
     NodeType,
     check_resources,
     check_storage,
+    monitor_autoscaling_config,
     node_types_from_autoscaling_config,
     trial_cpus,
 )
@@ -43,13 +48,13 @@ def test_an_autoscaling_cluster_is_checked_against_what_it_can_grow_to() -> None
     plan = check_resources(four_gpus, {"CPU": 0.0}, "the cluster", [head, gpu_group])
     assert plan == (
         "trials: 4 workers of 3 CPU, 1 GPU each on node type gpu-group (2 per node; the autoscaler adds "
-        "nodes as trials start)"
+        "nodes as trials start), trial drivers on a node of type gpu-group"
     )
     with pytest.raises(
         ConfigError, match=r"workers_per_trial: 9 workers .* grows to at most 8 \(allowed: 1\.\.8\)"
     ):
         check_resources(
-            dataclasses.replace(four_gpus, workers_per_trial=9), {}, "the cluster", [head, gpu_group]
+            dataclasses.replace(four_gpus, workers_per_trial=9), {"CPU": 1.0}, "the cluster", [gpu_group]
         )
     with pytest.raises(ConfigError, match=r"one worker needs 12 CPU, 1 GPU but no node type of the cluster"):
         check_resources(
@@ -73,20 +78,92 @@ REPO = Path(__file__).resolve().parents[3]
 ON_GPUS = {"scaling.use_gpu": True, "data.url": "s3://mine/train", "run.storage_path": "s3://mine/ray"}
 
 
-def test_the_shipped_kuberay_cluster_is_read_as_its_autoscaler_reads_it() -> None:
-    """Ray's own KubeRay reader (what the preflight calls on a head pod) turns the shipped RayCluster into
-    node types; the shipped sweep with only --set overrides fits its GPU group."""
+def _kuberay(cluster: dict[str, Any]) -> tuple[list[NodeType], dict[str, float]]:
+    """What the preflight sees on a head pod: Ray's own KubeRay reader turns the RayCluster into node
+    types; the head offers what its rayStartParams say."""
     from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
 
-    cluster = yaml.safe_load((REPO / "infra/kuberay/raycluster.yaml").read_text())
     cluster["metadata"]["namespace"] = "default"  # as the API server returns it
-    types = node_types_from_autoscaling_config(_derive_autoscaling_config_from_ray_cr(cluster))
-    assert [(t.name, t.resources["CPU"], t.resources["GPU"], t.max_count) for t in types] == [
-        ("gpu", 8.0, 1.0, 8)
+    config = _derive_autoscaling_config_from_ray_cr(cluster)
+    head = config["available_node_types"][config["head_node_type"]]["resources"]
+    return node_types_from_autoscaling_config(config), {key: float(value) for key, value in head.items()}
+
+
+def _shipped_raycluster() -> dict[str, Any]:
+    cluster: dict[str, Any] = yaml.safe_load((REPO / "infra/kuberay/raycluster.yaml").read_text())
+    return cluster
+
+
+EIGHT_GPU_TRIAL = ON_GPUS | {"scaling.workers_per_trial": 8, "scaling.cpus_per_worker": 8.0}
+
+
+def test_the_shipped_kuberay_cluster_places_an_eight_gpu_trial_on_one_node_and_its_driver_on_the_head() -> (
+    None
+):
+    types, head = _kuberay(_shipped_raycluster())
+    assert [(t.name, t.resources["GPU"], t.max_count) for t in types] == [("gpu-node", 8.0, 4)]
+    assert head["CPU"] >= 1 and head.get("GPU", 0.0) == 0
+    spec = load_sweep(REPO / "sweeps/noise.yaml", EIGHT_GPU_TRIAL)
+    plan = check_resources(spec.experiment.scaling, head, "the RayCluster", types, head=head)
+    assert plan.startswith("trials: 8 workers of 8 CPU, 1 GPU each on node type gpu-node (8 per node;")
+    assert plan.endswith("trial drivers on the head")
+    spec = load_sweep(REPO / "sweeps/noise.yaml", ON_GPUS)  # the shipped sweep with only --set overrides
+    assert "trial drivers on the head" in check_resources(
+        spec.experiment.scaling, head, "c", types, head=head
+    )
+
+
+def test_the_old_kuberay_layout_is_refused_because_its_trial_driver_has_nowhere_to_go() -> None:
+    """A 0-CPU head and one GPU per 8-CPU pod, at most 8 pods: 8 workers of 8 CPU fill all 8 pods and the
+    trial's driver needs a ninth, so Tune would wait forever."""
+    cluster = _shipped_raycluster()
+    cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = "0"
+    group = cluster["spec"]["workerGroupSpecs"][0]
+    group["maxReplicas"] = 8
+    for key in ("requests", "limits"):
+        group["template"]["spec"]["containers"][0]["resources"][key] |= {"cpu": "8", "nvidia.com/gpu": "1"}
+    types, head = _kuberay(cluster)
+    assert head["CPU"] == 0 and [(t.resources["CPU"], t.resources["GPU"], t.max_count) for t in types] == [
+        (8.0, 1.0, 8)
     ]
-    spec = load_sweep(REPO / "sweeps/noise.yaml", ON_GPUS)
-    plan = check_resources(spec.experiment.scaling, {"CPU": 0.0}, "the RayCluster", types)
-    assert plan.startswith("trials: 1 workers of 0.99 CPU, 1 GPU each on node type gpu (1 per node;")
+    spec = load_sweep(REPO / "sweeps/noise.yaml", EIGHT_GPU_TRIAL)
+    with pytest.raises(ConfigError) as refused:
+        check_resources(spec.experiment.scaling, head, "the RayCluster", types, head=head)
+    assert str(refused.value) == (
+        "scaling.workers_per_trial: 8 workers of 8 CPU, 1 GPU each, but the trial driver (0.01 CPU) finds no "
+        "CPU on the head of the RayCluster and takes a node of type gpu-node, which then hosts 1 worker(s) "
+        "fewer: the RayCluster grows to at most 7 workers beside the driver (allowed: workers_per_trial "
+        "1..7, a cpus_per_worker that leaves a node room for the driver, or a head with num-cpus >= 1)"
+    )
+    # 7.99 CPU per worker leaves a pod room for the driver: then the same cluster fits the trial
+    fits = dataclasses.replace(spec.experiment.scaling, cpus_per_worker=7.99)
+    assert "trial drivers on a node of type gpu-node" in check_resources(fits, head, "c", types, head=head)
+
+
+def test_a_driver_with_no_cpu_anywhere_is_refused() -> None:
+    gpus_only = NodeType("gpu", {"CPU": 0.005, "GPU": 8.0}, max_count=2)
+    with pytest.raises(ConfigError, match=r"^scaling: the trial driver needs 0.01 CPU but neither the head"):
+        check_resources(ScalingConfig(cpus_per_worker=0.0001, use_gpu=True), {}, "c", [gpus_only])
+
+
+def test_the_autoscaler_config_is_read_with_a_home_relative_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ray up` starts the monitor with --autoscaling-config=~/ray_bootstrap_config.yaml, unexpanded (no shell
+    expands a `~` after `=`); a cold GPU cluster was refused when the preflight read that path literally."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump({"max_workers": 2}))
+    (tmp_path / "monitor.py").write_text("import time; time.sleep(60)")
+    argv = [sys.executable, str(tmp_path / "monitor.py"), "--gcs-address=127.0.0.1:64999"]
+    monitor = subprocess.Popen([*argv, "--autoscaling-config=~/ray_bootstrap_config.yaml"])
+    try:
+        deadline = time.monotonic() + 10
+        while (config := monitor_autoscaling_config("64999")) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert config == {"max_workers": 2}
+    finally:
+        monitor.kill()
+        monitor.wait()
 
 
 def test_the_shipped_cluster_launcher_config_is_read_without_its_head() -> None:
