@@ -14,6 +14,7 @@ from typing import Any
 from orchestrator.config.schema import ExperimentConfig, ScalingConfig
 from sphere_core.config import ConfigError
 
+HEAD_MARKER = "node:__internal_head__"  # ray._common.constants.HEAD_NODE_RESOURCE_NAME
 TRIAL_DRIVER_CPU = 0.01  # 0 is rejected by Tune; 1 (Tune's default) deadlocks the Train workers on 2 cores
 
 
@@ -247,8 +248,8 @@ def cluster_preflight(scaling: ScalingConfig, storage_path: str, where: str) -> 
 
     node_types = autoscaler_node_types()
     alive = [node for node in ray.nodes() if node["Alive"]]
-    here = ray.get_runtime_context().get_node_id()
-    head: dict[str, float] = next((node["Resources"] for node in alive if node["NodeID"] == here), {})
+    # Ray marks its head with this resource; the trial drivers may use what it offers
+    head: dict[str, float] = next((n["Resources"] for n in alive if HEAD_MARKER in n["Resources"]), {})
     plan = check_resources(scaling, ray.cluster_resources(), where, node_types, head=head)
     check_storage(storage_path, len(alive) > 1 or bool(node_types), where)
     return f"{plan}; {len(alive)} node(s) up"

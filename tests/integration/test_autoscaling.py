@@ -174,8 +174,8 @@ def test_the_shipped_sweep_fits_what_the_cluster_can_grow_to_and_the_autoscaler_
     assert checked.returncode == 0, checked.stderr
     assert (
         f"trials: 1 workers of 0.99 CPU each on node type {WORKER_TYPE} (1 per node; the autoscaler adds "
-        "nodes as trials start); 1 node(s) up"
-    ) in checked.stdout
+        f"nodes as trials start), trial drivers on a node of type {WORKER_TYPE}; 1 node(s) up"
+    ) in checked.stdout  # the 0-CPU head has no room for a driver; a 1-CPU node has, beside its worker
     too_big = sweep("sweeps/noise.yaml", "--dry-run", "--set", "scaling.workers_per_trial=3")
     assert too_big.returncode == 2
     assert too_big.stderr.startswith(
