@@ -156,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and random classes")
     parser.add_argument("--raw-weights", action="store_true", help="the training weights instead of the EMA")
+    parser.add_argument(
+        "--bf16-autocast",
+        action="store_true",
+        help="run the networks under bf16 autocast, as training with optim.bf16_autocast (default: fp32)",
+    )
     args = parser.parse_args(argv)
     return run(lambda: _generate(args), SAMPLING_RENAMES)
 
@@ -206,6 +211,7 @@ def _generate(args: argparse.Namespace) -> int:
             sampling=sampling.resolved(config.noise),
             generator=torch.Generator().manual_seed(args.seed + 1),
             noise=noise,
+            bf16_autocast=args.bf16_autocast,
         )
         for sampling in samplings
     ]

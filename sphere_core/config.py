@@ -167,7 +167,13 @@ class OptimConfig:
     decay_lr: bool = True
     grad_clip: float = 1.0
     ema_decay: float = 0.9997  # EMA is kept in fp32 whatever the model dtype
-    bf16_autocast: bool = False
+    bf16_autocast: bool = False  # training, sample grids and evaluation (weights and EMA stay fp32)
+    # Memory, not recipe (ours): neither changes the images per step, the LR or, to float rounding, the
+    # gradient. grad_accum_steps splits each rank's batch into that many equal micro-batches, one
+    # forward/backward each (DDP syncs on the last only); activation_checkpointing keeps only each
+    # transformer block's input and recomputes the rest in backward (~1/3 more compute).
+    grad_accum_steps: int = 1
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.min_lr < 0:
@@ -176,6 +182,8 @@ class OptimConfig:
             raise ConfigError("optim.total_steps: must be >= 1 (and optim.warmup_steps >= 0)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError("optim.ema_decay: must be in [0, 1)")
+        if self.grad_accum_steps < 1:
+            raise ConfigError("optim.grad_accum_steps: must be >= 1 (1 = no accumulation)")
 
 
 @dataclass(frozen=True, kw_only=True)

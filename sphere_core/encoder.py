@@ -38,4 +38,6 @@ class Encoder(nn.Module):
         """x: (B, C, H, W) in [-1, 1]; c: (B, width) condition or None -> z: (B, N, d)."""
         tokens = self.patch_proj(self.patch_embed(x)).flatten(2).transpose(1, 2)  # (B, N, width)
         h = self.transformer(tokens, c)
-        return self.mixer(self.head(h, c))  # (B, N, d)
+        # fp32 whatever the autocast: the sphere's noise is drawn and added at z's dtype, and bf16 (8-bit
+        # mantissa, an ulp of 2^-7 at |v| ~ 1) would round away the small-noise offsets.
+        return self.mixer(self.head(h, c)).float()  # (B, N, d)

@@ -29,6 +29,11 @@ class SphereEncoder(nn.Module):
         self.decoder = Decoder(cfg)
         self.initialize_weights()
 
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Recompute every transformer block's activations in backward instead of keeping them."""
+        self.encoder.transformer.checkpointing = enabled
+        self.decoder.transformer.checkpointing = enabled
+
     @property
     def latent_shape(self) -> tuple[int, int]:
         """(N, d); the sphere has radius sqrt(N * d)."""

@@ -15,6 +15,9 @@ Classifier-free guidance: lerp(uncond, cond, w) = uncond + w * (cond - uncond), 
 as uncond, on the encoder's latent ("enc", refinement steps only), on the decoder's pixels ("dec",
 then clamped to [-1, 1]) or on both with w = sqrt(cfg) ("combo"). Active only when cfg > 1 and the
 model is conditional. All randomness comes from the explicit `generator`.
+
+With `bf16_autocast` (the model's `optim.bf16_autocast`, as in training) only the network passes run
+under autocast; noise, guidance and images stay fp32.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sphere_core import precision
 from sphere_core.config import SamplingConfig
 from sphere_core.model import SphereEncoder
 from sphere_core.spherify import randn, spherify
@@ -80,20 +84,35 @@ class Guided:
     null: Condition
     w_enc: float
     w_dec: float
+    bf16_autocast: bool = False
 
     @classmethod
-    def build(cls, model: SphereEncoder, cond: Condition, batch: int, sampling: SamplingConfig) -> Guided:
+    def build(
+        cls,
+        model: SphereEncoder,
+        cond: Condition,
+        batch: int,
+        sampling: SamplingConfig,
+        *,
+        bf16_autocast: bool = False,
+    ) -> Guided:
         device = next(model.parameters()).device
         null = Condition.from_labels(model, model.null_labels(batch, device))
-        return cls(model, cond, null, *guidance_weights(model, sampling))
+        return cls(model, cond, null, *guidance_weights(model, sampling), bf16_autocast=bf16_autocast)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W) in [-1, 1] -> raw z (B, N, d)."""
-        return _lerp_guided(self.model.encode, x, self.cond.enc, self.null.enc, self.w_enc)
+        """x: (B, C, H, W) in [-1, 1] -> raw z (B, N, d), fp32 (as the encoder returns it)."""
+        with precision.bf16_autocast(x.device, self.bf16_autocast):
+            return _lerp_guided(self.model.encode, x, self.cond.enc, self.null.enc, self.w_enc)
 
     def decode(self, v: torch.Tensor) -> torch.Tensor:
-        """v: (B, N, d) -> x (B, C, H, W) in [-1, 1] (guided pixels can overshoot: clamp them)."""
-        x = _lerp_guided(self.model.decode, v, self.cond.dec, self.null.dec, self.w_dec)
+        """v: (B, N, d) -> x (B, C, H, W) in [-1, 1], fp32 (guided pixels can overshoot: clamp them)."""
+
+        def decode_fp32(inp: torch.Tensor, *, cond: torch.Tensor | None) -> torch.Tensor:
+            return self.model.decode(inp, cond=cond).float()  # guidance extrapolates: lerp in fp32
+
+        with precision.bf16_autocast(v.device, self.bf16_autocast):
+            x = _lerp_guided(decode_fp32, v, self.cond.dec, self.null.dec, self.w_dec)
         return x if self.w_dec == 1.0 else x.clamp(-1.0, 1.0)
 
 
@@ -132,9 +151,10 @@ def generate_from_noise(
     *,
     sampling: SamplingConfig,
     generator: torch.Generator | None,
+    bf16_autocast: bool = False,
 ) -> torch.Tensor:
     """Algorithm 1 from given initial noise e (B, N, d) and condition -> images (B, C, H, W) in [0, 1]."""
-    guided = Guided.build(model, cond, noise.shape[0], sampling)
+    guided = Guided.build(model, cond, noise.shape[0], sampling, bf16_autocast=bf16_autocast)
     x = guided.decode(spherify(noise))  # the 1-step sample
     x = refine(guided, x, sampling=sampling, generator=generator)
     return to_unit_range(x)
@@ -148,8 +168,9 @@ def generate(
     sampling: SamplingConfig,
     generator: torch.Generator | None,
     noise: torch.Tensor | None = None,
+    bf16_autocast: bool = False,
 ) -> torch.Tensor:
-    """Samples images (B, C, H, W) in [0, 1].
+    """Samples images (B, C, H, W) in [0, 1], fp32.
 
     Args:
         labels_or_n: class labels (B,) long, or a count n (random classes from `generator` for a
@@ -157,6 +178,7 @@ def generate(
         sampling: resolved against the model's config (`sampling.resolved(config.noise)`), which sets the
             refinement angle.
         noise: initial e (B, N, d); drawn from `generator` when None.
+        bf16_autocast: run the encoder and decoder passes under bf16 autocast on the model's device.
     """
     param = next(model.parameters())
     if isinstance(labels_or_n, int):
@@ -176,7 +198,9 @@ def generate(
         )
     cond = Condition.from_labels(model, labels)
     noise = noise.to(param.device, param.dtype)
-    return generate_from_noise(model, noise, cond, sampling=sampling, generator=generator)
+    return generate_from_noise(
+        model, noise, cond, sampling=sampling, generator=generator, bf16_autocast=bf16_autocast
+    )
 
 
 def network_passes(steps: int, *, guide_enc: bool = False, guide_dec: bool = False) -> int:

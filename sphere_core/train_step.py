@@ -1,4 +1,5 @@
-"""One optimiser step: forward (optionally under bf16 autocast), backward, clip, LR, AdamW, EMA.
+"""One optimiser step: forward and backward (optionally under bf16 autocast, optionally over micro-batches),
+clip, LR, AdamW, EMA.
 
 Knows nothing of ranks, logging or IO: the orchestrator may wrap `TrainState.objective` in DDP
 (Ray Train's prepare_model) and keeps `TrainState.model` as the raw network for EMA and checkpoints.
@@ -12,12 +13,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from sphere_core.config import OptimConfig, SphereConfig
 from sphere_core.losses import LossOutput, SphereObjective
 from sphere_core.model import SphereEncoder
 from sphere_core.optim import build_optimizer, lr_at, make_ema, set_lr, update_ema
 from sphere_core.perceptual import PerceptualLoss
+from sphere_core.precision import bf16_autocast
 from sphere_core.presets import build_model
 
 
@@ -55,19 +58,28 @@ def train_step(
     global_batch: int,
     generator: torch.Generator | None,
 ) -> StepOutput:
-    """x: (B, C, H, W) in [-1, 1]; y: (B,) labels or None. `global_batch` (over all ranks) scales the LR."""
+    """x: (B, C, H, W) in [-1, 1]; y: (B,) labels or None. `global_batch` (over all ranks) scales the LR.
+
+    With optim.grad_accum_steps = k the batch runs as k micro-batches of B/k whose gradients add up to the
+    batch's (each loss is a mean over its samples, so each is weighted 1/k); metrics are their means.
+    """
     lr = lr_at(state.step, optim, global_batch)
     set_lr(state.optimizer, lr)
     state.objective.train()
-    autocast = (
-        torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
-        if optim.bf16_autocast
-        else contextlib.nullcontext()
-    )
-    with autocast:
-        out: LossOutput = state.objective(x, y, generator=generator)
+    state.model.set_activation_checkpointing(optim.activation_checkpointing)
     state.optimizer.zero_grad(set_to_none=True)
-    out.total.backward()
+    k = optim.grad_accum_steps
+    if x.shape[0] % k:
+        raise ValueError(f"optim.grad_accum_steps: {k} does not divide the batch of {x.shape[0]}")
+    ys = [None] * k if y is None else y.chunk(k)
+    sums: dict[str, torch.Tensor] = {}
+    for i, (x_micro, y_micro) in enumerate(zip(x.chunk(k), ys, strict=True)):
+        with _grad_sync(state.objective, i == k - 1):
+            with bf16_autocast(x.device, optim.bf16_autocast):
+                out: LossOutput = state.objective(x_micro, y_micro, generator=generator)
+            (out.total / k).backward()
+        for name, value in {"loss": out.total.detach(), **out.terms}.items():
+            sums[name] = sums.get(name, 0) + value.float() / k
     params = [p for p in state.model.parameters() if p.requires_grad]
     max_norm = optim.grad_clip if optim.grad_clip > 0 else math.inf  # <= 0 disables clipping
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -75,7 +87,14 @@ def train_step(
     update_ema(state.ema, state.model, optim.ema_decay)
     state.step += 1
 
-    names = ["loss", "grad_norm", *out.terms]
-    tensors = [out.total.detach(), grad_norm, *out.terms.values()]
+    names = ["loss", "grad_norm", *(n for n in sums if n != "loss")]
+    tensors = [sums["loss"], grad_norm, *(sums[n] for n in names[2:])]
     values = torch.stack([t.float() for t in tensors]).tolist()  # one device sync for all metrics
     return StepOutput(metrics={**dict(zip(names, values, strict=True)), "lr": lr})
+
+
+def _grad_sync(objective: nn.Module, last: bool) -> contextlib.AbstractContextManager[object]:
+    """DDP all-reduces gradients in every backward unless told not to: only the last micro-batch syncs."""
+    if last or not isinstance(objective, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return objective.no_sync()

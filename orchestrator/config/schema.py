@@ -172,6 +172,11 @@ class ExperimentConfig:
     perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
 
     def __post_init__(self) -> None:
+        if self.data.batch_size % self.optim.grad_accum_steps:
+            raise ConfigError(
+                f"optim.grad_accum_steps: {self.optim.grad_accum_steps} does not divide data.batch_size "
+                f"{self.data.batch_size} (each rank's batch is split into equal micro-batches)"
+            )
         channels, classes = CLASSIFIER_IMAGES
         if (
             self.eval.enabled

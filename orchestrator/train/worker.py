@@ -46,6 +46,7 @@ from orchestrator.train.loop import run_loop
 from sphere_core.checkpoint import load_checkpoint, restore, save_checkpoint
 from sphere_core.model import SphereEncoder
 from sphere_core.perceptual import PerceptualLoss, build_perceptual, perceptual_status
+from sphere_core.precision import bf16_autocast
 from sphere_core.sampling import generate, to_unit_range
 from sphere_core.spherify import spherify
 from sphere_core.train_step import TrainState, make_train_state, train_step
@@ -167,7 +168,8 @@ def resume(state: TrainState, device: torch.device) -> tuple[int, dict[str, Any]
 
 @torch.no_grad()
 def sample_grids(state: TrainState, cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
-    """1-step and `sampling.steps`-step samples of the EMA model, from the same noise at every eval."""
+    """1-step and `sampling.steps`-step samples of the EMA model, from the same noise at every eval, in
+    training's precision (optim.bf16_autocast)."""
     model = state.ema
     labels: torch.Tensor | int = SAMPLE_GRID
     if cfg.model.conditional:
@@ -177,7 +179,7 @@ def sample_grids(state: TrainState, cfg: ExperimentConfig) -> dict[str, torch.Te
         sampling = dataclasses.replace(resolved, steps=steps)
         generator = torch.Generator().manual_seed(cfg.run.seed)
         grids[metric_names.sample_images(steps)] = generate(
-            model, labels, sampling=sampling, generator=generator
+            model, labels, sampling=sampling, generator=generator, bf16_autocast=cfg.optim.bf16_autocast
         )
     return grids
 
@@ -264,9 +266,11 @@ class ProxyEval:
 
     @torch.no_grad()
     def model_outputs(self, model: SphereEncoder) -> dict[str, torch.Tensor]:
-        """Everything the eval asks of the model, on the model's device: samples_<T>step and the held-out
-        images' latents and reconstructions (images in [0, 1])."""
+        """Everything the eval asks of the model, on the model's device, in training's precision
+        (optim.bf16_autocast): samples_<T>step and the held-out images' latents and reconstructions
+        (images in [0, 1], fp32)."""
         device = next(model.parameters()).device
+        bf16 = self.cfg.optim.bf16_autocast
         outputs = {}
         for steps in self.cfg.eval_steps:
             outputs[metric_names.sample_images(steps)] = generate(
@@ -274,12 +278,14 @@ class ProxyEval:
                 self._sample_labels(),
                 sampling=dataclasses.replace(self.sampling, steps=steps),
                 generator=torch.Generator().manual_seed(self.cfg.eval.seed),
+                bf16_autocast=bf16,
             )
         images, labels = self.held_out
         x = (images.float() / 127.5 - 1.0).to(device)  # uint8 -> [-1, 1], the model's input range
         y = labels.to(device) if self.cfg.model.conditional else None
-        outputs["latents"] = spherify(model.encode(x, y))  # (n, N, d)
-        outputs["reconstructions"] = to_unit_range(model.decode(outputs["latents"], y))
+        with bf16_autocast(device, bf16):
+            outputs["latents"] = spherify(model.encode(x, y))  # (n, N, d), fp32 as the encoder returns it
+            outputs["reconstructions"] = to_unit_range(model.decode(outputs["latents"], y).float())
         return outputs
 
     def _sample_labels(self) -> torch.Tensor | int:
@@ -288,8 +294,11 @@ class ProxyEval:
 
     def _score_samples(self, images: torch.Tensor, steps: int) -> MetricResult:
         sampling = dataclasses.replace(self.sampling, steps=steps)
-        # The same sampler description as the evaluate sweep's, so equal settings share a fingerprint.
+        # The same sampler description as the evaluate sweep's, so equal settings share a fingerprint;
+        # bf16 samples differ from fp32 ones, so they name it (fp32 fingerprints stay as they were).
         knobs = {k: v for k, v in dataclasses.asdict(sampling).items() if v is not None}
+        if self.cfg.optim.bf16_autocast:
+            knobs["autocast"] = "bf16"
         labels = self._sample_labels()
         return evaluate_samples(
             images,

@@ -16,8 +16,27 @@ from torch import nn
 NORM_EPS = 1e-6  # every RMSNorm in the official model
 
 
-def rms_norm(dim: int, *, affine: bool = True) -> nn.RMSNorm:
-    return nn.RMSNorm(dim, eps=NORM_EPS, elementwise_affine=affine)
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm computed in its input's dtype, the fp32 gain cast to it.
+
+    Under bf16 autocast torch would otherwise take a slow path either way (torch 2.13): CPU autocast leaves
+    rms_norm alone, and a bf16 input with an fp32 gain misses the fused kernel (layer_norm.cpp warns
+    "Cannot dispatch to fused implementation"); CUDA autocast lists rms_norm as an fp32 op
+    (autocast_mode.h), so every norm reads and writes fp32 activations. The fused kernel accumulates the
+    mean square in fp32 whatever its dtype; only the output is rounded to bf16, as the next matmul would.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        device = x.device.type  # "meta" (shape checks) has no autocast at all
+        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):  # keeps CUDA autocast from upcasting to fp32
+                return nn.functional.rms_norm(x, self.normalized_shape, weight, self.eps)
+        return nn.functional.rms_norm(x, self.normalized_shape, weight, self.eps)
+
+
+def rms_norm(dim: int, *, affine: bool = True) -> RMSNorm:
+    return RMSNorm(dim, eps=NORM_EPS, elementwise_affine=affine)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from sphere_core.nn.layers import AdaLN, SwiGLU, modulate, rms_norm
 from sphere_core.nn.posemb import apply_rope, rope_2d, sincos_2d
@@ -63,6 +64,9 @@ class Transformer(nn.Module):
         # card's parameter totals, but never trains. Filled by `reset_pos_embed` (skipped on meta).
         self.pos_embed = nn.Parameter(torch.empty(grid * grid, width), requires_grad=False)
         self.blocks = nn.ModuleList(Block(width, heads, cond_width=cond_width) for _ in range(depth))
+        # Activation checkpointing (OptimConfig.activation_checkpointing): each block keeps only its input
+        # and recomputes its activations in backward. Blocks draw no randomness, so the recompute is exact.
+        self.checkpointing = False
         self.reset_pos_embed()
 
     def reset_pos_embed(self) -> None:
@@ -74,5 +78,8 @@ class Transformer(nn.Module):
         x = x + self.pos_embed.to(x.dtype)
         rope = rope_2d(self.grid, self.head_dim, self.rope_theta, x.device)  # (N, head_dim/2)
         for block in self.blocks:
-            x = block(x, rope, c)
+            if self.checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, rope, c, use_reentrant=False)
+            else:
+                x = block(x, rope, c)
         return x

@@ -36,6 +36,11 @@ def test_a_local_checkpoint_directory_samples_without_a_tracking_server(
     assert main(["--model", str(directory), "--per-class", "2", "--steps", "1", "2", "--out", str(out)]) == 0
     with Image.open(out) as grid:  # its layout: the side_by_side tests above
         assert grid.format == "PNG" and min(grid.size) > CONFIG.model.image_size
+        fp32 = grid.copy()
+    argv = ["--model", str(directory), "--per-class", "2", "--steps", "1", "2", "--out", str(out)]
+    assert main([*argv, "--bf16-autocast"]) == 0
+    with Image.open(out) as bf16:  # the same grid, drawn in training's bf16 precision
+        assert bf16.size == fp32.size
 
 
 def test_every_sampling_knob_is_a_flag_named_after_its_field(

@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.config.schema import EvalConfig, ExperimentConfig
 from orchestrator.data.config import DataConfig
-from sphere_core.config import ConfigError, ModelConfig, SamplingConfig
+from sphere_core.config import ConfigError, ModelConfig, OptimConfig, SamplingConfig
 
 GRAY = ModelConfig(channels=1, num_classes=10)
 
@@ -68,3 +68,11 @@ def test_sphere_config_records_the_data_flips(flip: bool) -> None:
     cfg = ExperimentConfig(data=DataConfig(random_flip=flip))
     assert cfg.sphere.augment.random_flip is flip
     assert (cfg.sphere.model, cfg.sphere.optim) == (cfg.model, cfg.optim)
+
+
+def test_gradient_accumulation_must_split_the_batch_evenly() -> None:
+    ExperimentConfig(data=DataConfig(batch_size=16), optim=OptimConfig(grad_accum_steps=4))
+    with pytest.raises(ConfigError, match=r"optim\.grad_accum_steps: 3 does not divide data\.batch_size 16"):
+        ExperimentConfig(data=DataConfig(batch_size=16), optim=OptimConfig(grad_accum_steps=3))
+    with pytest.raises(ConfigError, match=r"optim\.grad_accum_steps: must be >= 1"):
+        OptimConfig(grad_accum_steps=0)

@@ -4,6 +4,7 @@ proxy metrics, sphere diagnostics)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,35 @@ def test_everything_the_eval_and_the_sample_grids_feed_the_model_is_on_the_model
         state.ema.encode(
             torch.zeros(1, digits_cfg.model.channels, size, size), torch.zeros(1, dtype=torch.long)
         )
+
+
+def _note_autocast(seen: set[bool], *_: object) -> None:
+    seen.add(torch.is_autocast_enabled("cpu"))
+
+
+def test_sample_grids_and_eval_run_the_networks_in_trainings_precision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """optim.bf16_autocast reaches every network pass of the grids and the eval (and nothing else: their
+    images and latents stay fp32), and bf16 samples are scored under a fingerprint of their own."""
+    monkeypatch.setenv("SPHERE_EVAL_CACHE", str(tmp_path / "eval-cache"))
+    smoke = load_sweep(SMOKE).experiment
+    prints = []
+    for bf16 in (False, True):
+        cfg = dataclasses.replace(
+            smoke,
+            optim=dataclasses.replace(smoke.optim, bf16_autocast=bf16),
+            eval=EvalConfig(dataset="digits", num_images=32, seed=3),
+        )
+        torch.manual_seed(0)
+        state = make_train_state(cfg.sphere, device="cpu")
+        autocast_seen: set[bool] = set()
+        for module in state.ema.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.register_forward_pre_hook(functools.partial(_note_autocast, autocast_seen))
+        proxy = ProxyEval(state, cfg)
+        outputs, grids = proxy.model_outputs(state.ema), sample_grids(state, cfg)
+        assert autocast_seen == {bf16}
+        assert {t.dtype for t in [*outputs.values(), *grids.values()]} == {torch.float32}
+        prints.append(proxy._score_samples(outputs["samples_1step"], steps=1).fingerprint)
+    assert prints[0] != prints[1]
