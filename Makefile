@@ -57,7 +57,14 @@ image: docker ## Build infra/docker/Dockerfile as $(IMAGE):<ray version> (a loca
 	bash infra/docker/build-image.sh --tag $(IMAGE):$(RAY_VERSION) \
 	    --build-arg SPHERE_GIT_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown)
 
-.PHONY: docker
+image-cluster: image cluster-up ## Ray head + 2 worker containers of the image on 127.0.0.1, on cluster-up's S3 and MLflow
+	source $(CLUSTER_DIR)/env && bash infra/local/mnist-shards.sh s3://sphere/datasets/mnist
+	$(BIN)/python infra/local/image_cluster.py up --image $(IMAGE):$(RAY_VERSION)
+
+image-cluster-down: ## Remove exactly image-cluster's containers (never `ray stop`)
+	$(BIN)/python infra/local/image_cluster.py down
+
+.PHONY: docker image-cluster image-cluster-down
 
 mlflow-up: ## Start the shared MLflow server (PostgreSQL + S3 artifacts) of infra/mlflow/
 	docker compose -f infra/mlflow/docker-compose.yaml up -d --build
