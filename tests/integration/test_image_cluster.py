@@ -95,7 +95,7 @@ def listeners(ports: range) -> list[str]:
 
 
 def test_sweep_job_trains_on_the_worker_containers_and_registers(
-    containers: Containers, local_cluster: LocalCluster
+    containers: Containers, local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlflow import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -116,7 +116,9 @@ def test_sweep_job_trains_on_the_worker_containers_and_registers(
     again = containers.script("up", "--image", "unused:tag")
     assert again.returncode == 0 and "already up" in again.stdout, again.stdout + again.stderr
 
-    # The user's command, from the host: the sweep file and the code are the image's.
+    # The user's command, from the host: the sweep file and the code are the image's. The variable also
+    # points Ray's job and state clients here: it overrides any address they are given.
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", containers.dashboard_url)
     job_id = f"image-cluster-{secrets.token_hex(3)}"
     experiment = f"sphere-{name}"
     sets = {
@@ -129,15 +131,15 @@ def test_sweep_job_trains_on_the_worker_containers_and_registers(
     ray_cli = str(Path(sys.executable).parent / "ray")
     submit = subprocess.run(
         [ray_cli, "job", "submit", "--submission-id", job_id, "--", *entrypoint],
-        env=os.environ | {"RAY_API_SERVER_ADDRESS": containers.dashboard_url},
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
+    assert submit.returncode == 0, (submit.stdout + submit.stderr)[-6000:]
     jobs = JobSubmissionClient(containers.dashboard_url)
     logs = jobs.get_job_logs(job_id)
-    assert submit.returncode == 0 and jobs.get_job_status(job_id) == JobStatus.SUCCEEDED, logs[-6000:]
+    assert jobs.get_job_status(job_id) == JobStatus.SUCCEEDED, logs[-6000:]
     submitted = time.monotonic()
 
     # Both trials ran on the worker containers (the head offers 0 CPUs), one per container (1 CPU each).
