@@ -35,14 +35,18 @@ if [[ -d /run/systemd/system ]]; then
 else
   echo "== starting dockerd (log: /tmp/dockerd.log)"
   setsid dockerd >/tmp/dockerd.log 2>&1 </dev/null &
+  daemon=$!
 fi
 for _ in $(seq 60); do
   if docker info >/dev/null 2>&1; then
     echo "== docker is up"
     exit 0
   fi
+  if [[ -n ${daemon:-} ]] && ! kill -0 "$daemon" 2>/dev/null; then
+    break  # it exited: its log says why
+  fi
   sleep 1
 done
-echo "error: dockerd did not answer within 60 s; its log: /tmp/dockerd.log" >&2
+echo "error: dockerd did not come up (docker info); its log: /tmp/dockerd.log" >&2
 tail -n 20 /tmp/dockerd.log >&2 || true
 exit 1
