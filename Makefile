@@ -36,7 +36,7 @@ lint: install ## ruff, mypy and the import-boundary contracts
 	$(BIN)/mypy --strict infra/local/*.py
 	$(BIN)/lint-imports
 
-test: install lint ## Lint, then run the whole test suite
+test: install lint docker ## Lint, then run the whole test suite
 	$(BIN)/pytest tests
 
 ##@ Local cluster (127.0.0.1 only; ports and state dir: see infra/local/cluster.py)
@@ -49,10 +49,22 @@ cluster-down: ## Stop exactly this cluster's processes (never `ray stop`)
 cluster-status: ## Each service: up/down, pid, URL (exit 3 when one is down)
 	$(CLUSTER) status
 
-##@ Shared cluster (needs docker; see infra/)
-image: ## Build the Ray/KubeRay image infra/docker/Dockerfile as $(IMAGE):<ray version>
-	docker build -f infra/docker/Dockerfile -t $(IMAGE):$(RAY_VERSION) \
-	    --build-arg SPHERE_GIT_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) .
+##@ Containers (docker, installed and started by `make docker`; no registry needed: see docs/infra.md)
+docker: ## Install docker.io and start dockerd when missing (as root; nothing when `docker info` answers)
+	bash infra/docker/install-docker.sh
+
+image: docker ## Build infra/docker/Dockerfile as $(IMAGE):<ray version> (a local Debian base without a registry)
+	bash infra/docker/build-image.sh --tag $(IMAGE):$(RAY_VERSION) \
+	    --build-arg SPHERE_GIT_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown)
+
+image-cluster: image cluster-up ## Ray head + 2 worker containers of the image on 127.0.0.1, on cluster-up's S3 and MLflow
+	source $(CLUSTER_DIR)/env && bash infra/local/mnist-shards.sh s3://sphere/datasets/mnist
+	$(BIN)/python infra/local/image_cluster.py up --image $(IMAGE):$(RAY_VERSION)
+
+image-cluster-down: ## Remove exactly image-cluster's containers (never `ray stop`)
+	$(BIN)/python infra/local/image_cluster.py down
+
+.PHONY: docker image-cluster image-cluster-down
 
 mlflow-up: ## Start the shared MLflow server (PostgreSQL + S3 artifacts) of infra/mlflow/
 	docker compose -f infra/mlflow/docker-compose.yaml up -d --build

@@ -60,7 +60,8 @@ def test_image_installs_the_pinned_torch_and_the_project_without_run_time_instal
         dockerfile.index("COPY --chown=ray:ray orchestrator"),
     )
     assert dockerfile.index("COPY pyproject.toml") < deps < code
-    assert re.search(r"^RUN pip install --no-deps \"\.\[orchestrator\]\"", dockerfile, re.M)
+    offline = r"^RUN pip install --no-deps --no-build-isolation --no-index \"\.\[orchestrator\]\""
+    assert re.search(offline, dockerfile, re.M)  # the code layer downloads nothing
     assert re.search(r"^COPY --chown=ray:ray sweeps ", dockerfile, re.M)  # RayJob entrypoints read them here
     assert "SPHERE_PROJECT_DIR=/home/ray/app" in dockerfile and "ENV SPHERE_GIT_COMMIT=" in dockerfile
     assert '"optional-dependencies"]["orchestrator"]' in dockerfile  # never the dev extra (moto, pytest)
