@@ -1,3 +1,8 @@
 """Test-run-wide fixtures live in tests/fixtures/ and are registered here."""
 
-pytest_plugins = ["tests.fixtures.perceptual", "tests.fixtures.s3", "tests.fixtures.services"]
+pytest_plugins = [
+    "tests.fixtures.inception",
+    "tests.fixtures.perceptual",
+    "tests.fixtures.s3",
+    "tests.fixtures.services",
+]
