@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from orchestrator.cluster.preflight import check_resources, node_types_from_autoscaling_config
 from orchestrator.config.loader import load_experiment, load_sweep, read_yaml, unset_fields
 from orchestrator.config.search_space import expand_trials
 from orchestrator.sweep import main
@@ -41,14 +42,37 @@ def test_mnist_base_is_the_nano_preset() -> None:
 )
 def test_paper_bases_are_their_presets_in_bf16_on_gpus(base: str, preset: str) -> None:
     cfg, official = load_experiment(SWEEPS / "base" / f"{base}.yaml"), get_preset(preset)
-    assert cfg.sphere == dataclasses.replace(
-        official, optim=dataclasses.replace(official.optim, bf16_autocast=True)
+    # The presets count the official epochs in steps of the reference batch (256); at a smaller global batch
+    # the same epochs take proportionally more steps (the LR follows by the linear rule).
+    scale = official.optim.reference_batch / (cfg.data.batch_size * cfg.scaling.workers_per_trial)
+    optim = dataclasses.replace(
+        official.optim,
+        bf16_autocast=True,
+        warmup_steps=round(official.optim.warmup_steps * scale),
+        total_steps=round(official.optim.total_steps * scale),
     )
-    assert cfg.run.steps == official.optim.total_steps  # the official epochs
-    assert (
-        cfg.data.batch_size * cfg.scaling.workers_per_trial == official.optim.reference_batch
-    )  # official LR
+    assert cfg.sphere == dataclasses.replace(official, optim=optim)
+    assert cfg.run.steps == cfg.optim.total_steps
     assert cfg.scaling.use_gpu and cfg.model.channels == 3 and cfg.eval.tag == "inception"
+
+
+@pytest.mark.parametrize("base", ["cifar-10", "imagenet-256"])
+def test_paper_bases_fit_the_shipped_gpu_clusters_as_they_are(base: str) -> None:
+    """Their trials fit the node types Ray's own readers find in infra/ (no --set scaling.* needed)."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+    scaling = load_experiment(SWEEPS / "base" / f"{base}.yaml").scaling
+    infra = SWEEPS.parent / "infra"
+    raycluster = yaml.safe_load((infra / "kuberay" / "raycluster.yaml").read_text())
+    raycluster["metadata"]["namespace"] = "default"  # as the API server returns it
+    for name, config in (
+        ("aws-gpu.yaml", yaml.safe_load((infra / "ray-cluster" / "aws-gpu.yaml").read_text())),
+        ("raycluster.yaml", _derive_autoscaling_config_from_ray_cr(raycluster)),
+    ):
+        plan = check_resources(scaling, {"CPU": 0.0}, name, node_types_from_autoscaling_config(config))
+        assert plan.startswith(
+            f"trials: {scaling.workers_per_trial} workers of 7 CPU, 1 GPU each on node type"
+        )
 
 
 def user_values(path: Path) -> dict[str, str]:
