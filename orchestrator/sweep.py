@@ -174,7 +174,8 @@ def dry_run_report(spec: SweepSpec) -> str:
 
 
 def shard_plan(cfg: ExperimentConfig) -> str:
-    """Which shards each rank reads in epoch 0, from the dataset manifest; or why it cannot be read."""
+    """Which shards each rank reads in epoch 0, from the dataset manifest; or why it cannot be read. A
+    dataset the model cannot read (channels, size, classes) fails the dry run as it fails the sweep."""
     from orchestrator.data.shards import epoch_order, rank_shards, read_manifest
 
     url, world, loaders = cfg.data.url, cfg.scaling.workers_per_trial, cfg.data.loader_workers
@@ -190,6 +191,7 @@ def shard_plan(cfg: ExperimentConfig) -> str:
         plan = [rank_shards(names, rank, world, loaders) for rank in range(world)]
     except Exception as exc:  # a dry run reports any failure to read the plan instead of raising it
         return f"  {url}: no plan ({type(exc).__name__}: {exc})"
+    dataset_input(cfg)  # the sweep's own preflight: e.g. 1-channel MNIST settings on RGB shards
     head = (
         f"  {url}: {len(names)} shards, {manifest.num_samples} samples, digest {manifest.digest[:12]}; "
         f"{world} ranks x {max(loaders, 1)} loader workers; epoch 0 (later epochs reshuffle)"

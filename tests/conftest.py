@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.image",
+    "tests.fixtures.inception",
     "tests.fixtures.perceptual",
     "tests.fixtures.s3",
     "tests.fixtures.services",

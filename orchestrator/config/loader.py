@@ -2,11 +2,16 @@
 
 Every failure is a ConfigError whose one-line message starts with the file and names the dotted field
 and what is allowed; entry points print it and exit 2.
+
+A base file may leave a string field to the user by writing `???` (OmegaConf's spelling for a value that
+must be supplied): where the data and the weight files live are not the project's to know. A sweep resolves
+only once the file's overrides or `--set` have filled every one that its kind uses.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import re
@@ -18,12 +23,13 @@ import yaml
 
 from orchestrator.config import metric_names
 from orchestrator.config.schema import ExperimentConfig
-from orchestrator.config.search_space import apply_trial_params, check_path, validate_search
-from orchestrator.config.sweep_spec import SweepFile, SweepSpec
+from orchestrator.config.search_space import apply_trial_params, check_path, field_of, validate_search
+from orchestrator.config.sweep_spec import EvaluateConfig, SweepFile, SweepSpec
 from sphere_core.config import ConfigError, from_dict, to_dict
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # becomes a directory and an MLflow experiment name
 _MERGE_TAG = "tag:yaml.org,2002:merge"  # the `<<` key
+UNSET = "???"  # a value a base file leaves to the user (data and weight locations)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -118,6 +124,10 @@ def _resolve(raw: SweepFile, path: Path, sets: dict[str, Any]) -> SweepSpec:
             f"name: {name!r} is not allowed (lowercase letters, digits, '-' and '_', <= 63 chars)"
         )
     base = _base_experiment(raw, path)
+    # `--set evaluate.*` fills the frozen-model section of a kind: evaluate file; the rest is the experiment.
+    evaluate_sets = {p: v for p, v in sets.items() if p.startswith("evaluate.")}
+    sets = {p: v for p, v in sets.items() if p not in evaluate_sets}
+    raw = dataclasses.replace(raw, evaluate=_set_evaluate(raw.evaluate, evaluate_sets))
     for dotted in raw.overrides:
         check_path(dotted, "overrides")
     try:
@@ -134,6 +144,7 @@ def _resolve(raw: SweepFile, path: Path, sets: dict[str, Any]) -> SweepSpec:
     except ConfigError as exc:
         raise ConfigError(f"--set {exc}") from None
     _check_kind(raw)
+    _check_set(raw, experiment)
     validate_search(experiment, raw.search, raw.tune.search_alg)
     if raw.kind == "train":
         _check_trainable(raw, experiment)
@@ -154,8 +165,69 @@ def _resolve(raw: SweepFile, path: Path, sets: dict[str, Any]) -> SweepSpec:
         tune=raw.tune,
         evaluate=raw.evaluate,
         digest=digest,
-        sets=sets,
+        sets={**sets, **evaluate_sets},
     )
+
+
+def _set_evaluate(evaluate: EvaluateConfig | None, sets: dict[str, Any]) -> EvaluateConfig | None:
+    """The file's `evaluate:` section with `--set evaluate.FIELD=VALUE` applied and re-validated."""
+    if not sets:
+        return evaluate
+    first = next(iter(sets))
+    if evaluate is None:
+        raise ConfigError(
+            f"--set {first}: only with kind: evaluate (a training sweep's evaluation settings are eval.*)"
+        )
+    tree = to_dict(evaluate)
+    for dotted, value in sets.items():
+        name = dotted.removeprefix("evaluate.")
+        if name not in tree:
+            allowed = ", ".join(f"evaluate.{key}" for key in tree)
+            raise ConfigError(f"--set {dotted}: unknown field (allowed: {allowed})")
+        tree[name] = value
+    try:
+        return from_dict(EvaluateConfig, tree, "evaluate")
+    except ConfigError as exc:
+        raise ConfigError(f"--set {exc}") from None
+
+
+def unset_fields(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths of `tree` (a config as plain values) still holding UNSET."""
+    found = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            found += unset_fields(value, f"{dotted}.")
+        elif value == UNSET:
+            found.append(dotted)
+    return found
+
+
+def _check_set(raw: SweepFile, experiment: ExperimentConfig) -> None:
+    """Every UNSET value the sweep's kind reads is filled: a training sweep reads the whole experiment; an
+    evaluate sweep reads its model, data and weights from `evaluate:` (its base: sampling and tracking)."""
+    if raw.kind == "train":
+        missing, owner, section = unset_fields(experiment.to_dict()), "the base", "overrides:"
+    else:
+        assert raw.evaluate is not None  # _check_kind
+        missing, owner, section = unset_fields(to_dict(raw.evaluate), "evaluate."), "the file", "evaluate:"
+    if missing:
+        them = "them" if len(missing) > 1 else "it"
+        wanted = " ".join(f"--set {dotted}=<{_wanted(dotted)}>" for dotted in missing)
+        raise ConfigError(
+            f"{', '.join(missing)}: not set ({owner} leaves {them} to you): give {them} in {section} or as "
+            f"{wanted}"
+        )
+
+
+def _wanted(dotted: str) -> str:
+    """What a field takes, from its `give` metadata (ExperimentConfig or EvaluateConfig)."""
+    if dotted.startswith("evaluate."):
+        name = dotted.removeprefix("evaluate.")
+        found = next(f for f in dataclasses.fields(EvaluateConfig) if f.name == name)
+    else:
+        found = field_of(dotted)
+    return str(found.metadata.get("give", "a value"))
 
 
 def _base_experiment(raw: SweepFile, path: Path) -> ExperimentConfig:

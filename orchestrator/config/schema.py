@@ -90,9 +90,20 @@ class MetricSource:
 
     section: ClassVar[str]  # the YAML section, for error messages
     dataset: Literal["digits", "mnist", "fashion-mnist", "none"] = "none"
-    inception: str | None = None  # pt_inception-2015-12-05-6726825d.pth: a path or fsspec URL
-    reference: str | None = None  # fsspec URL of held-out shards
-    floor: str | None = None  # fsspec URL of training shards
+    inception: str | None = field(
+        default=None,
+        metadata={"give": "a path or fsspec URL of pytorch-fid's pt_inception-2015-12-05-6726825d.pth"},
+    )
+    reference: str | None = field(
+        default=None,
+        metadata={
+            "give": "an fsspec URL of held-out shards: the --out of `python -m orchestrator.data build "
+            "--source VAL_FOLDER_OR_LIST`"
+        },
+    )
+    floor: str | None = field(
+        default=None, metadata={"give": "an fsspec URL of training shards (the real-vs-real floor)"}
+    )
 
     def __post_init__(self) -> None:
         s = self.section
@@ -143,9 +154,18 @@ class PerceptualConfig:
     None ship with the project and nothing is fetched from the internet: without them the perceptual
     loss terms must be 0. LPIPS needs both vgg16 and lpips; ConvNeXt-S alone is allowed."""
 
-    vgg16: str | None = None  # torchvision vgg16 state_dict (vgg16-397923af.pth)
-    lpips: str | None = None  # LPIPS linear heads (the lpips package's weights/v0.1/vgg.pth)
-    convnext_small: str | None = None  # torchvision convnext_small state_dict
+    vgg16: str | None = field(
+        default=None, metadata={"give": "a path or fsspec URL of torchvision's vgg16-397923af.pth"}
+    )
+    lpips: str | None = field(
+        default=None,
+        metadata={
+            "give": "a path or fsspec URL of the LPIPS VGG heads (the lpips package's weights/v0.1/vgg.pth)"
+        },
+    )
+    convnext_small: str | None = field(
+        default=None, metadata={"give": "a path or fsspec URL of torchvision's convnext_small-0c510722.pth"}
+    )
 
     def __post_init__(self) -> None:
         if (self.vgg16 is None) != (self.lpips is None):

@@ -36,6 +36,15 @@ def check_path(path: str, where: str) -> None:
         raise ConfigError(f"{where}.{path}: is a section, name one of its fields ({fields})")
 
 
+def field_of(path: str) -> dataclasses.Field[Any]:
+    """The dataclass field a valid dotted path names (its metadata says what a value is)."""
+    node: Any = ExperimentConfig
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = typing.get_type_hints(node)[part]
+    return next(f for f in dataclasses.fields(node) if f.name == leaf)
+
+
 def apply_trial_params(base: ExperimentConfig, params: Mapping[str, Any]) -> ExperimentConfig:
     """A copy of `base` with each dotted path set; every other field is untouched."""
     tree = base.to_dict()

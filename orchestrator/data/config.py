@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sphere_core.config import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    url: str = "s3://sphere/datasets/mnist/train"  # fsspec URL of a folder holding manifest.json + shards
+    url: str = field(  # fsspec URL of a folder holding manifest.json + shards
+        default="s3://sphere/datasets/mnist/train",
+        metadata={
+            "give": "an fsspec URL of training shards: the --out of `python -m orchestrator.data build "
+            "--source TRAIN_FOLDER_OR_LIST`"
+        },
+    )
     batch_size: int = 32  # per worker; the global batch is batch_size * workers
     loader_workers: int = 1  # DataLoader processes per Ray worker
     shuffle_buffer: int = 1000  # samples held by each reader's shuffle buffer

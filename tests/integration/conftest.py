@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 import time
@@ -55,14 +56,14 @@ class Jobs:
         self.cluster = cluster
         self.client = JobSubmissionClient(cluster.dashboard_url)
 
-    def submit(self, sweep: Path | str) -> str:
+    def submit(self, sweep: Path | str, *args: str) -> str:
+        """`python -m orchestrator.sweep SWEEP ARGS...` as a Ray job (args: e.g. --set PATH=VALUE)."""
         # As `make sweep` does: the cluster env (credentials included) comes from the raylet, never from a
         # runtime env, which Ray writes to its logs and job API.
         env = {"SPHERE_GIT_COMMIT": git_commit()}
         runtime_env = {"working_dir": str(REPO), "env_vars": env, "excludes": [".git", "out", "runs"]}
-        return self.client.submit_job(
-            entrypoint=f"python -m orchestrator.sweep {sweep}", runtime_env=runtime_env
-        )
+        entrypoint = shlex.join(["python", "-m", "orchestrator.sweep", str(sweep), *args])
+        return self.client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
 
     def wait(self, job_id: str, timeout_s: float = 300, until: Callable[[], bool] | None = None) -> JobStatus:
         """Polls until the job ends (or `until()` holds); returns the status then."""

@@ -180,3 +180,30 @@ def test_a_shipped_sweep_resolves_from_any_directory_and_sets_show_in_the_dry_ru
     (tmp_path / "sweeps" / "noise.yaml").write_text("name: mine\n")
     assert main(["sweeps/noise.yaml", "--dry-run"]) == 2
     assert "using the project's" not in capsys.readouterr().out
+
+
+def test_the_dry_run_refuses_shards_the_model_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RGB shards under 1-channel MNIST settings used to pass the dry run and fail only when submitted."""
+    from orchestrator.data.sources import image_folder
+    from orchestrator.data.writer import write_dataset
+    from orchestrator.sweep import main
+    from tests.fixtures.rgb_shapes import write_shape_folder
+
+    source = image_folder(
+        write_shape_folder(tmp_path / "shapes", per_class=4, size=16, seed=0), image_size=16
+    )
+    url = f"file://{tmp_path}/rgb"
+    write_dataset(source, url, shard_size=8, progress=False)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"base: {REPO / 'sweeps' / 'base' / 'mnist.yaml'}\noverrides: {{eval.dataset: none}}\n"
+        "search:\n  noise.alpha_max_deg: {grid: [80.0]}\ntune: {metric: loss}\n"
+    )
+    assert main([str(sweep), "--dry-run", "--set", f"data.url={url}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: model.channels: 1 but the dataset at {url} has 3 (allowed: 3)"
+    fitted = [f"--set={path}" for path in ("model.channels=3", "model.image_size=16", "model.num_classes=3")]
+    assert main([str(sweep), "--dry-run", "--set", f"data.url={url}", *fitted]) == 0
+    assert f"  {url}: 2 shards, 12 samples" in capsys.readouterr().out

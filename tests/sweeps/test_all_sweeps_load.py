@@ -1,13 +1,17 @@
-"""Every YAML under sweeps/ loads strictly and dry-runs; base files are full experiment configs."""
+"""Every YAML under sweeps/ loads strictly and dry-runs (with any value its base leaves to the user given);
+base files are full experiment configs, the paper's equal to their presets."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from orchestrator.config.loader import load_experiment, load_sweep
+from orchestrator.cluster.preflight import check_resources, node_types_from_autoscaling_config
+from orchestrator.config.loader import load_experiment, load_sweep, read_yaml, unset_fields
 from orchestrator.config.search_space import expand_trials
 from orchestrator.sweep import main
 from sphere_core.config import ConfigError
@@ -33,15 +37,67 @@ def test_mnist_base_is_the_nano_preset() -> None:
     assert load_experiment(SWEEPS / "base" / "mnist.yaml").sphere == get_preset("mnist-32-nano")
 
 
+@pytest.mark.parametrize(
+    ("base", "preset"), [("cifar-10", "cifar-10-32-b"), ("imagenet-256", "imagenet-256-l")]
+)
+def test_paper_bases_are_their_presets_in_bf16_on_gpus(base: str, preset: str) -> None:
+    cfg, official = load_experiment(SWEEPS / "base" / f"{base}.yaml"), get_preset(preset)
+    # The presets count the official epochs in steps of the reference batch (256); at a smaller global batch
+    # the same epochs take proportionally more steps (the LR follows by the linear rule).
+    scale = official.optim.reference_batch / (cfg.data.batch_size * cfg.scaling.workers_per_trial)
+    optim = dataclasses.replace(
+        official.optim,
+        bf16_autocast=True,
+        warmup_steps=round(official.optim.warmup_steps * scale),
+        total_steps=round(official.optim.total_steps * scale),
+    )
+    assert cfg.sphere == dataclasses.replace(official, optim=optim)
+    assert cfg.run.steps == cfg.optim.total_steps
+    assert cfg.scaling.use_gpu and cfg.model.channels == 3 and cfg.eval.tag == "inception"
+
+
+@pytest.mark.parametrize("base", ["cifar-10", "imagenet-256"])
+def test_paper_bases_fit_the_shipped_gpu_clusters_as_they_are(base: str) -> None:
+    """Their trials fit the node types Ray's own readers find in infra/ (no --set scaling.* needed)."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+    scaling = load_experiment(SWEEPS / "base" / f"{base}.yaml").scaling
+    infra = SWEEPS.parent / "infra"
+    raycluster = yaml.safe_load((infra / "kuberay" / "raycluster.yaml").read_text())
+    raycluster["metadata"]["namespace"] = "default"  # as the API server returns it
+    for name, config in (
+        ("aws-gpu.yaml", yaml.safe_load((infra / "ray-cluster" / "aws-gpu.yaml").read_text())),
+        ("raycluster.yaml", _derive_autoscaling_config_from_ray_cr(raycluster)),
+    ):
+        plan = check_resources(scaling, {"CPU": 0.0}, name, node_types_from_autoscaling_config(config))
+        assert plan.startswith(
+            f"trials: {scaling.workers_per_trial} workers of 7 CPU, 1 GPU each on node type"
+        )
+
+
+def user_values(path: Path) -> dict[str, str]:
+    """A URL for each value the sweep leaves to the user (`???` where its kind reads it)."""
+    raw = read_yaml(path)
+    if raw.get("kind") == "evaluate":
+        missing = unset_fields(raw["evaluate"], "evaluate.")
+    else:
+        missing = unset_fields(load_experiment(path.parent / raw["base"]).to_dict())
+    return {dotted: f"s3://given/{dotted}" for dotted in missing}
+
+
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
 def test_sweep_loads_and_dry_runs(
     path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for var in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"):
         monkeypatch.delenv(var, raising=False)
-    spec = load_sweep(path)
+    given = user_values(path)
+    if given:  # refused, naming each, until they are given
+        with pytest.raises(ConfigError, match=rf"{path}: {', '.join(map(re.escape, given))}: not set"):
+            load_sweep(path)
+    spec = load_sweep(path, given)
     trials = expand_trials(spec.search, spec.tune.num_samples, spec.tune.search_alg)
-    assert main([str(path), "--dry-run"]) == 0
+    assert main([str(path), "--dry-run", *(f"--set={p}={v}" for p, v in given.items())]) == 0
     out = capsys.readouterr().out
     assert out.startswith(
         f"sweep {spec.name} (kind {spec.kind}), experiment {spec.experiment_name}: {len(trials)} trials"

@@ -333,3 +333,72 @@ def test_submit_time_sets_apply_after_the_files_overrides_and_are_validated_like
         load_sweep(SWEEPS / "noise.yaml", {"scaling.workers_per_trial": "two"})
     with pytest.raises(ConfigError, match=r"--set use_gpu: expected DOTTED\.PATH=VALUE"):
         parse_set("use_gpu")
+
+
+# --- values a base leaves to the user (`???`) --------------------------------------------------------
+
+
+def base_with_unset(tmp_path: Path) -> Path:
+    """The MNIST base with its data URL and Inception weights left to the user, as the RGB bases are."""
+    text = BASE.read_text().replace("url: s3://sphere/datasets/mnist/train", "url: ???")
+    text = text.replace("  dataset: mnist ", "  dataset: none\n  inception: ???\n  reference: ???\n  #")
+    path = tmp_path / "base.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_value_left_unset_is_named_with_what_to_give(tmp_path: Path) -> None:
+    base = base_with_unset(tmp_path)
+    assert load_experiment(base).data.url == "???"  # a base file alone loads: it is not a sweep yet
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"base: {base.name}\n{GOOD_SEARCH}tune: {{metric: fd_inception_1step}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_sweep(path)
+    message = str(info.value)
+    assert message.startswith(
+        f"{path}: data.url, eval.inception, eval.reference: not set (the base leaves them"
+    )
+    assert "--set data.url=<an fsspec URL of training shards" in message
+    assert "--set eval.inception=<a path or fsspec URL of pytorch-fid's pt_inception-2015-12-05" in message
+    assert "--set eval.reference=<an fsspec URL of held-out shards" in message
+    sets = {"data.url": "s3://b/train", "eval.inception": "/w/inception.pth"}
+    with pytest.raises(ConfigError, match=r": eval\.reference: not set \(the base leaves it to you\)"):
+        load_sweep(path, sets)
+    spec = load_sweep(path, {**sets, "eval.reference": "s3://b/val"})
+    assert spec.experiment.data.url == "s3://b/train" and spec.experiment.eval.reference == "s3://b/val"
+    path.write_text(path.read_text() + "overrides: {data.url: s3://b/train, eval.reference: s3://b/val}\n")
+    assert load_sweep(path, {"eval.inception": "/w/inception.pth"}).experiment == spec.experiment
+
+
+def test_submit_time_sets_fill_an_evaluate_section_and_are_validated(tmp_path: Path) -> None:
+    path = tmp_path / "steps.yaml"
+    path.write_text(
+        f"kind: evaluate\nbase: {base_with_unset(tmp_path)}\n"  # the base's ??? are not the evaluation's
+        "evaluate: {model: 'models:/m@a', dataset: none, inception: '???', reference: '???', floor: '???'}\n"
+        "search:\n  sampling.steps: {grid: [1, 4]}\n"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"evaluate\.inception, evaluate\.reference, evaluate\.floor: not set \(the file leaves them to "
+        r"you\): give them in evaluate: or as --set evaluate\.inception=<a path",
+    ):
+        load_sweep(path)
+    sets = {
+        "evaluate.inception": "/w/i.pth",
+        "evaluate.reference": "s3://b/val",
+        "evaluate.floor": "s3://b/t",
+    }
+    spec = load_sweep(path, sets)
+    assert spec.evaluate is not None and spec.evaluate.reference == "s3://b/val" and spec.sets == sets
+    assert load_sweep(path, {**sets, "evaluate.model": "models:/m@b"}).digest != spec.digest
+    with pytest.raises(
+        ConfigError,
+        match=r"--set evaluate\.modle: unknown field \(allowed: evaluate\.dataset, .*evaluate\.model",
+    ):
+        load_sweep(path, {**sets, "evaluate.modle": "x"})
+    with pytest.raises(ConfigError, match=r"--set evaluate\.num_images: expected int, got 'many'"):
+        load_sweep(path, {**sets, "evaluate.num_images": "many"})
+    with pytest.raises(ConfigError, match=r"--set evaluate\.model: 'latest' is not a frozen model"):
+        load_sweep(path, {**sets, "evaluate.model": "latest"})
+    with pytest.raises(ConfigError, match=r"--set evaluate\.model: only with kind: evaluate"):
+        load_sweep(SWEEPS / "noise.yaml", {"evaluate.model": "models:/m@a"})
