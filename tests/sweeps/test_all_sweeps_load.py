@@ -69,10 +69,12 @@ def test_paper_bases_fit_the_shipped_gpu_clusters_as_they_are(base: str) -> None
         ("aws-gpu.yaml", yaml.safe_load((infra / "ray-cluster" / "aws-gpu.yaml").read_text())),
         ("raycluster.yaml", _derive_autoscaling_config_from_ray_cr(raycluster)),
     ):
-        plan = check_resources(scaling, {"CPU": 0.0}, name, node_types_from_autoscaling_config(config))
+        head = config["available_node_types"][config["head_node_type"]]["resources"]
+        plan = check_resources(scaling, head, name, node_types_from_autoscaling_config(config), head=head)
         assert plan.startswith(
             f"trials: {scaling.workers_per_trial} workers of 7 CPU, 1 GPU each on node type"
         )
+        assert plan.endswith("trial drivers on the head")
 
 
 def user_values(path: Path) -> dict[str, str]:
