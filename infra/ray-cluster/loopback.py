@@ -29,10 +29,11 @@ What had to differ from a cluster of real machines, each measured with Ray 2.60 
   Ray has no ssh port setting, so the launcher reaches it through auth.ssh_proxy_command, and the head's
   autoscaler (Ray drops that proxy command from the head's copy of the config) through ~/.ssh/config.
 
-Settings (environment): LOOPBACK_DIR (/tmp/sphere-rayup)  HEAD_IP (127.0.0.2)  WORKER_IP (127.0.0.3)
-SSH_PORT (2299)  RAYUP_GCS_PORT (6600)  RAYUP_DASHBOARD_PORT (8500)  RAYUP_CLIENT_PORT (10300)
-RAYUP_AGENT_PORT (52600; the worker's is +1)  RAYUP_WORKER_CPUS (2)  IMAGE (sphere-orchestrator:<Ray pin>)
-CLUSTER_DIR (.cluster)  RAYUP_JOIN_TIMEOUT_S (300)
+Settings (environment): LOOPBACK_DIR (/tmp/sphere-rayup)  RAYUP_CLUSTER_NAME (sphere-loopback)
+HEAD_IP (127.0.0.2)  WORKER_IP (127.0.0.3)  SSH_PORT (2299)  RAYUP_GCS_PORT (6600)
+RAYUP_DASHBOARD_PORT (8500)
+RAYUP_CLIENT_PORT (10300)  RAYUP_AGENT_PORT (52600; the worker's is +1)  RAYUP_WORKER_CPUS (2)
+IMAGE (sphere-orchestrator:<Ray pin>)  CLUSTER_DIR (.cluster)  RAYUP_JOIN_TIMEOUT_S (300)
 """
 
 import argparse
@@ -57,7 +58,6 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ONPREM = REPO_ROOT / "infra" / "ray-cluster" / "onprem.yaml"
 RAY = str(Path(sys.executable).parent / "ray")
-CLUSTER_NAME = "sphere-loopback"
 # Ray's commands run in a shell on the host, so this expands there to the address ssh reached: one container
 # per "machine" on a docker daemon that both share.
 CONTAINER_NAME = "sphere-$(set -- $SSH_CONNECTION; echo $3)"
@@ -72,6 +72,7 @@ PASSED_ENV = re.compile(r"^(AWS_[A-Z_]+|MLFLOW_[A-Z_]+|DO_NOT_TRACK)$")
 @dataclass(frozen=True)
 class Settings:
     state_dir: Path
+    cluster_name: str
     head_ip: str
     worker_ip: str
     ssh_port: int
@@ -93,6 +94,7 @@ class Settings:
             cluster_dir = REPO_ROOT / cluster_dir
         return cls(
             state_dir=Path(env.get("LOOPBACK_DIR", "/tmp/sphere-rayup")).absolute(),
+            cluster_name=env.get("RAYUP_CLUSTER_NAME", "sphere-loopback"),
             head_ip=env.get("HEAD_IP", "127.0.0.2"),
             worker_ip=env.get("WORKER_IP", "127.0.0.3"),
             ssh_port=int(env.get("SSH_PORT", "2299")),
@@ -130,7 +132,7 @@ class Settings:
 def cluster_config(s: Settings) -> dict[str, Any]:
     """onprem.yaml with this machine's addresses, key, image, env file and ports filled in."""
     config: dict[str, Any] = yaml.safe_load(ONPREM.read_text())
-    config["cluster_name"] = CLUSTER_NAME
+    config["cluster_name"] = s.cluster_name
     config["provider"] = {
         "type": "local",
         "head_ip": s.head_ip,
@@ -318,7 +320,7 @@ def containers(s: Settings) -> list[str]:
 
 def host_state_file(s: Settings) -> Path:
     """The on-premise provider's record of the nodes on the machine that runs `ray up`/`ray down`."""
-    return s.state_dir / "ray" / f"cluster-{CLUSTER_NAME}.state"
+    return s.state_dir / "ray" / f"cluster-{s.cluster_name}.state"
 
 
 def up(s: Settings) -> None:
