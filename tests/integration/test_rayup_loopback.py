@@ -2,7 +2,7 @@
 through infra/ray-cluster/loopback.py (an sshd on two loopback addresses, the project's image in docker),
 the smoke sweep runs on it against the session cluster's S3 store and MLflow, every Train worker on the
 worker node, nothing of it listens beyond loopback, and `ray down` leaves no container, listener or sshd
-behind. About 4-5 min.
+behind. 2.5 min on 2 quiet cores, 4 on busy ones.
 
 Needs root (the launcher logs in as the user that runs docker), a docker daemon and the image `make image`
 builds; it runs the code in that image, not this checkout's."""
