@@ -71,6 +71,16 @@ image-cluster-down: ## Remove exactly image-cluster's containers (never `ray sto
 mlflow-up: ## Start the shared MLflow server (PostgreSQL + S3 artifacts) of infra/mlflow/
 	docker compose -f infra/mlflow/docker-compose.yaml up -d --build
 
+rayup-loopback: cluster-up ## `ray up` of infra/ray-cluster/onprem.yaml on this machine (sshd on 127.0.0.2/3, docker, root; after make image)
+	source $(CLUSTER_DIR)/env && bash infra/local/mnist-shards.sh s3://sphere/datasets/mnist
+	$(BIN)/python infra/ray-cluster/loopback.py up
+	@echo "smoke sweep: RAY_API_SERVER_ADDRESS=http://127.0.0.1:$${RAYUP_DASHBOARD_PORT:-8500} $(BIN)/ray job submit -- python -m orchestrator.sweep sweeps/smoke.yaml"
+
+rayup-loopback-down: ## `ray down` of the loopback cluster; stops its sshd, fails if a container is left
+	$(BIN)/python infra/ray-cluster/loopback.py down
+
+.PHONY: rayup-loopback rayup-loopback-down
+
 ##@ Experiments
 sweep-arg:
 	@test -n "$(SWEEP)" || { echo "usage: make $(firstword $(MAKECMDGOALS)) SWEEP=sweeps/<name>.yaml" >&2; exit 2; }
