@@ -19,11 +19,20 @@ missing=()
 { command -v docker && command -v dockerd; } >/dev/null || missing+=(docker.io)
 command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 command -v rsync >/dev/null || missing+=(rsync)  # the cluster launcher's file sync into containers
+# `make rayup-loopback` (and its test) runs the launcher against an sshd of its own on loopback addresses
+{ command -v ssh && { command -v sshd || test -x /usr/sbin/sshd; }; } >/dev/null || missing+=(openssh-server openssh-client)
 if ((${#missing[@]})); then
   as_root "missing: ${missing[*]}"
   echo "== apt-get install ${missing[*]}"
   apt-get update -qq
+  # openssh-server's package scripts would start the system sshd on port 22 of every interface: a
+  # policy-rc.d that answers 101 ("not allowed") keeps every service stopped during the install.
+  added_policy=
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && added_policy=1
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ -n $added_policy ]]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 if docker info >/dev/null 2>&1; then  # the package's own service may have started it
   exit 0

@@ -4,8 +4,8 @@ the smoke sweep runs on it against the session cluster's S3 store and MLflow, ev
 worker node, nothing of it listens beyond loopback, and `ray down` leaves no container, listener or sshd
 behind. 2.5 min on 2 quiet cores, 4 on busy ones.
 
-Needs root (the launcher logs in as the user that runs docker), a docker daemon and the image `make image`
-builds; it runs the code in that image, not this checkout's."""
+Needs root (the launcher logs in as the user that runs docker), a docker daemon and sshd (`make test` installs
+both as root); the `image` fixture builds the image with `make image`, and the cluster runs the code in it."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from typing import Any
 
 import psutil
 import pytest
-import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from tests.fixtures.services import LocalCluster, free_ports
@@ -33,22 +32,13 @@ LOOPBACK = REPO / "infra" / "ray-cluster" / "loopback.py"
 HEAD_IP, WORKER_IP = "127.0.0.12", "127.0.0.13"  # not loopback.py's defaults: a `make rayup-loopback` may run
 
 
-def _image() -> str:
-    return str(
-        yaml.safe_load((REPO / "infra" / "ray-cluster" / "onprem.yaml").read_text())["docker"]["image"]
-    )
-
-
 def _missing() -> str | None:
     if os.geteuid() != 0:
         return "the loopback cluster logs in over ssh as root, the user that runs docker here"
     if not shutil.which("docker") or subprocess.run(["docker", "info"], capture_output=True).returncode:
         return "no docker daemon"
     if not shutil.which("sshd") and not Path("/usr/sbin/sshd").exists():
-        return "no sshd (apt-get install openssh-server)"
-    tag = "sphere-orchestrator:" + _image().rsplit(":", 1)[1]
-    if subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode:
-        return f"no image {tag}: build it with `make image`"
+        return "no sshd (`make docker` installs openssh-server as root)"
     return None
 
 
@@ -83,6 +73,7 @@ def _listeners_beyond_loopback(containers: list[str]) -> list[str]:
 
 
 def test_ray_up_runs_the_smoke_sweep_on_a_worker_node_and_ray_down_leaves_nothing(
+    image: str,
     local_cluster: LocalCluster,
     mnist_shards: str,
     tmp_path_factory: pytest.TempPathFactory,
@@ -102,6 +93,7 @@ def test_ray_up_runs_the_smoke_sweep_on_a_worker_node_and_ray_down_leaves_nothin
         "RAYUP_AGENT_PORT": str(agent),  # and agent + 1 for the worker
         "CLUSTER_DIR": str(local_cluster.state_dir),
         "RAYUP_JOIN_TIMEOUT_S": "240",
+        "IMAGE": image,  # what `make image` built from this checkout
     }
     names = {f"sphere-{HEAD_IP}", f"sphere-{WORKER_IP}"}
     assert not _containers(names), "a loopback cluster of this test is still running"
