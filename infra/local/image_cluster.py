@@ -48,14 +48,18 @@ from cluster_services import HOST, REPO_ROOT, Settings, client_env, write_privat
 LABEL = "sphere-orchestrator.image-cluster"
 ROLE_LABEL = "sphere-orchestrator.role"
 PORTS_PER_NODE = 100
-# `ray start` of a worker node, kept on 127.0.0.1. RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (in the env file) keeps
-# every Ray address on loopback, but `ray start --address` refuses to join a cluster under it ("Multi-node Ray
-# clusters are not supported on Windows and OSX", Ray 2.60's scripts.py). This runs Ray's own CLI with that
-# one check seeing clusters enabled; Ray's address resolution still reads the switch.
-JOIN_ON_LOOPBACK = (
-    "import sys, types, ray._private.ray_constants as constants, ray.scripts.scripts as cli; "
-    "view = types.ModuleType(constants.__name__); view.__dict__.update(vars(constants)); "
-    "view.ENABLE_RAY_CLUSTER = True; cli.ray_constants = view; sys.argv[0] = 'ray'; cli.main()"
+# A worker node kept on 127.0.0.1, as infra/ray-cluster/loopback.py keeps `ray up`'s: Ray 2.60's `ray start
+# --address` refuses to start under RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (the env file's, which keeps the
+# head on loopback), and with 1 rewrites 127.0.0.1 to the routable address, which loopback_hook.py, a
+# RAY_START_HOOK (Ray's documented start hook), puts back before anything listens. The head's address is a
+# host name for 127.0.0.1 (docker --add-host): Ray rewrites the literal 127.0.0.1 there too.
+HOOK_FILE = REPO_ROOT / "infra" / "ray-cluster" / "loopback_hook.py"
+HOOK_DIR = "/opt/sphere-loopback"  # where the worker containers see it (read-only)
+HEAD_ALIAS = "sphere-head"
+WORKER_START_ENV = (
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1",
+    "RAY_START_HOOK=loopback_hook.keep_loopback_node_ip",
+    f"PYTHONPATH={HOOK_DIR}",
 )
 
 
@@ -132,7 +136,7 @@ def ray_start_argv(c: ImageCluster, node: int) -> list[str]:
     """`ray start` of node `node` (0: the head), blocking as the container's main process."""
     base = c.block(node)
     argv = [
-        *(["ray"] if node == 0 else ["python", "-c", JOIN_ON_LOOPBACK]),
+        *(["ray"] if node == 0 else ["env", *WORKER_START_ENV, "ray"]),
         "start",
         "--block",
         "--disable-usage-stats",
@@ -176,7 +180,7 @@ def ray_start_argv(c: ImageCluster, node: int) -> list[str]:
             "--num-cpus",
             "0",
         ]
-    return [*argv, "--address", f"{HOST}:{c.gcs_port}", "--num-cpus", f"{c.worker_cpus:g}"]
+    return [*argv, "--address", f"{HEAD_ALIAS}:{c.gcs_port}", "--num-cpus", f"{c.worker_cpus:g}"]
 
 
 def container_env(c: ImageCluster) -> dict[str, str]:
@@ -274,6 +278,8 @@ def start_node(c: ImageCluster, image: str, node: int) -> None:
         str(2 * c.object_store_bytes),
         "--env-file",
         str(c.env_file),
+        *(() if node == 0 else ("--volume", f"{HOOK_FILE}:{HOOK_DIR}/loopback_hook.py:ro")),
+        *(() if node == 0 else ("--add-host", f"{HEAD_ALIAS}:{HOST}")),
         image,
         *ray_start_argv(c, node),
     )
