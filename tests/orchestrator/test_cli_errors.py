@@ -271,6 +271,17 @@ def test_evaluation_cli_bad_invocation(
         (["sweeps/noise.yaml", "--set", "run.steps=-3"], "run.steps"),
         (["sweeps/noise.yaml", "--set", "data.url=xyz://b/d", "--dry-run"], "xyz://b/d"),
         (["sweeps/noise.yaml", "--dry", "--bogus"], "unrecognized arguments: --bogus"),
+        (["sweeps/noise.yaml", "--max-trials", "0"], "argument --max-trials: must be >= 1, got 0"),
+        (
+            ["sweeps/noise.yaml", "--max-trials", "3"],
+            "error: sweeps/noise.yaml: search: 4 trials exceed the cap of 3 (allowed: <= 3; a bigger sweep "
+            "needs --max-trials N)",
+        ),
+        (
+            ["sweeps/noise.yaml", "--set", "run.steps=[&a [1, 1], [*a, *a]]"],
+            "error: --set run.steps: alias *a is not allowed (write the value out)",
+        ),
+        (["sweeps/noise.yaml", "--set", "run.steps=" + "[" * 40 + "]" * 40], "nested deeper than 32 levels"),
     ],
 )
 def test_sweep_cli_bad_invocation(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -284,6 +295,7 @@ def test_sweep_cli_bad_invocation(argv: list[str], message: str, capsys: pytest.
     ("module", "argv", "message"),
     [
         ("orchestrator.sweep", ["sweeps/noise.yaml", "--set", "bogus.x=1"], "unknown field bogus"),
+        ("orchestrator.sweep", ["sweeps/noise.yaml", "--set", "run.steps=[&a [1], *a]"], "alias *a is not"),
         ("orchestrator.data", [*BUILD, "xyz://b/d"], "error: --out xyz://b/d: unknown URL scheme 'xyz'"),
         ("orchestrator.generate", ["--model", "s3://b/m", "--out", "g.png"], "error: --model s3://b/m: not"),
         ("orchestrator.evaluate", ["--model", "s3://b/m"], "error: --model s3://b/m: not a model URI"),
