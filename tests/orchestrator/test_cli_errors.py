@@ -11,11 +11,13 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from orchestrator.data.cli import main as data_main
+from orchestrator.data.shards import read_manifest, write_manifest
 from orchestrator.evaluate import main as evaluate_main
 from orchestrator.evaluation.__main__ import main as evaluation_main
 from orchestrator.generate import main as generate_main
@@ -144,13 +146,42 @@ def test_data_cli_storage_faults(
     assert line.startswith(f"error: {'--out ' if verb == 'build' else ''}{url}: {message}")
 
 
+@pytest.mark.parametrize("escape", ["symlink", "list", "manifest"])
+def test_data_cli_refuses_paths_out_of_the_dataset(
+    escape: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "secret.png").write_bytes(_tiny_png())
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    (tmp_path / "src" / "a" / "link.png").symlink_to(tmp_path / "secret.png")
+    (tmp_path / "src" / "list.jsonl").write_text('{"class_id": 0, "image_path": "../secret.png"}\n')
+    out = f"memory://escape-{escape}/ds"
+    if escape == "manifest":
+        (tmp_path / "ok" / "a").mkdir(parents=True)
+        (tmp_path / "ok" / "a" / "0.png").write_bytes(_tiny_png())
+        assert data_main(["build", "--source", str(tmp_path / "ok"), "--out", out, "--no-progress"]) == 0
+        capsys.readouterr()
+        manifest = read_manifest(out)
+        write_manifest(replace(manifest, shards=(replace(manifest.shards[0], name="../../x"),)))
+        line = call(data_main, ["verify", out], capsys)
+        assert line == (
+            f"error: {out}/manifest.json: shard name '../../x' is not a plain file name (allowed: a name "
+            "inside the dataset folder, without '/', '\\' or '..')"
+        )
+        return
+    source = tmp_path / "src" / ("a" if escape == "symlink" else "list.jsonl")
+    line = call(data_main, ["build", "--source", str(source.parent if escape == "symlink" else source),
+                            "--out", out, "--no-progress"], capsys)  # fmt: skip
+    assert line.startswith(f"error: {source / 'link.png' if escape == 'symlink' else f'{source}:1: image'}")
+    assert "outside the" in line
+
+
 def _tiny_png() -> bytes:
     import io
 
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.new("L", (4, 4)).save(buffer, format="PNG")
+    Image.new("L", (8, 8)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
