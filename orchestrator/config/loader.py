@@ -33,6 +33,7 @@ from orchestrator.config.search_space import (
     validate_search,
 )
 from orchestrator.config.sweep_spec import EvaluateConfig, SweepFile, SweepSpec
+from orchestrator.data.cli_errors import utf8
 from sphere_core.config import ConfigError, clip, from_dict, short_repr, to_dict
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # becomes a directory and an MLflow experiment name
@@ -129,14 +130,7 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     if len(data) > MAX_YAML_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES:,} bytes (allowed: <= {MAX_YAML_BYTES:,})")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(
-            f"{path}: line {line}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it "
-            "as UTF-8"
-        ) from None
+    text = utf8(data, str(path))
     try:
         return parse_yaml(text)
     except (yaml.YAMLError, ValueError) as exc:

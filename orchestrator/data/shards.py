@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from fsspec.core import url_to_fs
 
+from orchestrator.data.cli_errors import utf8
 from sphere_core.config import ConfigError, short_repr
 
 MANIFEST_NAME = "manifest.json"
@@ -138,14 +139,14 @@ def read_manifest(url: str) -> Manifest:
     """The manifest of the dataset folder at `url` (DataError if missing or malformed)."""
     fs, path = url_to_fs(url)
     try:
-        with fs.open(join_url(path, MANIFEST_NAME), "rt") as f:
-            text = f.read()
+        with fs.open(join_url(path, MANIFEST_NAME), "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise DataError(
             f"{join_url(url, MANIFEST_NAME)}: not found; build the dataset first "
             "(python -m orchestrator.data build --source ... --out URL)"
         ) from None
-    return parse_manifest(text, url)
+    return parse_manifest(utf8(data, join_url(url, MANIFEST_NAME), DataError), url)
 
 
 def write_manifest(manifest: Manifest) -> None:

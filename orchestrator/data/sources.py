@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from orchestrator.data.cli_errors import utf8
 from orchestrator.data.shards import DataError, Manifest
 from sphere_core.config import short_repr
 from sphere_core.transforms import fit_square, hwc_to_chw
@@ -236,7 +237,9 @@ def json_lines(list_path: str | Path, *, image_size: int, channels: int = 3) -> 
         raise DataError(f"{list_path}: no such file")
     entries: list[_Entry] = []
     names: dict[int, str] = {}
-    for lineno, line in enumerate(list_path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(
+        utf8(list_path.read_bytes(), str(list_path), DataError).splitlines(), start=1
+    ):
         if not line.strip():
             continue
         where = f"{list_path}:{lineno}"

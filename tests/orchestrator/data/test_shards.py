@@ -135,3 +135,12 @@ def test_a_manifest_whose_shard_names_leave_the_dataset_is_refused_on_read(name:
         f"{url}/manifest.json: shard name {name!r} is not a plain file name (allowed: a name inside the "
         "dataset folder, without '/', '\\' or '..')"
     )
+
+
+def test_a_manifest_that_is_not_utf8_is_one_line_naming_it(tmp_path) -> None:
+    (tmp_path / "manifest.json").write_bytes(b'{"format": "\xff"}')
+    with pytest.raises(DataError) as info:
+        read_manifest(str(tmp_path))
+    assert str(info.value) == (
+        f"{tmp_path}/manifest.json: line 1: not UTF-8 (byte 0xff at offset 12); save it as UTF-8"
+    )

@@ -217,3 +217,11 @@ def test_images_under_8_px_a_side_are_refused_naming_the_file(
         str(info.value)
         == f"{tmp_path / 'img.png'}: image is {size[0]}x{size[1]} px (allowed: at least 8x8 px)"
     )
+
+
+def test_a_list_that_is_not_utf8_is_one_line_naming_it(tmp_path: Path) -> None:
+    lst = tmp_path / "train.jsonl"
+    lst.write_bytes(b'{"class_id": 0, "image_path": "x.png"}\n{"class_id": 0, "image_path": "caf\xe9.png"}\n')
+    with pytest.raises(DataError) as info:
+        json_lines(lst, image_size=8)
+    assert str(info.value) == f"{lst}: line 2: not UTF-8 (byte 0xe9 at offset 73); save it as UTF-8"
