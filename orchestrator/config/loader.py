@@ -3,6 +3,10 @@
 Every failure is a ConfigError whose one-line message starts with the file and names the dotted field
 and what is allowed; entry points print it and exit 2.
 
+Files and `--set` values are parsed with limits (size, nesting, no aliases) before any value is built, the
+trial count is capped before any trial is expanded, and an error line shows a value clipped to 80
+characters: a hostile file costs milliseconds, never memory (docs/sweeps.md).
+
 A base file may leave a string field to the user by writing `???` (OmegaConf's spelling for a value that
 must be supplied): where the data and the weight files live are not the project's to know. A sweep resolves
 only once the file's overrides or `--set` have filled every one that its kind uses.
@@ -42,7 +46,7 @@ UNSET = "???"  # a value a base file leaves to the user (data and weight locatio
 
 
 MAX_YAML_BYTES = 64 * 1024  # per file or --set value: parsed in well under a second; shipped files are < 5 KB
-MAX_DEPTH = 32  # nesting of mappings and lists; the shipped files nest at most 5 deep
+MAX_DEPTH = 32  # nesting of mappings and lists; the shipped files nest 4 deep at most
 
 
 class Refused(yaml.composer.ComposerError):

@@ -163,16 +163,18 @@ def shuffled(source: FileListSource, *, seed: int = 0) -> FileListSource:
 
 def _inside(path: Path, root: Path) -> Path:
     """`path`, unless it is a symlink that resolves outside `root` (resolved): then a DataError naming it.
-    Only symlinks need resolving: rglob does not descend into symlinked folders, and class folders are
-    checked themselves."""
+    Only symlinks need resolving: every entry on the way down is checked, so none of its parents is one
+    that leads out."""
     if path.is_symlink() and not path.resolve().is_relative_to(root):
         raise DataError(f"{path}: a symlink that resolves outside the source folder {root}; copy the file in")
     return path
 
 
 def _images_under(folder: Path, root: Path) -> list[Path]:
-    found = (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    return sorted(_inside(p, root) for p in found)
+    """Image files under `folder`; a symlink (file or folder) out of `root` is refused, not skipped (rglob
+    lists a symlinked folder without descending into it)."""
+    entries = (_inside(p, root) for p in folder.rglob("*"))
+    return sorted(p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def image_folder(root: str | Path, *, image_size: int, channels: int = 3) -> FileListSource:

@@ -150,17 +150,20 @@ def test_bad_json_line_gives_one_clear_error(tmp_path: Path, row: object, messag
 # --- a source reads only inside its root --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", ["class folder", "file in a class folder", "loose file"])
+@pytest.mark.parametrize(
+    "layout", ["class folder", "folder in a class folder", "file in a class folder", "loose file"]
+)
 def test_symlinks_out_of_the_source_folder_are_refused_naming_them(tmp_path: Path, layout: str) -> None:
     outside, root = tmp_path / "elsewhere", tmp_path / "data"
     _save(outside / "secret.png", (8, 8), 1)
     _save(root / ("cat" if layout != "loose file" else "") / "ok.png", (8, 8), 2)
-    link = {
-        "class folder": root / "dog",
-        "file in a class folder": root / "cat" / "link.png",
-        "loose file": root / "link.png",
+    link, target = {  # the symlink, and what it points to outside the source folder
+        "class folder": (root / "dog", outside),
+        "folder in a class folder": (root / "cat" / "more", outside),
+        "file in a class folder": (root / "cat" / "link.png", outside / "secret.png"),
+        "loose file": (root / "link.png", outside / "secret.png"),
     }[layout]
-    link.symlink_to(outside if layout == "class folder" else outside / "secret.png")
+    link.symlink_to(target)
     with pytest.raises(DataError) as info:
         image_folder(root, image_size=8)
     assert str(info.value) == (
