@@ -38,7 +38,7 @@ from orchestrator.cluster.sweep_lock import SweepBusy, sweep_lock
 from orchestrator.config import metric_names
 from orchestrator.config.loader import dump_yaml, load_sweep, parse_set
 from orchestrator.config.schema import ExperimentConfig
-from orchestrator.config.search_space import apply_trial_params, expand_trials, to_param_space
+from orchestrator.config.search_space import MAX_TRIALS, apply_trial_params, expand_trials, to_param_space
 from orchestrator.config.sweep_spec import SweepSpec
 from orchestrator.data import cli_errors
 from orchestrator.train.worker_env import keep_credentials_out_of_trial_runtime_envs, worker_env
@@ -78,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dry-run", action="store_true", help="print trials, resolved config and shard plan")
     parser.add_argument(
+        "--max-trials",
+        type=cli_errors.at_least(1),
+        default=MAX_TRIALS,
+        metavar="N",
+        help=f"refuse a sweep of more than N trials (default {MAX_TRIALS:,}): a typo in a grid can otherwise "
+        "start millions",
+    )
+    parser.add_argument(
         "--new-experiment",
         action="store_true",
         help="run as a new Tune experiment and MLflow parent run, even while the same sweep runs elsewhere "
@@ -91,7 +99,7 @@ def sweep(args: argparse.Namespace) -> int:
     """The CLI's work; user errors (ConfigError, unreachable storage) are `run`'s, exit 2."""
     try:
         sets = dict(parse_set(assignment) for assignment in args.set)
-        spec = load_sweep(resolve_sweep_path(args.sweep), sets)
+        spec = load_sweep(resolve_sweep_path(args.sweep), sets, max_trials=args.max_trials)
         cli_errors.check_scheme(spec.experiment.data.url, "data.url")  # else each worker finds out alone
         if args.new_experiment:
             spec = dataclasses.replace(spec, digest=f"{spec.digest}-{time.strftime('%Y%m%d-%H%M%S')}")

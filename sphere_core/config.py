@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +33,23 @@ ViTSize = Literal["nano", "micro", "mini", "small", "base", "large", "xlarge", "
 
 class ConfigError(ValueError):
     """A config value or key is invalid; the message names the dotted field and what is allowed."""
+
+
+SHOWN_CHARS = 80  # the most of a value an error line shows: a hostile file can hold megabytes in one value
+_SHORT = reprlib.Repr()  # visits a few items per level only: a value's full repr can be unbounded work
+_SHORT.maxstring = _SHORT.maxother = SHOWN_CHARS
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 8
+_SHORT.maxlevel = 3
+
+
+def clip(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` cut to `limit` characters, the cut marked with `...`."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def short_repr(value: Any) -> str:
+    """repr(value) for an error line: at most SHOWN_CHARS characters, in bounded time for any value."""
+    return clip(_SHORT.repr(value))
 
 
 def base_patch_size(image_size: int) -> int:
@@ -278,7 +296,7 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{path}." if path else ""
-        raise ConfigError(f"{where}{unknown[0]}: unknown key (allowed: {', '.join(fields)})")
+        raise ConfigError(f"{where}{clip(str(unknown[0]))}: unknown key (allowed: {', '.join(fields)})")
     kwargs = {name: _coerce(hints[name], value, _join(path, name)) for name, value in data.items()}
     try:
         return cls(**kwargs)
@@ -296,7 +314,9 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return from_dict(tp, value, path)  # type: ignore[arg-type]
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{path}: {value!r} is not allowed (allowed: {', '.join(map(repr, args))})")
+            raise ConfigError(
+                f"{path}: {short_repr(value)} is not allowed (allowed: {', '.join(map(repr, args))})"
+            )
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -307,22 +327,24 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
                 return _coerce(option, value, path)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches none of {tp}")
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"{path}: {short_repr(value)} matches none of {tp}"
+        )
     if origin is tuple:
         if not isinstance(value, list | tuple) or (args[-1] is not Ellipsis and len(value) != len(args)):
-            raise ConfigError(f"{path}: expected a list of {len(args)} values, got {value!r}")
+            raise ConfigError(f"{path}: expected a list of {len(args)} values, got {short_repr(value)}")
         item_types = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
         return tuple(
             _coerce(t, v, f"{path}[{i}]") for i, (t, v) in enumerate(zip(item_types, value, strict=True))
         )
     if origin is list:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
+            raise ConfigError(f"{path}: expected a list, got {short_repr(value)}")
         return [_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(args[1], v, f"{path}.{k}") for k, v in value.items()}
+            raise ConfigError(f"{path}: expected a mapping, got {short_repr(value)}")
+        return {str(k): _coerce(args[1], v, f"{path}.{clip(str(k))}") for k, v in value.items()}
     if tp is Any:
         return value
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
@@ -331,4 +353,4 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return value
     if tp in (bool, str) and isinstance(value, tp):
         return value
-    raise ConfigError(f"{path}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    raise ConfigError(f"{path}: expected {getattr(tp, '__name__', tp)}, got {short_repr(value)}")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config.schema import ExperimentConfig, ScalingConfig
-from sphere_core.config import ConfigError
+from sphere_core.config import ConfigError, short_repr
 
 HEAD_MARKER = "node:__internal_head__"  # ray._common.constants.HEAD_NODE_RESOURCE_NAME
 TRIAL_DRIVER_CPU = 0.01  # 0 is rejected by Tune; 1 (Tune's default) deadlocks the Train workers on 2 cores
@@ -276,9 +276,9 @@ def check_storage(storage_path: str, multi_node: bool, where: str) -> None:
     """Checkpoints must be where every node can read them once there is more than one node."""
     if multi_node and "://" not in storage_path:
         raise ConfigError(
-            f"run.storage_path: {storage_path!r} is a local path, but {where} has several nodes (or can add "
-            "them): a worker restarted elsewhere would not find its checkpoints (allowed: s3://... or a "
-            "filesystem mounted on every node, given as file:///path)"
+            f"run.storage_path: {short_repr(storage_path)} is a local path, but {where} has several "
+            "nodes (or can add them): a worker restarted elsewhere would not find its checkpoints (allowed: "
+            "s3://... or a filesystem mounted on every node, given as file:///path)"
         )
 
 

@@ -3,6 +3,10 @@
 Every failure is a ConfigError whose one-line message starts with the file and names the dotted field
 and what is allowed; entry points print it and exit 2.
 
+Files and `--set` values are parsed with limits (size, nesting, no aliases) before any value is built, the
+trial count is capped before any trial is expanded, and an error line shows a value clipped to 80
+characters: a hostile file costs milliseconds, never memory (docs/sweeps.md).
+
 A base file may leave a string field to the user by writing `???` (OmegaConf's spelling for a value that
 must be supplied): where the data and the weight files live are not the project's to know. A sweep resolves
 only once the file's overrides or `--set` have filled every one that its kind uses.
@@ -23,29 +27,69 @@ import yaml
 
 from orchestrator.config import metric_names
 from orchestrator.config.schema import ExperimentConfig
-from orchestrator.config.search_space import apply_trial_params, check_path, field_of, validate_search
+from orchestrator.config.search_space import (
+    MAX_TRIALS,
+    apply_trial_params,
+    check_path,
+    check_trial_count,
+    field_of,
+    trial_count,
+    validate_search,
+)
 from orchestrator.config.sweep_spec import EvaluateConfig, SweepFile, SweepSpec
-from sphere_core.config import ConfigError, from_dict, to_dict
+from orchestrator.data.cli_errors import utf8
+from sphere_core.config import ConfigError, clip, from_dict, short_repr, to_dict
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # becomes a directory and an MLflow experiment name
 _MERGE_TAG = "tag:yaml.org,2002:merge"  # the `<<` key
 UNSET = "???"  # a value a base file leaves to the user (data and weight locations)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key given twice in one mapping; PyYAML would keep the last silently."""
+MAX_YAML_BYTES = 64 * 1024  # per file or --set value: parsed in well under a second; shipped files are < 5 KB
+MAX_DEPTH = 32  # nesting of mappings and lists; the shipped files nest 4 deep at most
+
+
+class Refused(yaml.composer.ComposerError):
+    """YAML the loader will not build: an alias, or nesting deeper than MAX_DEPTH (found while composing,
+    before any value is constructed, so a billion-laughs file costs nothing)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases, deep nesting and a key given twice in one mapping (PyYAML would keep
+    the last silently).
+
+    Aliases are refused outright: no shipped sweep uses one, and a few nested aliases expand to billions of
+    nodes (as shared references, so loading is cheap but every later walk over the tree, an error message's
+    repr included, is not)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise Refused(
+                problem=f"alias *{clip(str(event.anchor))} is not allowed (write the value out)",
+                problem_mark=event.start_mark,
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise Refused(
+                    problem=f"nested deeper than {MAX_DEPTH} levels (allowed: <= {MAX_DEPTH})",
+                    problem_mark=self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_document(self, node: yaml.Node) -> Any:
-        self._check_unique(node, "", set())
+        self._check_unique(node, "")
         return super().construct_document(node)
 
-    def _check_unique(self, node: yaml.Node, where: str, visited: set[int]) -> None:
-        if id(node) in visited:  # an alias of a node already checked (or a recursive one)
-            return
-        visited.add(id(node))
+    def _check_unique(self, node: yaml.Node, where: str) -> None:
         if isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                self._check_unique(item, f"{where}[{i}]", visited)
+                self._check_unique(item, f"{where}[{i}]")
         elif isinstance(node, yaml.MappingNode):
             first: dict[Any, int] = {}  # key -> its line
             for key_node, value_node in node.value:
@@ -53,30 +97,48 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     continue  # merged keys may be overridden; complex keys fail in construction anyway
                 key = self.construct_object(key_node)  # so `1` and `'1'` differ, `yes` and `true` do not
                 if key in first:
-                    inside = f" in {where}" if where else ""
+                    inside = f" in {clip(where)}" if where else ""
                     raise yaml.constructor.ConstructorError(
-                        problem=f"duplicate key {key!r}{inside} (first at line {first[key]})",
+                        problem=f"duplicate key {short_repr(key)}{inside} (first at line {first[key]})",
                         problem_mark=key_node.start_mark,
                     )
                 first[key] = key_node.start_mark.line + 1
-                self._check_unique(value_node, f"{where}.{key}" if where else str(key), visited)
+                self._check_unique(value_node, f"{where}.{key}" if where else str(key))
+
+
+def parse_yaml(text: str) -> Any:
+    """One YAML document through the strict loader. Raises yaml.YAMLError (Refused for the limits), or
+    ValueError for a value Python will not build (an integer of over 4,300 digits, a 13th month)."""
+    loader = _StrictLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _problem(exc: Exception) -> str:
+    """A YAML or value error as `line N: what` (the line where PyYAML marks it)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    if isinstance(exc, yaml.YAMLError):
+        return where + (getattr(exc, "problem", None) or "invalid YAML")
+    return f"invalid value ({clip(str(exc))})"
 
 
 def read_yaml(path: Path) -> Any:
+    """A sweep or base file, refused in one line when too big, not UTF-8, not YAML or over the limits."""
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            data = f.read(MAX_YAML_BYTES + 1)  # never more: a huge file or /dev/zero is refused as read
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    loader = _UniqueKeyLoader(text)
+    if len(data) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES:,} bytes (allowed: <= {MAX_YAML_BYTES:,})")
+    text = utf8(data, str(path))
     try:
-        return loader.get_single_data()
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}:" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}:{where} {problem}") from None
-    finally:
-        loader.dispose()
+        return parse_yaml(text)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(f"{path}: {_problem(exc)}") from None
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
@@ -93,35 +155,46 @@ def parse_set(assignment: str) -> tuple[str, Any]:
     """`--set data.url=s3://mine/train` -> ("data.url", "s3://mine/train"); the value reads as YAML (so
     `true`, `4`, `[1, 2]`), and a number written as 3e-3 (a string to YAML 1.1) as a number."""
     path, sep, text = assignment.partition("=")
-    if not sep or not path.strip():
-        raise ConfigError(f"--set {assignment}: expected DOTTED.PATH=VALUE (e.g. --set scaling.use_gpu=true)")
+    path = path.strip()
+    if not sep or not path:
+        raise ConfigError(
+            f"--set {clip(assignment)}: expected DOTTED.PATH=VALUE (e.g. --set scaling.use_gpu=true)"
+        )
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"--set {clip(path)}: value longer than {MAX_YAML_BYTES:,} characters")
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = text
+        value = parse_yaml(text)
+    except Refused as exc:
+        raise ConfigError(f"--set {clip(path)}: {exc.problem}") from None
+    except (yaml.YAMLError, ValueError):
+        value = text  # not YAML: the text itself, validated as a string
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
             value = float(value)
-    return path.strip(), value
+    return path, value
 
 
-def load_sweep(path: str | Path, sets: Mapping[str, Any] | None = None) -> SweepSpec:
+def load_sweep(
+    path: str | Path, sets: Mapping[str, Any] | None = None, *, max_trials: int = MAX_TRIALS
+) -> SweepSpec:
     """Reads, resolves and validates a sweep file, then the submit-time `sets` (dotted path -> value, applied
-    after the file's overrides and validated like them); nothing is started."""
+    after the file's overrides and validated like them); nothing is started. A sweep of more than
+    `max_trials` trials is refused."""
     path = Path(path)
     try:
         data = read_yaml(path)
-        return _resolve(from_dict(SweepFile, {} if data is None else data), path, dict(sets or {}))
+        raw = from_dict(SweepFile, {} if data is None else data)
+        return _resolve(raw, path, dict(sets or {}), max_trials)
     except ConfigError as exc:
         message = str(exc)
         raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
 
 
-def _resolve(raw: SweepFile, path: Path, sets: dict[str, Any]) -> SweepSpec:
+def _resolve(raw: SweepFile, path: Path, sets: dict[str, Any], max_trials: int) -> SweepSpec:
     name = raw.name or path.stem
     if not _NAME.match(name):
         raise ConfigError(
-            f"name: {name!r} is not allowed (lowercase letters, digits, '-' and '_', <= 63 chars)"
+            f"name: {short_repr(name)} is not allowed (lowercase letters, digits, '-' and '_', <= 63 chars)"
         )
     base = _base_experiment(raw, path)
     # `--set evaluate.*` fills the frozen-model section of a kind: evaluate file; the rest is the experiment.
@@ -145,6 +218,14 @@ def _resolve(raw: SweepFile, path: Path, sets: dict[str, Any]) -> SweepSpec:
         raise ConfigError(f"--set {exc}") from None
     _check_kind(raw)
     _check_set(raw, experiment)
+    # Counted before validate_search, which builds a config per grid value: a huge grid is refused at once.
+    train = raw.kind == "train"
+    check_trial_count(
+        trial_count(
+            raw.search, raw.tune.num_samples if train else 1, raw.tune.search_alg if train else "basic"
+        ),
+        max_trials,
+    )
     validate_search(experiment, raw.search, raw.tune.search_alg)
     if raw.kind == "train":
         _check_trainable(raw, experiment)
@@ -289,14 +370,14 @@ def _check_trainable(raw: SweepFile, experiment: ExperimentConfig) -> None:
     reported = (*metric_names.TRAIN_STEP, *metric_names.LOOP, *terms, *experiment.eval_metrics)
     if raw.tune.metric not in reported:
         raise ConfigError(
-            f"tune.metric: {raw.tune.metric!r} is never reported (allowed: {', '.join(reported)})"
+            f"tune.metric: {short_repr(raw.tune.metric)} is never reported (allowed: {', '.join(reported)})"
         )
     run = experiment.run
     if raw.tune.metric in experiment.eval_metrics and run.eval_every > run.checkpoint_every:
         # Each checkpoint report carries the latest eval: one must have run by the first checkpoint.
         raise ConfigError(
             f"run.eval_every: {run.eval_every} exceeds run.checkpoint_every {run.checkpoint_every}, so the "
-            f"first checkpoint would report no tune.metric {raw.tune.metric!r} (allowed: "
+            f"first checkpoint would report no tune.metric {short_repr(raw.tune.metric)} (allowed: "
             f"run.eval_every <= run.checkpoint_every)"
         )
     if raw.tune.scheduler == "asha" and raw.tune.grace_period > experiment.run.steps:

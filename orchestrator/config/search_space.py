@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import typing
 from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.config.schema import ExperimentConfig
 from orchestrator.config.sweep_spec import DIST_KINDS, SearchDist
-from sphere_core.config import ConfigError, from_dict
+from sphere_core.config import ConfigError, from_dict, short_repr
 
 
 def check_path(path: str, where: str) -> None:
@@ -82,7 +83,9 @@ def validate_search(base: ExperimentConfig, search: Mapping[str, SearchDist], se
             try:
                 apply_trial_params(base, {path: value})
             except ConfigError as exc:
-                raise ConfigError(f"{where}.{dist.kind}: value {value!r} is invalid: {exc}") from None
+                raise ConfigError(
+                    f"{where}.{dist.kind}: value {short_repr(value)} is invalid: {exc}"
+                ) from None
 
 
 def _extremes(dist: SearchDist) -> list[Any]:
@@ -105,6 +108,24 @@ def to_param_space(search: Mapping[str, SearchDist]) -> dict[str, Any]:
         "randint": lambda s: tune.randint(*s),
     }
     return {path: make[dist.kind](dist.spec) for path, dist in search.items()}
+
+
+MAX_TRIALS = 10_000  # per sweep unless raised (--max-trials): a grid typo can otherwise ask for millions
+
+
+def trial_count(search: Mapping[str, SearchDist], num_samples: int, search_alg: str) -> int:
+    """len(expand_trials(...)), without building them."""
+    if search_alg != "basic":
+        return num_samples
+    return num_samples * math.prod(len(d.spec) for d in search.values() if not d.is_random)
+
+
+def check_trial_count(count: int, max_trials: int) -> None:
+    if count > max_trials:
+        raise ConfigError(
+            f"search: {count:,} trials exceed the cap of {max_trials:,} (allowed: <= {max_trials:,}; a "
+            "bigger sweep needs --max-trials N)"
+        )
 
 
 def expand_trials(

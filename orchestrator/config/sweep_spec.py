@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from orchestrator.config.schema import ExperimentConfig, MetricSource
-from sphere_core.config import ConfigError
+from sphere_core.config import ConfigError, short_repr
 
 DIST_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -85,8 +85,8 @@ class EvaluateConfig(MetricSource):
         run = self.model.startswith("runs:/") and len(self.model.removeprefix("runs:/").split("/", 1)) == 2
         if not (alias or run):
             raise ConfigError(
-                f"evaluate.model: {self.model!r} is not a frozen model (allowed: models:/NAME@ALIAS, "
-                "runs:/RUN_ID/PATH)"
+                f"evaluate.model: {short_repr(self.model)} is not a frozen model (allowed: "
+                "models:/NAME@ALIAS, runs:/RUN_ID/PATH)"
             )
         if self.num_images < 16:
             raise ConfigError("evaluate.num_images: must be >= 16 (the metrics need a spread of samples)")

@@ -62,6 +62,19 @@ def run(work: Callable[[], int], renames: Sequence[tuple[str, str]] = ()) -> int
         return USER_ERROR_EXIT
 
 
+def utf8(data: bytes, where: str, error: type[ConfigError] = ConfigError) -> str:
+    """`data` decoded, or `error` naming `where`, the line and the first byte that is not UTF-8 (a
+    UnicodeDecodeError would be a traceback)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise error(
+            f"{where}: line {line}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it "
+            "as UTF-8"
+        ) from None
+
+
 def check_scheme(url: str, flag: str = "") -> None:
     """UserError unless fsspec knows `url`'s scheme and its backend package is installed."""
     import fsspec

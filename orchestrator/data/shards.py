@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 from fsspec.core import url_to_fs
 
-from sphere_core.config import ConfigError
+from orchestrator.data.cli_errors import utf8
+from sphere_core.config import ConfigError, short_repr
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "sphere-wds/1"
@@ -100,7 +101,7 @@ def parse_manifest(text: str, url: str) -> Manifest:
     try:
         body = json.loads(text)
         if body.get("format") != MANIFEST_FORMAT:
-            raise DataError(f"{where}: format {body.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+            raise DataError(f"{where}: format {short_repr(body.get('format'))}, expected {MANIFEST_FORMAT!r}")
         manifest = Manifest(
             url=url,
             shards=tuple(ShardInfo(**s) for s in body["shards"]),
@@ -114,23 +115,38 @@ def parse_manifest(text: str, url: str) -> Manifest:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{where}: not a valid manifest ({type(exc).__name__}: {exc})") from None
+    for shard in manifest.shards:
+        if not is_plain_name(shard.name):  # else `../../x` would read, and size, a file outside the dataset
+            raise DataError(
+                f"{where}: shard name {short_repr(shard.name)} is not a plain file name (allowed: a name "
+                "inside the dataset folder, without '/', '\\' or '..')"
+            )
     if manifest.digest != dataset_digest(manifest.shards):
         raise DataError(f"{where}: digest does not match its shard list (edited by hand?)")
     return manifest
+
+
+def is_plain_name(name: object) -> bool:
+    """A file name that stays in its folder on every fsspec backend: no separator, not `.` or `..`."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in ("/", "\\", "\0"))
+    )
 
 
 def read_manifest(url: str) -> Manifest:
     """The manifest of the dataset folder at `url` (DataError if missing or malformed)."""
     fs, path = url_to_fs(url)
     try:
-        with fs.open(join_url(path, MANIFEST_NAME), "rt") as f:
-            text = f.read()
+        with fs.open(join_url(path, MANIFEST_NAME), "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise DataError(
             f"{join_url(url, MANIFEST_NAME)}: not found; build the dataset first "
             "(python -m orchestrator.data build --source ... --out URL)"
         ) from None
-    return parse_manifest(text, url)
+    return parse_manifest(utf8(data, join_url(url, MANIFEST_NAME), DataError), url)
 
 
 def write_manifest(manifest: Manifest) -> None:
@@ -205,7 +221,7 @@ def decode_seen(seen: Mapping[str, str], counts: Mapping[str, int]) -> dict[str,
     for name, text in seen.items():
         if name not in counts:
             raise DataError(
-                f"cursor names shard {name!r}, which the manifest does not list (another dataset?)"
+                f"cursor names shard {short_repr(name)}, which the manifest does not list (another dataset?)"
             )
         size = (counts[name] + 7) // 8
         bits = bytearray(base64.b64decode(text)) if text != "all" else bytearray(b"\xff" * size)

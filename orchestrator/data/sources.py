@@ -3,6 +3,10 @@
 Every source yields `SourceSample`s whose image is already uint8 (C, image_size, image_size), so the writer
 only encodes. Input problems (missing folder, bad JSON line, unreadable image) raise one DataError naming
 the file and line, before any shard is written where that can be checked up front.
+
+A source reads only inside its root: a folder's symlinks (class folders and files) must resolve inside the
+folder, and a list's image paths (relative, `..` or absolute) inside the list's folder, so a dataset
+handed over by someone else cannot pull in files from elsewhere on the machine that builds it.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from orchestrator.data.cli_errors import utf8
 from orchestrator.data.shards import DataError, Manifest
+from sphere_core.config import short_repr
 from sphere_core.transforms import fit_square, hwc_to_chw
 
+MIN_IMAGE_PX = 8  # smaller images (icons, 1x1 spacers) carry next to nothing to resize up from
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 PIL_MODE = {1: "L", 3: "RGB"}
 
@@ -92,7 +99,9 @@ def load_image(path: Path, channels: int, image_size: int) -> torch.Tensor:
     """An image file -> uint8 (C, image_size, image_size): converted, shorter side resized, center cropped."""
     try:
         with Image.open(path) as img:
-            array = np.asarray(img.convert(PIL_MODE[channels]))
+            width, height = img.size
+            small = min(width, height) < MIN_IMAGE_PX  # refused below, outside this handler of PIL's errors
+            array = None if small else np.asarray(img.convert(PIL_MODE[channels]))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # the warning arrives here only where warnings are errors; PIL's limit itself is left as it is
         raise DataError(f"{path}: image too large ({_bomb_reason(exc)}); skip it or resize it") from None
@@ -100,6 +109,10 @@ def load_image(path: Path, channels: int, image_size: int) -> torch.Tensor:
         # how PIL reports corrupt or truncated bytes, by format and by where they break
         # (UnidentifiedImageError is an OSError)
         raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+    if array is None:
+        raise DataError(
+            f"{path}: image is {width}x{height} px (allowed: at least {MIN_IMAGE_PX}x{MIN_IMAGE_PX} px)"
+        )
     return fit_square(hwc_to_chw(torch.from_numpy(array.copy())), image_size)
 
 
@@ -148,17 +161,33 @@ def shuffled(source: FileListSource, *, seed: int = 0) -> FileListSource:
     return dataclasses.replace(source, entries=entries)
 
 
-def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _inside(path: Path, root: Path) -> Path:
+    """`path`, unless it is a symlink that resolves outside `root` (resolved): then a DataError naming it.
+    Only symlinks need resolving: every entry on the way down is checked, so none of its parents is one
+    that leads out."""
+    if path.is_symlink() and not path.resolve().is_relative_to(root):
+        raise DataError(f"{path}: a symlink that resolves outside the source folder {root}; copy the file in")
+    return path
+
+
+def _images_under(folder: Path, root: Path) -> list[Path]:
+    """Image files under `folder`; a symlink (file or folder) out of `root` is refused, not skipped (rglob
+    lists a symlinked folder without descending into it)."""
+    entries = (_inside(p, root) for p in folder.rglob("*"))
+    return sorted(p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def image_folder(root: str | Path, *, image_size: int, channels: int = 3) -> FileListSource:
-    """One subfolder per class (ids in sorted name order), or a flat folder of images (unconditional)."""
+    """One subfolder per class (ids in sorted name order), or a flat folder of images (unconditional);
+    every symlink in it must resolve inside it."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    inside = root.resolve()
+    class_dirs = sorted(
+        _inside(p, inside) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    loose = [_inside(p, inside) for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if class_dirs and loose:
         raise DataError(
             f"{root}: has both class subfolders and loose images ({loose[0].name}); pick one layout"
@@ -167,7 +196,7 @@ def image_folder(root: str | Path, *, image_size: int, channels: int = 3) -> Fil
         entries = [
             _Entry(path, class_id, {"path": str(path.relative_to(root))})
             for class_id, folder in enumerate(class_dirs)
-            for path in _images_under(folder)
+            for path in _images_under(folder, inside)
         ]
         class_names = tuple(d.name for d in class_dirs)
     else:
@@ -187,10 +216,15 @@ def _parse_line(line: str, where: str, base: Path) -> tuple[_Entry, str | None]:
         raise DataError(f"{where}: expected an object with class_id and image_path")
     class_id, image_path = row["class_id"], row["image_path"]
     if not isinstance(class_id, int) or isinstance(class_id, bool) or class_id < 0:
-        raise DataError(f"{where}: class_id must be an integer >= 0, got {class_id!r}")
+        raise DataError(f"{where}: class_id must be an integer >= 0, got {short_repr(class_id)}")
     if not isinstance(image_path, str) or not image_path:
         raise DataError(f"{where}: image_path must be a non-empty string")
     path = Path(image_path) if row.get("is_absolute_path", False) else base / image_path
+    if not path.resolve().is_relative_to(base.resolve()):  # `..`, an absolute path or a symlink out
+        raise DataError(
+            f"{where}: image {short_repr(image_path)} resolves outside the list's folder {base} (allowed: "
+            "paths inside it; move the list up to a folder that holds the images)"
+        )
     if not path.is_file():
         raise DataError(f"{where}: image {path} not found")
     name = row.get("class_name")
@@ -199,20 +233,23 @@ def _parse_line(line: str, where: str, base: Path) -> tuple[_Entry, str | None]:
 
 def json_lines(list_path: str | Path, *, image_size: int, channels: int = 3) -> FileListSource:
     """The official list format, one {"class_id", "class_name", "image_path", "is_absolute_path"} per line;
-    relative image paths resolve against the list's folder."""
+    relative image paths resolve against the list's folder, and every path must resolve inside it."""
     list_path = Path(list_path)
     if not list_path.is_file():
         raise DataError(f"{list_path}: no such file")
     entries: list[_Entry] = []
     names: dict[int, str] = {}
-    for lineno, line in enumerate(list_path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(
+        utf8(list_path.read_bytes(), str(list_path), DataError).splitlines(), start=1
+    ):
         if not line.strip():
             continue
         where = f"{list_path}:{lineno}"
         entry, name = _parse_line(line, where, list_path.parent)
         if name is not None and names.setdefault(entry.class_id, name) != name:
             raise DataError(
-                f"{where}: class_id {entry.class_id} named {name!r}, earlier {names[entry.class_id]!r}"
+                f"{where}: class_id {entry.class_id} named {short_repr(name)}, earlier "
+                f"{short_repr(names[entry.class_id])}"
             )
         entries.append(entry)
     if not entries:

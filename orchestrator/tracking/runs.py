@@ -30,7 +30,7 @@ from PIL import Image
 from orchestrator.config.loader import dump_yaml
 from orchestrator.config.schema import ExperimentConfig
 from orchestrator.config.sweep_spec import SweepSpec
-from sphere_core.config import ConfigError
+from sphere_core.config import ConfigError, short_repr
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -233,8 +233,8 @@ def resolve_tracking_uri(cfg: ExperimentConfig, timeout_s: float = 5.0) -> str:
         )
     if not uri.startswith(("http://", "https://")):
         raise ConfigError(
-            f"tracking.tracking_uri: {uri!r} is not a tracking server (allowed: http(s)://HOST:PORT; "
-            "trials on many processes must not share a database file)"
+            f"tracking.tracking_uri: {short_repr(uri)} is not a tracking server (allowed: "
+            "http(s)://HOST:PORT; trials on many processes must not share a database file)"
         )
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:

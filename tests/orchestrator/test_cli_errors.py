@@ -11,11 +11,13 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from orchestrator.data.cli import main as data_main
+from orchestrator.data.shards import read_manifest, write_manifest
 from orchestrator.evaluate import main as evaluate_main
 from orchestrator.evaluation.__main__ import main as evaluation_main
 from orchestrator.generate import main as generate_main
@@ -144,13 +146,42 @@ def test_data_cli_storage_faults(
     assert line.startswith(f"error: {'--out ' if verb == 'build' else ''}{url}: {message}")
 
 
+@pytest.mark.parametrize("escape", ["symlink", "list", "manifest"])
+def test_data_cli_refuses_paths_out_of_the_dataset(
+    escape: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "secret.png").write_bytes(_tiny_png())
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    (tmp_path / "src" / "a" / "link.png").symlink_to(tmp_path / "secret.png")
+    (tmp_path / "src" / "list.jsonl").write_text('{"class_id": 0, "image_path": "../secret.png"}\n')
+    out = f"memory://escape-{escape}/ds"
+    if escape == "manifest":
+        (tmp_path / "ok" / "a").mkdir(parents=True)
+        (tmp_path / "ok" / "a" / "0.png").write_bytes(_tiny_png())
+        assert data_main(["build", "--source", str(tmp_path / "ok"), "--out", out, "--no-progress"]) == 0
+        capsys.readouterr()
+        manifest = read_manifest(out)
+        write_manifest(replace(manifest, shards=(replace(manifest.shards[0], name="../../x"),)))
+        line = call(data_main, ["verify", out], capsys)
+        assert line == (
+            f"error: {out}/manifest.json: shard name '../../x' is not a plain file name (allowed: a name "
+            "inside the dataset folder, without '/', '\\' or '..')"
+        )
+        return
+    source = tmp_path / "src" / ("a" if escape == "symlink" else "list.jsonl")
+    line = call(data_main, ["build", "--source", str(source.parent if escape == "symlink" else source),
+                            "--out", out, "--no-progress"], capsys)  # fmt: skip
+    assert line.startswith(f"error: {source / 'link.png' if escape == 'symlink' else f'{source}:1: image'}")
+    assert "outside the" in line
+
+
 def _tiny_png() -> bytes:
     import io
 
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.new("L", (4, 4)).save(buffer, format="PNG")
+    Image.new("L", (8, 8)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -271,6 +302,17 @@ def test_evaluation_cli_bad_invocation(
         (["sweeps/noise.yaml", "--set", "run.steps=-3"], "run.steps"),
         (["sweeps/noise.yaml", "--set", "data.url=xyz://b/d", "--dry-run"], "xyz://b/d"),
         (["sweeps/noise.yaml", "--dry", "--bogus"], "unrecognized arguments: --bogus"),
+        (["sweeps/noise.yaml", "--max-trials", "0"], "argument --max-trials: must be >= 1, got 0"),
+        (
+            ["sweeps/noise.yaml", "--max-trials", "3"],
+            "error: sweeps/noise.yaml: search: 4 trials exceed the cap of 3 (allowed: <= 3; a bigger sweep "
+            "needs --max-trials N)",
+        ),
+        (
+            ["sweeps/noise.yaml", "--set", "run.steps=[&a [1, 1], [*a, *a]]"],
+            "error: --set run.steps: alias *a is not allowed (write the value out)",
+        ),
+        (["sweeps/noise.yaml", "--set", "run.steps=" + "[" * 40 + "]" * 40], "nested deeper than 32 levels"),
     ],
 )
 def test_sweep_cli_bad_invocation(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -284,6 +326,7 @@ def test_sweep_cli_bad_invocation(argv: list[str], message: str, capsys: pytest.
     ("module", "argv", "message"),
     [
         ("orchestrator.sweep", ["sweeps/noise.yaml", "--set", "bogus.x=1"], "unknown field bogus"),
+        ("orchestrator.sweep", ["sweeps/noise.yaml", "--set", "run.steps=[&a [1], *a]"], "alias *a is not"),
         ("orchestrator.data", [*BUILD, "xyz://b/d"], "error: --out xyz://b/d: unknown URL scheme 'xyz'"),
         ("orchestrator.generate", ["--model", "s3://b/m", "--out", "g.png"], "error: --model s3://b/m: not"),
         ("orchestrator.evaluate", ["--model", "s3://b/m"], "error: --model s3://b/m: not a model URI"),

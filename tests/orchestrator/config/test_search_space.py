@@ -10,7 +10,13 @@ import pytest
 from ray import tune
 
 from orchestrator.config.schema import ExperimentConfig
-from orchestrator.config.search_space import apply_trial_params, check_path, expand_trials, to_param_space
+from orchestrator.config.search_space import (
+    apply_trial_params,
+    check_path,
+    expand_trials,
+    to_param_space,
+    trial_count,
+)
 from orchestrator.config.sweep_spec import SearchDist
 from sphere_core.config import ConfigError, to_dict
 
@@ -92,6 +98,21 @@ def test_expand_trials_crosses_grids_and_repeats_num_samples() -> None:
         {"optim.lr": SearchDist(loguniform=(1e-4, 1e-2))}, num_samples=5, search_alg="optuna"
     )
     assert len(sampled) == 5
+
+
+@pytest.mark.parametrize(
+    ("search", "num_samples", "search_alg"),
+    [
+        ({"a": SearchDist(grid=[1, 2, 3]), "b": SearchDist(grid=[1, 2]), "c": SearchDist(uniform=(0, 1))},
+         4, "basic"),
+        ({"a": SearchDist(choice=[1, 2, 3])}, 7, "basic"),
+        ({"a": SearchDist(loguniform=(1e-4, 1e-2))}, 5, "optuna"),
+    ],
+)  # fmt: skip
+def test_trial_count_is_the_length_of_the_expansion(
+    search: dict[str, SearchDist], num_samples: int, search_alg: str
+) -> None:
+    assert trial_count(search, num_samples, search_alg) == len(expand_trials(search, num_samples, search_alg))
 
 
 def test_search_dist_round_trips_through_to_dict() -> None:

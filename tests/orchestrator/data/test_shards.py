@@ -122,3 +122,25 @@ def test_cursor_bitmaps_round_trip_and_merge() -> None:
         merge_cursors([c0, {**c1, "batches": 5}])
     with pytest.raises(DataError, match="does not list"):
         decode_seen({"other.tar": "all"}, counts)
+
+
+@pytest.mark.parametrize("name", ["../../x", "/etc/passwd", "sub/shard.tar", "..", "", "a\\..\\b.tar", 7])
+def test_a_manifest_whose_shard_names_leave_the_dataset_is_refused_on_read(name: object) -> None:
+    url = "memory://manifest-escape/ds"
+    body = json.loads(_manifest(url).to_json())
+    body["shards"][1]["name"] = name  # the digest covers sha256s only: it still matches
+    with pytest.raises(DataError) as info:
+        parse_manifest(json.dumps(body), url)
+    assert str(info.value) == (
+        f"{url}/manifest.json: shard name {name!r} is not a plain file name (allowed: a name inside the "
+        "dataset folder, without '/', '\\' or '..')"
+    )
+
+
+def test_a_manifest_that_is_not_utf8_is_one_line_naming_it(tmp_path) -> None:
+    (tmp_path / "manifest.json").write_bytes(b'{"format": "\xff"}')
+    with pytest.raises(DataError) as info:
+        read_manifest(str(tmp_path))
+    assert str(info.value) == (
+        f"{tmp_path}/manifest.json: line 1: not UTF-8 (byte 0xff at offset 12); save it as UTF-8"
+    )

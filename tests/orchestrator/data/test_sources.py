@@ -145,3 +145,86 @@ def test_bad_json_line_gives_one_clear_error(tmp_path: Path, row: object, messag
     good = {"class_id": 0, "class_name": "zero", "image_path": "x.png"}
     with pytest.raises(DataError, match=message):
         json_lines(_write_list(tmp_path / "train.jsonl", [good, row]), image_size=8)
+
+
+# --- a source reads only inside its root --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "layout", ["class folder", "folder in a class folder", "file in a class folder", "loose file"]
+)
+def test_symlinks_out_of_the_source_folder_are_refused_naming_them(tmp_path: Path, layout: str) -> None:
+    outside, root = tmp_path / "elsewhere", tmp_path / "data"
+    _save(outside / "secret.png", (8, 8), 1)
+    _save(root / ("cat" if layout != "loose file" else "") / "ok.png", (8, 8), 2)
+    link, target = {  # the symlink, and what it points to outside the source folder
+        "class folder": (root / "dog", outside),
+        "folder in a class folder": (root / "cat" / "more", outside),
+        "file in a class folder": (root / "cat" / "link.png", outside / "secret.png"),
+        "loose file": (root / "link.png", outside / "secret.png"),
+    }[layout]
+    link.symlink_to(target)
+    with pytest.raises(DataError) as info:
+        image_folder(root, image_size=8)
+    assert str(info.value) == (
+        f"{link}: a symlink that resolves outside the source folder {root}; copy the file in"
+    )
+
+
+def test_symlinks_inside_the_source_folder_are_followed(tmp_path: Path) -> None:
+    _save(tmp_path / "cat" / "a.png", (8, 8), 1)
+    (tmp_path / "cat" / "b.png").symlink_to(tmp_path / "cat" / "a.png")
+    (tmp_path / "kitten").symlink_to(tmp_path / "cat")
+    source = image_folder(tmp_path, image_size=8)
+    assert source.class_names == ("cat", "kitten") and len(source) == 4
+
+
+@pytest.mark.parametrize(
+    ("image_path", "absolute"),
+    [("../secret.png", False), ("imgs/../../secret.png", False), ("{outside}", False), ("{outside}", True),
+     ("imgs/link.png", False)],
+    ids=["dot-dot", "nested dot-dot", "absolute as relative", "absolute", "symlink out"],
+)  # fmt: skip
+def test_list_paths_out_of_the_lists_folder_are_refused_naming_them(
+    tmp_path: Path, image_path: str, absolute: bool
+) -> None:
+    root = tmp_path / "lists"
+    _save(tmp_path / "secret.png", (8, 8), 1)
+    _save(root / "imgs" / "ok.png", (8, 8), 2)
+    (root / "imgs" / "link.png").symlink_to(tmp_path / "secret.png")
+    image_path = image_path.format(outside=tmp_path / "secret.png")
+    row = {"class_id": 0, "image_path": image_path, "is_absolute_path": absolute}
+    lst = _write_list(root / "train.jsonl", [{"class_id": 0, "image_path": "imgs/ok.png"}, row])
+    with pytest.raises(DataError) as info:
+        json_lines(lst, image_size=8)
+    assert str(info.value) == (
+        f"{lst}:2: image {image_path!r} resolves outside the list's folder {root} (allowed: paths inside it; "
+        "move the list up to a folder that holds the images)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "refused"), [((7, 8), True), ((8, 3), True), ((1, 1), True), ((8, 8), False)]
+)
+def test_images_under_8_px_a_side_are_refused_naming_the_file(
+    tmp_path: Path, size: tuple[int, int], refused: bool
+) -> None:
+    _save(tmp_path / "img.png", size, 1)
+    source = image_folder(tmp_path, image_size=16)
+    if not refused:
+        assert next(iter(source)).image.shape == (3, 16, 16)
+        return
+    with pytest.raises(DataError) as info:
+        list(source)
+    assert (
+        str(info.value)
+        == f"{tmp_path / 'img.png'}: image is {size[0]}x{size[1]} px (allowed: at least 8x8 px)"
+    )
+
+
+def test_a_list_that_is_not_utf8_is_one_line_naming_it(tmp_path: Path) -> None:
+    lst = tmp_path / "train.jsonl"
+    lst.write_bytes(b'{"class_id": 0, "image_path": "x.png"}\n{"class_id": 0, "image_path": "caf\xe9.png"}\n')
+    with pytest.raises(DataError) as info:
+        json_lines(lst, image_size=8)
+    assert str(info.value) == f"{lst}: line 2: not UTF-8 (byte 0xe9 at offset 73); save it as UTF-8"
