@@ -219,12 +219,21 @@ def _parse_line(line: str, where: str, base: Path) -> tuple[_Entry, str | None]:
         raise DataError(f"{where}: class_id must be an integer >= 0, got {short_repr(class_id)}")
     if not isinstance(image_path, str) or not image_path:
         raise DataError(f"{where}: image_path must be a non-empty string")
-    path = Path(image_path) if row.get("is_absolute_path", False) else base / image_path
-    if not path.resolve().is_relative_to(base.resolve()):  # `..`, an absolute path or a symlink out
-        raise DataError(
-            f"{where}: image {short_repr(image_path)} resolves outside the list's folder {base} (allowed: "
-            "paths inside it; move the list up to a folder that holds the images)"
-        )
+    if row.get("is_absolute_path", False):
+        # The official lists of ImageNet name images anywhere this way; the list says so per entry.
+        path = Path(image_path)
+        if not path.is_absolute():
+            raise DataError(
+                f"{where}: image {short_repr(image_path)} has is_absolute_path: true but is relative "
+                "(allowed: an absolute path, or is_absolute_path: false for a path inside the list's folder)"
+            )
+    else:
+        path = base / image_path
+        if not path.resolve().is_relative_to(base.resolve()):  # `..`, an absolute path or a symlink out
+            raise DataError(
+                f"{where}: image {short_repr(image_path)} resolves outside the list's folder {base} "
+                "(allowed: paths inside it, or an absolute path marked is_absolute_path: true)"
+            )
     if not path.is_file():
         raise DataError(f"{where}: image {path} not found")
     name = row.get("class_name")
@@ -233,7 +242,7 @@ def _parse_line(line: str, where: str, base: Path) -> tuple[_Entry, str | None]:
 
 def json_lines(list_path: str | Path, *, image_size: int, channels: int = 3) -> FileListSource:
     """The official list format, one {"class_id", "class_name", "image_path", "is_absolute_path"} per line;
-    relative image paths resolve against the list's folder, and every path must resolve inside it."""
+    an image path not marked absolute must resolve inside the list's folder (no `..` or symlink out)."""
     list_path = Path(list_path)
     if not list_path.is_file():
         raise DataError(f"{list_path}: no such file")

@@ -181,9 +181,9 @@ def test_symlinks_inside_the_source_folder_are_followed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("image_path", "absolute"),
-    [("../secret.png", False), ("imgs/../../secret.png", False), ("{outside}", False), ("{outside}", True),
+    [("../secret.png", False), ("imgs/../../secret.png", False), ("{outside}", False),
      ("imgs/link.png", False)],
-    ids=["dot-dot", "nested dot-dot", "absolute as relative", "absolute", "symlink out"],
+    ids=["dot-dot", "nested dot-dot", "absolute not marked absolute", "symlink out"],
 )  # fmt: skip
 def test_list_paths_out_of_the_lists_folder_are_refused_naming_them(
     tmp_path: Path, image_path: str, absolute: bool
@@ -198,9 +198,18 @@ def test_list_paths_out_of_the_lists_folder_are_refused_naming_them(
     with pytest.raises(DataError) as info:
         json_lines(lst, image_size=8)
     assert str(info.value) == (
-        f"{lst}:2: image {image_path!r} resolves outside the list's folder {root} (allowed: paths inside it; "
-        "move the list up to a folder that holds the images)"
+        f"{lst}:2: image {image_path!r} resolves outside the list's folder {root} (allowed: paths inside it, "
+        "or an absolute path marked is_absolute_path: true)"
     )
+
+
+def test_a_path_marked_absolute_must_be_absolute(tmp_path: Path) -> None:
+    """Marked absolute, a path may point anywhere (the list's author says so); a relative one is a mistake."""
+    _save(tmp_path / "imgs" / "ok.png", (8, 8), 2)
+    row = {"class_id": 0, "image_path": "imgs/ok.png", "is_absolute_path": True}
+    lst = _write_list(tmp_path / "train.jsonl", [row])
+    with pytest.raises(DataError, match=r"has is_absolute_path: true but is relative \(allowed: an absolute"):
+        json_lines(lst, image_size=8)
 
 
 @pytest.mark.parametrize(
