@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 import pytest
+from mlflow import MlflowClient
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from tests.fixtures.services import LocalCluster, free_ports
@@ -114,9 +115,10 @@ def test_ray_up_runs_the_smoke_sweep_on_a_worker_node_and_ray_down_leaves_nothin
         monkeypatch.setenv("RAY_API_SERVER_ADDRESS", url)
         jobs = JobSubmissionClient(url)
         run = f"rayup-{uuid.uuid4().hex[:6]}"
-        job = jobs.submit_job(
+        job = jobs.submit_job(  # its own experiment and model: the session cluster's MLflow is shared
             entrypoint="python -m orchestrator.sweep sweeps/smoke.yaml "
-            f"--set data.url={mnist_shards} --set run.storage_path=s3://sphere/{run}"
+            f"--set data.url={mnist_shards} --set run.storage_path=s3://sphere/{run} "
+            f"--set tracking.experiment=sphere-{run} --set tracking.registered_model=sphere-{run}"
         )
         deadline = time.monotonic() + 420
         while (status := jobs.get_job_status(job)) not in {
@@ -136,6 +138,12 @@ def test_ray_up_runs_the_smoke_sweep_on_a_worker_node_and_ray_down_leaves_nothin
         seen = sorted({(a["class_name"], a["node_id"] == worker_node, a["state"]) for a in actors})
         assert len(train_workers) == 4, (seen, logs[-3000:])
         assert {a["node_id"] for a in train_workers} == {worker_node}, seen
+        tracking = MlflowClient(local_cluster.mlflow_url)
+        experiment = tracking.get_experiment_by_name(f"sphere-{run}")
+        assert experiment is not None
+        runs = tracking.search_runs([experiment.experiment_id])
+        assert len([r for r in runs if "mlflow.parentRunId" in r.data.tags]) == 2  # nested under the parent
+        assert tracking.get_model_version_by_alias(f"sphere-{run}", "champion").version == "1"
         print(f"smoke sweep done: {time.monotonic() - started:.0f} s")
     finally:
         down = subprocess.run(
