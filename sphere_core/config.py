@@ -1,7 +1,7 @@
 """Typed, frozen configuration for the Sphere Encoder, and a strict dict <-> dataclass round trip.
 
-Every default is the official code's unless its comment says otherwise (see
-`shared/docs/sphere-encoder-paper.md`, sections 1-4). Units are in the field names: angles in
+Every default is the official code's unless its comment says otherwise (the paper: arXiv 2602.15030;
+what each module implements and the presets: docs/model.md). Units are in the field names: angles in
 degrees (`_deg`), steps in optimiser steps.
 """
 
