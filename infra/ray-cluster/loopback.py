@@ -56,6 +56,9 @@ from typing import Any
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / "infra" / "local"))  # the local cluster's helpers, beside its scripts
+from cluster_services import write_private  # noqa: E402
+
 ONPREM = REPO_ROOT / "infra" / "ray-cluster" / "onprem.yaml"
 RAY = str(Path(sys.executable).parent / "ray")
 # Ray's commands run in a shell on the host, so this expands there to the address ssh reached: one container
@@ -198,13 +201,6 @@ def container_env(cluster_env: Path) -> dict[str, str]:
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     return env
-
-
-def write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    path.chmod(0o600)
 
 
 def sshd_config(s: Settings) -> str:
