@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.config import metric_names
+from orchestrator.config.sweep_spec import MODEL_URI_FORMS
 from orchestrator.data import BUILTIN_NAMES
 from orchestrator.data.cli_errors import at_least, reaching, run
 from orchestrator.generate import SAMPLING_RENAMES, add_sampling_flags, check_registry_uri, sampling_values
@@ -363,7 +364,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "or FID, KID, precision/recall, beside the real-vs-real floor), each a child run of the run that "
         "trained it. The metric classifiers and floors themselves: python -m orchestrator.evaluation.",
     )
-    parser.add_argument("--model", required=True, help="models:/NAME@ALIAS or runs:/RUN_ID/PATH")
+    parser.add_argument("--model", required=True, help=MODEL_URI_FORMS)
     add_sampling_flags(parser, several=True, steps=[1, 2, 4])  # every combination is a setting
     parser.add_argument(
         "--num",

@@ -11,20 +11,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import re
 import sys
 import typing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from orchestrator.config.sweep_spec import MODEL_URI, MODEL_URI_FORMS
 from orchestrator.data.cli_errors import UserError, at_least, run
 
 if TYPE_CHECKING:  # torch, mlflow and sphere_core load only after the flags have parsed
     import torch
-
-
-REGISTRY_URI = re.compile(r"models:/[^/@]+@[^/@]+|runs:/[^/]+/.+")
-REGISTRY_FORMS = "models:/NAME@ALIAS, runs:/RUN_ID/PATH"
 
 
 # The sampling knobs as flags, derived from SamplingConfig's fields (cfg_position -> --cfg-position) by both
@@ -95,9 +91,9 @@ def sampling_values(args: argparse.Namespace) -> dict[str, list[typing.Any]]:
 
 def check_registry_uri(uri: str, *, local_allowed: bool) -> None:
     """UserError unless `uri` is a registry or run URI, or (when allowed) an existing local directory."""
-    if REGISTRY_URI.fullmatch(uri) or (local_allowed and Path(uri).is_dir()):
+    if MODEL_URI.fullmatch(uri) or (local_allowed and Path(uri).is_dir()):
         return
-    forms = f"{REGISTRY_FORMS} or a local checkpoint directory" if local_allowed else REGISTRY_FORMS
+    forms = f"{MODEL_URI_FORMS} or a local checkpoint directory" if local_allowed else MODEL_URI_FORMS
     looks_local = local_allowed and "://" not in uri and not uri.startswith(("models:", "runs:"))
     what = "no such directory" if looks_local else "not a model URI"
     raise UserError(f"--model {uri}: {what} (accepted: {forms})")
@@ -138,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model",
         required=True,
-        help=f"{REGISTRY_FORMS} (over MLflow), or a local checkpoint directory (no server needed)",
+        help=f"{MODEL_URI_FORMS} (over MLflow), or a local checkpoint directory (no server needed)",
     )
     add_sampling_flags(
         parser, several=False, steps=[1], steps_note="; several are drawn from the same noise, side by side"
@@ -185,7 +181,7 @@ def _generate(args: argparse.Namespace) -> int:
     knobs = {name: values[0] for name, values in sampling_values(args).items() if name != "steps"}
     samplings = [SamplingConfig(steps=steps, **knobs) for steps in args.steps]
     use_ema = not args.raw_weights
-    if REGISTRY_URI.fullmatch(args.model):
+    if MODEL_URI.fullmatch(args.model):
         uri = resolve_tracking_uri(ExperimentConfig())
         model, config = load_registered(args.model, uri, use_ema=use_ema)
     else:

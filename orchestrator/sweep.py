@@ -45,7 +45,8 @@ from orchestrator.train.worker_env import keep_credentials_out_of_trial_runtime_
 
 
 class SweepError(RuntimeError):
-    """The sweep ran but produced nothing to register (every trial failed); one line, exit 1."""
+    """The sweep ran but has nothing sound to register (every trial failed, the leading trial failed, or
+    the best checkpoint is damaged); one line, exit 1, the parent run FAILED."""
 
 
 @dataclass(frozen=True)
@@ -382,29 +383,45 @@ def finish(
 ) -> None:
     """Summary tables and the best trial on the parent run; its checkpoint registered under the alias."""
     from orchestrator.tracking import registry, reports, runs
+    from sphere_core.checkpoint import CorruptCheckpoint
 
     rows = reports.result_rows(spec, results)
     reports.log_summary(client, parent_id, rows, spec.tune.metric, spec.tune.mode)
-    best = reports.best_row(rows, spec.tune.metric, spec.tune.mode)
+    metric = spec.tune.metric
+    leader = reports.best_row(rows, metric, spec.tune.mode, errored=True)
+    if leader is not None and leader["status"] != "ok":
+        result = next(r for r, row in zip(results, rows, strict=True) if row is leader)
+        raise SweepError(
+            f"trial {leader['trial']} led on {metric} ({leader[metric]:.6g}) but ended in error "
+            f"({last_line(result.error)}): nothing registered; resubmit the same file to resume it"
+        )
+    best = reports.best_row(rows, metric, spec.tune.mode)
     if best is not None:
-        metric = spec.tune.metric
         runs.log_best_trial(client, exp_id, parent_id, best["trial"], metric, float(best[metric]))
     reports.log_training_pareto(client, parent_id, spec, results)
-    version = registry.register_best(
-        client,
-        spec,
-        exp_id=exp_id,
-        parent_run_id=parent_id,
-        rows=rows,
-        results=results,
-        data_digest=dataset["digest"],
-    )
+    try:
+        version = registry.register_best(
+            client,
+            spec,
+            exp_id=exp_id,
+            parent_run_id=parent_id,
+            rows=rows,
+            results=results,
+            data_digest=dataset["digest"],
+        )
+    except CorruptCheckpoint as exc:
+        raise SweepError(f"the best trial's checkpoint cannot be registered: {exc}") from None
+    failed = [r for r in results if r.error is not None]
     if version is None:
-        failed = [r for r in results if r.error is not None]
-        first = f"; first error: {str(failed[0].error).strip().splitlines()[-1]}" if failed else ""
+        first = f"; first error: {last_line(failed[0].error)}" if failed else ""
         raise SweepError(
             f"{len(failed)} of {len(results)} trials failed and none reported a finite "
-            f"{spec.tune.metric!r} with a checkpoint{first} (summary.md on run {parent_id})"
+            f"{metric!r} with a checkpoint{first} (summary.md on run {parent_id})"
+        )
+    if failed:
+        print(
+            f"warning: {len(failed)} of {len(results)} trials ended in error, none of them the best "
+            f"(first error: {last_line(failed[0].error)}); summary.md on run {parent_id}"
         )
     tracked = spec.experiment.tracking
     holder = client.get_model_version_by_alias(tracked.registered_model, tracked.alias).version
@@ -413,6 +430,12 @@ def finish(
         f"version {version.version} "
         f"(trial {version.tags['sweep.trial']}, {spec.tune.metric} {version.tags[spec.tune.metric]})"
     )
+
+
+def last_line(error: BaseException) -> str:
+    """A trial's error as one line: Ray wraps the worker's exception, whose own line comes last."""
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else type(error).__name__
 
 
 if __name__ == "__main__":

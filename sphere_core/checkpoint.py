@@ -3,15 +3,20 @@
     model.pt    SphereEncoder state_dict (raw weights, the model's dtype)
     ema.pt      fp32 EMA state_dict
     optim.pt    AdamW state_dict (param groups carry lr_scale and name)
-    step.json   {"format": 1, "step": optimiser steps done, "extra": caller's JSON, e.g. a data cursor}
     config.json SphereConfig.to_dict()
+    step.json   {"format": 2, "step": optimiser steps done, "extra": caller's JSON, e.g. a data cursor,
+                 "files": {name: {"bytes": size, "sha256": digest} for the four files above}}
 Written to a temporary sibling directory and renamed into place, so a reader never sees a half-written
-checkpoint (when one is replaced, the path is missing for the instant between two renames).
-Loading needs only sphere_core and uses torch.load(weights_only=True).
+checkpoint (when one is replaced, the path is missing for the instant between two renames). A copy can still
+be cut short or damaged on its way through object storage: every load checks the files it reads against
+step.json and names the first that differs (`CorruptCheckpoint`), so a caller can fall back to an older one.
+Format 1 (before checksums) still loads, unchecked. Loading needs only sphere_core and uses
+torch.load(weights_only=True).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -26,7 +31,22 @@ from sphere_core.model import SphereEncoder
 from sphere_core.presets import build_model
 from sphere_core.train_step import TrainState
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+CHECKED_FROM_FORMAT = 2  # format 1 has no checksums
+WEIGHT_FILES = ("model.pt", "ema.pt", "optim.pt")
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint whose files are missing, cut short or changed since it was written: one line naming
+    the directory and the file."""
+
+
+def file_digest(path: Path) -> dict[str, int | str]:
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return {"bytes": path.stat().st_size, "sha256": sha.hexdigest()}
 
 
 def save_checkpoint(
@@ -40,9 +60,10 @@ def save_checkpoint(
         torch.save(state.model.state_dict(), tmp / "model.pt")
         torch.save(state.ema.state_dict(), tmp / "ema.pt")
         torch.save(state.optimizer.state_dict(), tmp / "optim.pt")
-        step = {"format": FORMAT_VERSION, "step": state.step, "extra": extra or {}}
-        (tmp / "step.json").write_text(json.dumps(step, indent=2))
         (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        files = {name: file_digest(tmp / name) for name in (*WEIGHT_FILES, "config.json")}
+        step = {"format": FORMAT_VERSION, "step": state.step, "extra": extra or {}, "files": files}
+        (tmp / "step.json").write_text(json.dumps(step, indent=2))
         _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -72,11 +93,41 @@ class LoadedCheckpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def load_checkpoint(directory: str | Path, *, device: torch.device | str = "cpu") -> LoadedCheckpoint:
+def verify_checkpoint(directory: str | Path, names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """step.json, after checking `names` (default: every file it lists) against their recorded size and
+    sha256. Raises CorruptCheckpoint naming the first file that is missing or differs."""
     path = Path(directory)
-    step = json.loads((path / "step.json").read_text())
-    if step.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {step.get('format')!r}, expected {FORMAT_VERSION}")
+    try:
+        step = json.loads((path / "step.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CorruptCheckpoint(f"{path}: step.json unreadable ({type(exc).__name__})") from None
+    if not isinstance(step, dict) or step.get("format") not in range(1, FORMAT_VERSION + 1):
+        found = step.get("format") if isinstance(step, dict) else None
+        raise CorruptCheckpoint(f"{path}: checkpoint format {found!r}, expected 1..{FORMAT_VERSION}")
+    if step["format"] < CHECKED_FROM_FORMAT:
+        return step
+    recorded: dict[str, dict[str, Any]] = step.get("files", {})
+    for name in names if names is not None else tuple(recorded):
+        expected = recorded.get(name)
+        if expected is None:
+            raise CorruptCheckpoint(f"{path}: step.json records no checksum for {name}")
+        if not (path / name).is_file():
+            raise CorruptCheckpoint(f"{path}: {name} is missing (step {step.get('step')})")
+        found = file_digest(path / name)
+        if found != expected:
+            what = (
+                f"{found['bytes']:,} bytes, expected {expected['bytes']:,}"
+                if found["bytes"] != expected["bytes"]
+                else "its sha256 differs from the one recorded"
+            )
+            raise CorruptCheckpoint(f"{path}: {name} is damaged: {what} (step {step.get('step')})")
+    return step
+
+
+def load_checkpoint(directory: str | Path, *, device: torch.device | str = "cpu") -> LoadedCheckpoint:
+    """Everything a resume needs, after `verify_checkpoint` of every file."""
+    path = Path(directory)
+    step = verify_checkpoint(path, (*WEIGHT_FILES, "config.json"))
 
     def load(name: str) -> Any:
         return torch.load(path / name, map_location=device, weights_only=True)
@@ -104,8 +155,10 @@ def load_model(
 ) -> SphereEncoder:
     """The network for inference (eval mode): EMA weights by default, else the raw training weights."""
     path = Path(directory)
+    weights_file = "ema.pt" if use_ema else "model.pt"
+    verify_checkpoint(path, (weights_file, "config.json"))
     config = SphereConfig.from_dict(json.loads((path / "config.json").read_text()))
     model = build_model(config.model, device=device)
-    weights = torch.load(path / ("ema.pt" if use_ema else "model.pt"), map_location=device, weights_only=True)
+    weights = torch.load(path / weights_file, map_location=device, weights_only=True)
     model.load_state_dict(weights)
     return model.eval()

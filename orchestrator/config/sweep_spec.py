@@ -14,12 +14,16 @@ A sweep file is an overlay on an ExperimentConfig:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from orchestrator.config.schema import ExperimentConfig, MetricSource
 from sphere_core.config import ConfigError, short_repr
 
+# A stored model: a registry alias or version (MLflow's own models:/ forms), or a checkpoint logged on a run.
+MODEL_URI = re.compile(r"models:/[^/@]+(@[^/@]+|/\d+)|runs:/[^/]+/.+")
+MODEL_URI_FORMS = "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH"
 DIST_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
 
@@ -74,19 +78,16 @@ class EvaluateConfig(MetricSource):
     say where its training data lived."""
 
     section: ClassVar[str] = "evaluate"
-    model: str  # models:/NAME@ALIAS, or runs:/RUN_ID/PATH (a checkpoint directory logged on that run)
+    model: str  # one of MODEL_URI_FORMS
     dataset: Literal["digits", "mnist", "fashion-mnist", "none"] = "mnist"
     num_images: int = 256  # samples per setting (FD/KID/P/R are biased by n: keep it fixed)
     seed: int = 0  # the same noise and labels for every setting, so settings differ only by their knobs
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        alias = self.model.startswith("models:/") and "@" in self.model
-        run = self.model.startswith("runs:/") and len(self.model.removeprefix("runs:/").split("/", 1)) == 2
-        if not (alias or run):
+        if not MODEL_URI.fullmatch(self.model):
             raise ConfigError(
-                f"evaluate.model: {short_repr(self.model)} is not a frozen model (allowed: "
-                "models:/NAME@ALIAS, runs:/RUN_ID/PATH)"
+                f"evaluate.model: {short_repr(self.model)} is not a frozen model (allowed: {MODEL_URI_FORMS})"
             )
         if self.num_images < 16:
             raise ConfigError("evaluate.num_images: must be >= 16 (the metrics need a spread of samples)")

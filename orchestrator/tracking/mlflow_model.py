@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from orchestrator.data.cli_errors import UserError
-from sphere_core.checkpoint import load_model
+from sphere_core.checkpoint import CorruptCheckpoint, load_model
 from sphere_core.config import ConfigError, SamplingConfig, SphereConfig
 from sphere_core.model import SphereEncoder
 from sphere_core.sampling import generate
@@ -107,13 +107,20 @@ def load_registered(
             local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp, tracking_uri=tracking_uri))
         except MlflowException as exc:
             raise ConfigError(f"--model: {uri} cannot be resolved ({exc.message.splitlines()[0]})") from None
-        return load_local(local, use_ema=use_ema)
+        return load_local(local, use_ema=use_ema, source=uri)
 
 
-def load_local(directory: Path, *, use_ema: bool = True) -> tuple[SphereEncoder, SphereConfig]:
-    """A checkpoint directory (bare, or a pyfunc model holding one) -> (model in eval mode, config)."""
+def load_local(
+    directory: Path, *, use_ema: bool = True, source: str | None = None
+) -> tuple[SphereEncoder, SphereConfig]:
+    """A checkpoint directory (bare, or a pyfunc model holding one) -> (model in eval mode, config).
+    source: what the user named (a model URI), for the error line; default the directory."""
     local = checkpoint_dir(directory)
     if not (local / "config.json").is_file():
         raise UserError(f"--model {directory}: no sphere_core checkpoint in it (config.json is missing)")
-    config = SphereConfig.from_dict(json.loads((local / "config.json").read_text()))
-    return load_model(local, use_ema=use_ema), config
+    try:
+        model = load_model(local, use_ema=use_ema)
+    except CorruptCheckpoint as exc:
+        damage = str(exc).removeprefix(f"{local}: ")
+        raise UserError(f"--model {source or directory}: {damage}") from None
+    return model, SphereConfig.from_dict(json.loads((local / "config.json").read_text()))

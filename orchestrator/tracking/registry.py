@@ -23,9 +23,11 @@ from orchestrator.config.sweep_spec import SweepSpec
 from orchestrator.tracking.mlflow_model import save_pyfunc
 from orchestrator.tracking.reports import best_row
 from orchestrator.tracking.runs import TRIAL_TAG, find_run
+from sphere_core.checkpoint import CorruptCheckpoint, verify_checkpoint
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import FileInfo
     from mlflow.entities.model_registry import ModelVersion
 
 CHECKPOINT_ARTIFACT = "best_checkpoint"
@@ -88,9 +90,10 @@ def register_checkpoint(
     tags: Mapping[str, str],
     score: Score | None = None,
 ) -> ModelVersion:
-    """Logs the directory on the parent run as an MLflow pyfunc model (orchestrator/tracking/mlflow_model.py),
-    registers it as a new version and moves the alias to it
-    when `promotion` allows (printing why not otherwise).
+    """Checks the checkpoint's files against their checksums, logs the directory on the parent run as an
+    MLflow pyfunc model (orchestrator/tracking/mlflow_model.py), checks the upload's sizes, registers it as
+    a new version and moves the alias to it when `promotion` allows (printing why not otherwise). A damaged
+    checkpoint or upload raises CorruptCheckpoint before any version exists.
 
     A sweep resumed after it had registered finds its version by the `key` tags and does not register twice.
     """
@@ -104,9 +107,11 @@ def register_checkpoint(
     if existing:
         version = existing[0]
     else:
+        verify_checkpoint(checkpoint_dir)
         with tempfile.TemporaryDirectory(prefix="sphere-pyfunc-") as tmp:
             save_pyfunc(checkpoint_dir, Path(tmp) / "model")
             client.log_artifacts(parent_run_id, str(Path(tmp) / "model"), CHECKPOINT_ARTIFACT)
+            verify_upload(client, parent_run_id, Path(tmp) / "model", CHECKPOINT_ARTIFACT)
         version = client.create_model_version(
             name,
             f"runs:/{parent_run_id}/{CHECKPOINT_ARTIFACT}",
@@ -125,6 +130,26 @@ def register_checkpoint(
             f"version {version.version} registered beside it: {why}"
         )
     return version
+
+
+def verify_upload(client: MlflowClient, run_id: str, local: Path, artifact_path: str) -> None:
+    """Every file under `local` listed under the run's `artifact_path` with the same size, else
+    CorruptCheckpoint naming the first that is not: a version is registered only over a whole upload."""
+    stored = {info.path: info.file_size for info in _walk_artifacts(client, run_id, artifact_path)}
+    for file in sorted(p for p in local.rglob("*") if p.is_file()):
+        name = f"{artifact_path}/{file.relative_to(local).as_posix()}"
+        if stored.get(name) != file.stat().st_size:
+            found = "missing" if name not in stored else f"{stored[name]:,} bytes"
+            raise CorruptCheckpoint(
+                f"runs:/{run_id}/{name}: {found} after upload, expected {file.stat().st_size:,} bytes"
+            )
+
+
+def _walk_artifacts(client: MlflowClient, run_id: str, path: str) -> list[FileInfo]:
+    found = []
+    for info in client.list_artifacts(run_id, path):
+        found += _walk_artifacts(client, run_id, info.path) if info.is_dir else [info]
+    return found
 
 
 def _alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:

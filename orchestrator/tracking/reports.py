@@ -41,9 +41,16 @@ def result_rows(spec: SweepSpec, results: Sequence[Any]) -> list[dict[str, Any]]
     return rows
 
 
-def best_row(rows: Sequence[Mapping[str, Any]], metric: str, mode: str) -> Mapping[str, Any] | None:
-    """The finished trial with the best finite `metric` and a checkpoint, or None."""
-    scored = [r for r in rows if _finite(r.get(metric)) and r.get("checkpoint_path")]
+def best_row(
+    rows: Sequence[Mapping[str, Any]], metric: str, mode: str, *, errored: bool = False
+) -> Mapping[str, Any] | None:
+    """The trial with the best finite last-reported `metric` and a checkpoint, or None. Only trials that
+    ended without error, unless `errored`: whether the leader is one that failed is the caller's question."""
+    scored = [
+        r
+        for r in rows
+        if _finite(r.get(metric)) and r.get("checkpoint_path") and (errored or r["status"] == "ok")
+    ]
     if not scored:
         return None
     pick = min if mode == "min" else max

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import ray.train
 import ray.train.torch
 import torch
@@ -43,7 +44,7 @@ from orchestrator.evaluation.protocol import (
 from orchestrator.tracking.runs import Evaluation, make_sink
 from orchestrator.train import diagnostics
 from orchestrator.train.loop import run_loop
-from sphere_core.checkpoint import load_checkpoint, restore, save_checkpoint
+from sphere_core.checkpoint import CorruptCheckpoint, load_checkpoint, restore, save_checkpoint
 from sphere_core.model import SphereEncoder
 from sphere_core.perceptual import PerceptualLoss, build_perceptual, perceptual_status
 from sphere_core.precision import bf16_autocast
@@ -156,14 +157,46 @@ def load_perceptual(weights: PerceptualConfig, device: torch.device) -> Perceptu
 
 def resume(state: TrainState, device: torch.device) -> tuple[int, dict[str, Any]]:
     """(steps done, the checkpoint's extra: merged data cursor, unflushed metrics) from Ray's latest
-    checkpoint, or (0, {}) on a fresh start."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    checkpoint, or from the newest older one Ray kept when that one is damaged; (0, {}) on a fresh start."""
+    latest = ray.train.get_checkpoint()
+    if latest is None:
         return 0, {}
-    with checkpoint.as_directory() as directory:
-        loaded = load_checkpoint(directory, device=device)
-    restore(state, loaded)
-    return loaded.step, loaded.extra
+    damaged = []
+    for checkpoint in [latest, *older_checkpoints(latest)]:
+        with checkpoint.as_directory() as directory:
+            try:
+                loaded = load_checkpoint(directory, device=device)
+            except CorruptCheckpoint as exc:  # its path is a local copy: name the stored checkpoint
+                damaged.append(f"{checkpoint.path}: {str(exc).removeprefix(f'{directory}: ')}")
+                print(f"not resuming from {damaged[-1]}")
+                continue
+        restore(state, loaded)
+        if damaged:
+            print(f"resumed from the older checkpoint {checkpoint.path} (step {loaded.step}) instead")
+        return loaded.step, loaded.extra
+    raise CorruptCheckpoint(f"no intact checkpoint to resume from ({len(damaged)} damaged: {damaged[0]})")
+
+
+def older_checkpoints(latest: ray.train.Checkpoint) -> list[ray.train.Checkpoint]:
+    """The checkpoints Ray kept beside `latest` (run.keep_checkpoints), newest first: Ray names them by
+    the time they were reported, so their names sort in time order. Only older ones: a newer directory is
+    an upload Ray never registered."""
+    parent, name = latest.path.rstrip("/").rsplit("/", 1)
+    filesystem = latest.filesystem
+    if filesystem is None:  # Ray resolves one for every checkpoint it hands out
+        return []
+    listing = filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
+    older = sorted(
+        (
+            entry.base_name
+            for entry in listing
+            if entry.type == pyarrow.fs.FileType.Directory
+            and entry.base_name.startswith("checkpoint_")
+            and entry.base_name < name
+        ),
+        reverse=True,
+    )
+    return [ray.train.Checkpoint(f"{parent}/{older_name}", filesystem=filesystem) for older_name in older]
 
 
 @torch.no_grad()

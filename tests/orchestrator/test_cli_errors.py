@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 NEEDS_NO_GCSFS = pytest.mark.skipif(importlib.util.find_spec("gcsfs") is not None, reason="gcsfs installed")
 BUILD = ["build", "--source", "builtin:digits", "--out"]
 EVALUATE_REFERENCE = ["--model", "models:/m@a", "--inception", "w.pth", "--floor", "memory://train"]
-ACCEPTED_MODELS = "(accepted: models:/NAME@ALIAS, runs:/RUN_ID/PATH"
+ACCEPTED_MODELS = "(accepted: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH"
 
 
 def error_line(code: int | str | None, err: str) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from sphere_core import checkpoint
-from sphere_core.checkpoint import load_checkpoint, load_model, restore, save_checkpoint
+from sphere_core.checkpoint import CorruptCheckpoint, load_checkpoint, load_model, restore, save_checkpoint
 from sphere_core.train_step import TrainState
 from tests.sphere_core.tiny import CONFIG, fresh_state, step
 
@@ -37,11 +38,14 @@ def test_directory_holds_plain_state_dicts_and_json(tmp_path: Path) -> None:
         "optim.pt",
         "step.json",
     ]
-    assert json.loads((path / "step.json").read_text()) == {
-        "format": 1,
+    recorded = json.loads((path / "step.json").read_text())
+    assert recorded == {
+        "format": 2,
         "step": 1,
         "extra": {"shard": 3, "offset": 17},
+        "files": {name: checkpoint.file_digest(path / name) for name in recorded["files"]},
     }
+    assert sorted(recorded["files"]) == ["config.json", "ema.pt", "model.pt", "optim.pt"]
     assert json.loads((path / "config.json").read_text()) == CONFIG.to_dict()
     for name in ("model.pt", "ema.pt", "optim.pt"):
         torch.load(path / name, weights_only=True)  # no pickled classes
@@ -112,5 +116,54 @@ def test_load_model_for_inference_uses_ema_by_default(tmp_path: Path) -> None:
 def test_unknown_format_is_rejected(tmp_path: Path) -> None:
     path = save_checkpoint(tmp_path / "ckpt", trained_state(0), CONFIG)
     (path / "step.json").write_text(json.dumps({"format": 99, "step": 0, "extra": {}}))
-    with pytest.raises(ValueError, match="format 99"):
+    with pytest.raises(CorruptCheckpoint, match="format 99"):
         load_checkpoint(path)
+
+
+def cut(path: Path, size: int) -> None:
+    path.write_bytes(path.read_bytes()[:size])
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda p: cut(p / "ema.pt", 1000),
+            r"ema\.pt is damaged: 1,000 bytes, expected [\d,]+ \(step 2\)$",
+        ),
+        (lambda p: (p / "ema.pt").unlink(), r"ema\.pt is missing \(step 2\)$"),
+        (lambda p: cut(p / "step.json", 20), r"step\.json unreadable \(JSONDecodeError\)$"),
+        (
+            lambda p: (p / "config.json").write_text((p / "config.json").read_text().replace("1", "2", 1)),
+            r"config\.json is damaged: its sha256 differs from the one recorded",
+        ),
+    ],
+    ids=["truncated", "missing", "manifest", "same-size-edit"],
+)
+def test_a_damaged_checkpoint_is_named_in_one_line_before_torch_reads_it(
+    tmp_path: Path, damage: Callable[[Path], None], message: str
+) -> None:
+    path = save_checkpoint(tmp_path / "ckpt", trained_state(2), CONFIG)
+    damage(path)
+    for load in (load_checkpoint, load_model):
+        with pytest.raises(CorruptCheckpoint, match=message) as caught:
+            load(path)
+        assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
+
+
+def test_inference_checks_only_the_weights_it_reads(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "ckpt", trained_state(1), CONFIG)
+    cut(path / "optim.pt", 10)
+    load_model(path)  # the EMA weights and config are intact
+    with pytest.raises(CorruptCheckpoint, match=r"optim\.pt is damaged"):
+        load_checkpoint(path)
+    cut(path / "model.pt", 10)
+    with pytest.raises(CorruptCheckpoint, match=r"model\.pt is damaged"):
+        load_model(path, use_ema=False)
+
+
+def test_a_format_1_checkpoint_loads_unchecked(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "ckpt", trained_state(1), CONFIG)
+    step_json = json.loads((path / "step.json").read_text())
+    (path / "step.json").write_text(json.dumps({"format": 1, "step": 1, "extra": step_json["extra"]}))
+    assert load_checkpoint(path).step == 1

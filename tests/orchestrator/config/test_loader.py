@@ -143,7 +143,7 @@ def test_malformed_sweep_fails_with_one_line(
             "kind: evaluate\nexperiment: {}\nevaluate: {model: runs:/abc}\n"
             "search:\n  sampling.steps: {grid: [1]}\n",
             "evaluate.model: 'runs:/abc' is not a frozen model (allowed: models:/NAME@ALIAS, "
-            "runs:/RUN_ID/PATH)",
+            "models:/NAME/VERSION, runs:/RUN_ID/PATH)",
         ),
         *(
             ("kind: evaluate\nexperiment: {}\n" + block + "\nsearch:\n  " + search + "\n", expected)

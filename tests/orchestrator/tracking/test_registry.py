@@ -13,7 +13,9 @@ from orchestrator.config.schema import TrackingConfig
 from orchestrator.tracking import registry, runs
 from orchestrator.tracking.mlflow_model import checkpoint_dir
 from orchestrator.tracking.registry import Score, promotion
+from sphere_core.checkpoint import CorruptCheckpoint, save_checkpoint
 from sphere_core.config import ConfigError
+from tests.sphere_core.tiny import CONFIG, fresh_state
 
 os.environ.update(runs.QUIET_ENV)
 
@@ -26,14 +28,15 @@ def sqlite_registry(tmp_path: Path) -> tuple[str, mlflow.MlflowClient, str]:
     return uri, client, client.create_run(exp).info.run_id
 
 
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    return save_checkpoint(tmp_path / "ckpt", fresh_state(), CONFIG)
+
+
 def test_registered_version_loads_as_a_pyfunc_sampler(tmp_path: Path) -> None:
     import pandas as pd
 
-    from sphere_core.checkpoint import save_checkpoint
-    from tests.sphere_core.tiny import CONFIG, fresh_state
-
     uri, client, parent = sqlite_registry(tmp_path)
-    checkpoint = save_checkpoint(tmp_path / "ckpt", fresh_state(), CONFIG)
+    checkpoint = tiny_checkpoint(tmp_path)
     registry.register_checkpoint(
         client,
         TrackingConfig(registered_model="sphere-pyfunc", alias="champion"),
@@ -56,10 +59,7 @@ def test_registered_version_loads_as_a_pyfunc_sampler(tmp_path: Path) -> None:
 
 def test_register_checkpoint_sets_the_alias_and_resolves_from_the_registry(tmp_path: Path) -> None:
     uri, client, parent = sqlite_registry(tmp_path)
-    checkpoint = tmp_path / "ckpt"
-    checkpoint.mkdir()
-    (checkpoint / "config.json").write_text('{"model": {}}')
-    (checkpoint / "step.json").write_text('{"step": 20}')
+    checkpoint = tiny_checkpoint(tmp_path)
     settings = TrackingConfig(registered_model="sphere-test", alias="champion")
     key, lineage = {"sweep.digest": "d1"}, {"sweep.trial": "t1", "data.digest": "abc"}
     version = registry.register_checkpoint(
@@ -73,7 +73,9 @@ def test_register_checkpoint_sets_the_alias_and_resolves_from_the_registry(tmp_p
         mlflow.artifacts.download_artifacts("models:/sphere-test@champion", dst_path=str(tmp_path / "dl"))
     )
     assert (local / "MLmodel").exists()  # an MLflow pyfunc model, the checkpoint unchanged inside it
-    assert sorted(p.name for p in checkpoint_dir(local).iterdir()) == ["config.json", "step.json"]
+    assert sorted(p.name for p in checkpoint_dir(local).iterdir()) == sorted(
+        p.name for p in checkpoint.iterdir()
+    )
     again = registry.register_checkpoint(
         client, settings, parent_run_id=parent, checkpoint_dir=checkpoint, key=key, tags=lineage
     )
@@ -124,9 +126,7 @@ def test_registration_tags_the_score_and_moves_the_alias_only_under_one_protocol
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, client, parent = sqlite_registry(tmp_path)
-    checkpoint = tmp_path / "ckpt"
-    checkpoint.mkdir()
-    (checkpoint / "config.json").write_text("{}")
+    checkpoint = tiny_checkpoint(tmp_path)
     settings = TrackingConfig(registered_model="sphere-fp", alias="champion")
 
     def register(digest: str, score: Score) -> str:
@@ -152,3 +152,41 @@ def test_registration_tags_the_score_and_moves_the_alias_only_under_one_protocol
     assert "stays on version" in capsys.readouterr().out
     better = register("d3", Score("fd_clf_1step", 20.0, "min", FD))
     assert client.get_model_version_by_alias("sphere-fp", "champion").version == better
+
+
+def test_a_damaged_checkpoint_is_never_registered(tmp_path: Path) -> None:
+    _, client, parent = sqlite_registry(tmp_path)
+    checkpoint = tiny_checkpoint(tmp_path)
+    (checkpoint / "model.pt").write_bytes((checkpoint / "model.pt").read_bytes()[:1000])
+    settings = TrackingConfig(registered_model="sphere-damaged", alias="champion")
+    with pytest.raises(CorruptCheckpoint, match=r"model\.pt is damaged: 1,000 bytes, expected"):
+        registry.register_checkpoint(
+            client, settings, parent_run_id=parent, checkpoint_dir=checkpoint, key={"d": "1"}, tags={}
+        )
+    assert client.search_model_versions("name = 'sphere-damaged'") == []
+    assert client.list_artifacts(parent) == []  # refused before the upload
+
+
+def test_an_upload_that_arrives_short_is_never_registered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, client, parent = sqlite_registry(tmp_path)
+    real_log_artifacts = client.log_artifacts
+
+    def lossy_log_artifacts(run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+        real_log_artifacts(run_id, local_dir, artifact_path)
+        stored = next((tmp_path / "artifacts").rglob("ema.pt"))  # the store loses the tail of one file
+        stored.write_bytes(stored.read_bytes()[:-10])
+
+    monkeypatch.setattr(client, "log_artifacts", lossy_log_artifacts)
+    settings = TrackingConfig(registered_model="sphere-short", alias="champion")
+    with pytest.raises(CorruptCheckpoint, match=r"ema\.pt: [\d,]+ bytes after upload, expected"):
+        registry.register_checkpoint(
+            client,
+            settings,
+            parent_run_id=parent,
+            checkpoint_dir=tiny_checkpoint(tmp_path),
+            key={"d": "1"},
+            tags={},
+        )
+    assert client.search_model_versions("name = 'sphere-short'") == []

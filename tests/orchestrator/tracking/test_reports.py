@@ -32,6 +32,14 @@ def test_best_row_needs_a_finite_metric_and_a_checkpoint() -> None:
     assert reports.best_row(ROWS[2:3], "loss", "min") is None
 
 
+def test_a_trial_that_errored_is_never_the_best_but_can_be_the_leader() -> None:
+    failed_late = {"trial": "t5", "status": "error", "loss": 0.05, "checkpoint_path": "/c/5"}
+    best = reports.best_row([*ROWS, failed_late], "loss", "min")
+    leader = reports.best_row([*ROWS, failed_late], "loss", "min", errored=True)
+    assert best is not None and best["trial"] == "t1"  # what may be registered
+    assert leader is failed_late  # what the sweep must not hide: it exits non-zero
+
+
 def test_summary_tables_sort_best_first_and_hide_storage_paths() -> None:
     table_csv, table_md = reports.summary_tables(ROWS, "loss", "min")
     lines = table_csv.strip().splitlines()
