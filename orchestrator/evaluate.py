@@ -175,6 +175,7 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
     from orchestrator.config.search_space import apply_trial_params, expand_trials
     from orchestrator.evaluation.protocol import protocol_for
     from orchestrator.tracking import reports, runs
+    from orchestrator.tracking.run_end import ended_with_the_sweep
 
     assert spec.evaluate is not None  # the loader requires it for kind: evaluate
     evaluate = spec.evaluate
@@ -199,7 +200,7 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
         channels=model.channels,
         seed=evaluate.seed,
     )
-    try:
+    with ended_with_the_sweep(client, parent_id):
         _log_reconstructions(client, parent_id, frozen, protocol)
         grid = [
             apply_trial_params(spec.experiment, p).sampling for p in expand_trials(spec.search, 1, "basic")
@@ -218,10 +219,6 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
         fd_key = protocol.key(metric_names.fd(protocol.extractor.tag))
         reports.log_summary(client, parent_id, rows, fd_key, "min")
         reports.log_evaluation_plots(client, parent_id, rows, fd_key=fd_key)
-    except BaseException:
-        client.set_terminated(parent_id, "FAILED")
-        raise
-    client.set_terminated(parent_id, "FINISHED")
     print(format_table(rows, fd_key))
     return rows
 

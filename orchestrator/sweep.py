@@ -291,6 +291,7 @@ def train_sweep_under_lock(spec: SweepSpec, uri: str, dataset: dict[str, Any]) -
     from mlflow import MlflowClient
 
     from orchestrator.tracking import runs
+    from orchestrator.tracking.run_end import ended_with_the_sweep
 
     cfg = spec.experiment
     client = MlflowClient(uri)
@@ -305,13 +306,9 @@ def train_sweep_under_lock(spec: SweepSpec, uri: str, dataset: dict[str, Any]) -
         dataset=dataset,
         worker_env=worker_env(uri),
     )
-    try:
+    with ended_with_the_sweep(client, parent_id):
         results = fit_tuner(spec, context)
         finish(client, spec, exp_id, parent_id, results, dataset)
-    except BaseException:
-        client.set_terminated(parent_id, "FAILED")
-        raise
-    client.set_terminated(parent_id, "FINISHED")
 
 
 def fit_tuner(spec: SweepSpec, context: TrialContext) -> list[Any]:
