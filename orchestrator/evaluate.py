@@ -1,9 +1,10 @@
 """Inference-time evaluation of a frozen model: `python -m orchestrator.evaluate --model URI ...` and the
 `kind: evaluate` sweep (sweeps/steps.yaml) share every line below.
 
-The model is a registry alias (`models:/NAME@ALIAS`) or a run's checkpoint (`runs:/RUN_ID/PATH`). Its
-evaluation belongs to the run that trained it: the parent run goes into that run's experiment, nested
-under it, so the MLflow UI shows the inference-time settings under the training run. The parent holds
+The model is a registry alias or version (`models:/NAME@ALIAS`, `models:/NAME/VERSION`) or a run's
+checkpoint (`runs:/RUN_ID/PATH`). Its evaluation belongs to the run that trained it: the parent run goes into
+that run's experiment, nested under it, so the MLflow UI shows the inference-time settings under the
+training run. The parent holds
 the reconstruction metrics (rFID-proxy, once per model), the summary and Pareto tables and plots; each
 sampling setting is a child run with its proxy metrics, their protocol fingerprint, network passes per
 image, measured images/s and a sample grid.
@@ -19,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -59,8 +61,12 @@ def load_frozen(client: MlflowClient, uri: str, tracking_uri: str) -> FrozenMode
     model, config = load_registered(uri, tracking_uri)
     version = ""
     if uri.startswith("models:/"):
-        name, alias = uri.removeprefix("models:/").split("@", 1)
-        registered = client.get_model_version_by_alias(name, alias)
+        name, alias_or_version = re.split("[@/]", uri.removeprefix("models:/"), maxsplit=1)
+        registered = (
+            client.get_model_version_by_alias(name, alias_or_version)
+            if "@" in uri
+            else client.get_model_version(name, alias_or_version)
+        )
         version, source = registered.version, registered.tags.get("source.run_id") or registered.run_id
     else:
         source = uri.removeprefix("runs:/").split("/", 1)[0]

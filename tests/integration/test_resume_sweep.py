@@ -88,6 +88,12 @@ def test_a_killed_worker_and_a_stopped_driver_both_resume(
     assert status == JobStatus.RUNNING, jobs.logs(first_job)[-6000:]
     jobs.client.stop_job(first_job)  # the driver dies with the second trial half done
     assert jobs.wait(first_job, timeout_s=120) == JobStatus.STOPPED
+    stopped = {run.info.run_id: run.info.status for run in children()}
+    (parent_run,) = client.search_runs(
+        [children()[0].info.experiment_id], filter_string=f"tags.`sweep.digest` = '{spec.digest}'"
+    )
+    assert parent_run.info.status == "KILLED"  # ended by the stop, not left RUNNING until a resubmission
+    assert sorted(stopped.values()) == ["FINISHED", "KILLED"]
     first_logs = jobs.logs(first_job)
     restarted_at = set(resumed_steps(first_logs))  # Ray's log forwarding may repeat a worker's line
     assert len(restarted_at) == 1, first_logs[-6000:]

@@ -190,3 +190,29 @@ def test_an_upload_that_arrives_short_is_never_registered(
             tags={},
         )
     assert client.search_model_versions("name = 'sphere-short'") == []
+
+
+def test_a_version_number_names_the_model_as_the_alias_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.evaluate import load_frozen
+    from orchestrator.tracking.mlflow_model import load_registered
+
+    uri, client, parent = sqlite_registry(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # as on the cluster: the registry is the tracking server
+    version = registry.register_checkpoint(
+        client,
+        TrackingConfig(registered_model="sphere-v", alias="champion"),
+        parent_run_id=parent,
+        checkpoint_dir=tiny_checkpoint(tmp_path),
+        key={"d": "1"},
+        tags={"source.run_id": parent},
+    )
+    by_alias, by_version = (
+        load_frozen(client, f"models:/sphere-v{suffix}", uri)
+        for suffix in ("@champion", f"/{version.version}")
+    )
+    assert by_version.version == by_alias.version == version.version
+    assert by_version.source_run_id == by_alias.source_run_id == parent
+    with pytest.raises(ConfigError, match="models:/sphere-v/7 cannot be resolved"):
+        load_registered("models:/sphere-v/7", uri)
