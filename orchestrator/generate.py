@@ -35,6 +35,7 @@ SAMPLING_HELP = {
     "alpha_max_deg": "refinement angle in degrees (default: the angle the model was trained with)",
 }
 NOISE_MODES = {"shared": True, "independent": False}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # SamplingConfig's errors name its fields; the user typed flags (longest first: cfg_position before cfg).
 SAMPLING_RENAMES = tuple(
     (f"sampling.{name}", "--noise" if name == "shared_noise" else f"--{name.replace('_', '-')}")
@@ -89,6 +90,16 @@ def sampling_values(args: argparse.Namespace) -> dict[str, list[typing.Any]]:
     return values
 
 
+def image_file(text: str) -> Path:
+    """argparse type: a file name Pillow can write an image to, by its suffix."""
+    path = Path(text)
+    if path.suffix.lower() not in IMAGE_SUFFIXES or path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an image file name (allowed: *.png, *.jpg, *.webp)"
+        )
+    return path
+
+
 def check_registry_uri(uri: str, *, local_allowed: bool) -> None:
     """UserError unless `uri` is a registry or run URI, or (when allowed) an existing local directory."""
     if MODEL_URI.fullmatch(uri) or (local_allowed and Path(uri).is_dir()):
@@ -140,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         parser, several=False, steps=[1], steps_note="; several are drawn from the same noise, side by side"
     )
     parser.add_argument("--num", type=at_least(1), default=16, help="number of images (default 16)")
-    parser.add_argument("--out", required=True, type=Path, help="PNG grid to write")
+    parser.add_argument("--out", required=True, type=image_file, help="PNG grid to write (or .jpg, .webp)")
     parser.add_argument(
         "--labels", type=at_least(0), nargs="+", help="class ids, cycled to --num (default: random)"
     )

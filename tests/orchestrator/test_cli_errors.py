@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import socket
 import subprocess
 import sys
@@ -201,6 +202,11 @@ def _tiny_png() -> bytes:
         (["--model", "s3://b/m"], f"error: --model s3://b/m: not a model URI {ACCEPTED_MODELS}"),
         (["--model", "models:/m"], f"error: --model models:/m: not a model URI {ACCEPTED_MODELS}"),
         (["--model", "/no/such/dir"], f"error: --model /no/such/dir: no such directory {ACCEPTED_MODELS}"),
+        (
+            ["--out", "/tmp"],
+            "argument --out: '/tmp' is not an image file name (allowed: *.png, *.jpg, *.webp)",
+        ),
+        (["--out", "grid.tiff"], "argument --out: 'grid.tiff' is not an image file name"),
     ],
 )
 def test_generate_cli_bad_invocation(
@@ -215,6 +221,21 @@ def test_generate_cli_needs_a_checkpoint_in_a_local_directory(
 ) -> None:
     argv = ["--model", str(tmp_path), "--out", str(tmp_path / "grid.png")]
     assert f"error: --model {tmp_path}: no sphere_core checkpoint in it" in call(generate_main, argv, capsys)
+
+
+def test_generate_cli_names_a_damaged_checkpoint_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sphere_core.checkpoint import save_checkpoint
+    from tests.sphere_core.tiny import CONFIG, fresh_state
+
+    checkpoint = save_checkpoint(tmp_path / "ckpt", fresh_state(), CONFIG)
+    (checkpoint / "ema.pt").write_bytes((checkpoint / "ema.pt").read_bytes()[:1000])
+    argv = ["--model", str(checkpoint), "--out", str(tmp_path / "grid.png")]
+    assert re.fullmatch(
+        rf"error: --model {checkpoint}: ema\.pt is damaged: 1,000 bytes, expected [\d,]+ \(step 0\)",
+        call(generate_main, argv, capsys),
+    )
 
 
 @pytest.mark.parametrize("server", ["unset", "down"])
