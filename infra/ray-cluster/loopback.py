@@ -351,7 +351,7 @@ def up(s: Settings) -> None:
             )
         time.sleep(3)
     print(f"== 2 nodes up after {time.monotonic() - started:.0f} s")
-    print(f"jobs:  RAY_API_SERVER_ADDRESS={s.dashboard_url} {RAY} job submit -- python -m ...")
+    print(f"jobs:  source {s.cluster_env}; RAY_API_SERVER_ADDRESS={s.dashboard_url} {RAY} job submit -- ...")
     print(f"down:  {sys.executable} {Path(__file__).relative_to(REPO_ROOT)} down")
 
 
