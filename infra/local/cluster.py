@@ -191,7 +191,8 @@ def wait_for_bucket(s: Settings) -> None:
 
 
 def up(s: Settings) -> int:
-    # What an older version left readable: every file is this user's alone from now on.
+    # What an older version left readable: every file is this user's alone from now on. Ray's own folder is
+    # left as Ray makes it (0777 folders, see Settings.ray_dir): the 0700 folder around it keeps others out.
     tightened = sum(make_private(p, leave=s.ray_dir) for p in (s.state_dir, s.ray_temp_dir) if p.exists())
     if tightened:
         print(f"made {tightened} files and folders in {s.state_dir} and {s.ray_temp_dir} this user's alone")

@@ -114,12 +114,12 @@ def write_private(path: Path, text: str) -> None:
 
 
 def make_private(root: Path, leave: Path | None = None) -> int:
-    """Takes group and other permissions off `root` and everything under it but the contents of `leave`
+    """Takes group and other permissions off `root` and everything under it but `leave` and its contents
     (symbolic links are neither followed nor changed); returns how many entries it changed."""
     paths = [root]
     for folder, dirs, files in os.walk(root):  # does not descend into linked folders
-        paths += [Path(folder, name) for name in dirs + files]
         dirs[:] = [name for name in dirs if Path(folder, name) != leave]
+        paths += [Path(folder, name) for name in dirs + files]
     changed = 0
     for path in paths:
         try:
