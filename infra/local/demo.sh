@@ -32,6 +32,6 @@ echo "== scoring $model_uri: 1,000 samples per setting (MNIST's standard n) in t
 
 echo
 echo "MLflow UI:   $MLFLOW_TRACKING_URI  (experiments, the sweep's parent run and its trials, Models > ${model_uri#models:/})"
-echo "Ray jobs:    $RAY_API_SERVER_ADDRESS"
+echo "Ray jobs:    $RAY_API_SERVER_ADDRESS  (the page asks for the token: $bin/ray get-auth-token prints it)"
 echo "Sample grid: $(pwd)/$grid"
 echo "Shell env:   source ${CLUSTER_DIR:-.cluster}/env      stop everything: make cluster-down"

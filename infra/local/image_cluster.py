@@ -6,13 +6,17 @@ host's network, every port bound to 127.0.0.1, training on the local cluster's S
 It is a shared cluster in miniature: the code comes from the image (a job names a sweep file of the image's
 /home/ray/app, no working dir travels), several nodes share checkpoints through s3://, and the head offers 0
 CPUs, so trials run on the worker containers only (as on KubeRay). Submit from the host with
+    source .cluster/env    # the Ray token's file among the rest
     RAY_API_SERVER_ADDRESS=http://127.0.0.1:<dashboard port> .venv/bin/ray job submit -- \\
         python -m orchestrator.sweep sweeps/smoke.yaml
 
 `up` needs the local cluster (`make cluster-up`) and the image (`make image`); a second `up` with every
-container running changes nothing, any other state is replaced. The store's credentials and MLflow's address
-reach the containers through an env file (<state dir>/image-cluster.env, mode 0600) read by `docker run
---env-file`: never a command line, never a Ray runtime env (which Ray writes to its logs and job API). `down`
+container running changes nothing, any other state is replaced. The store's credentials, MLflow's address and
+the local cluster's Ray token (this cluster takes clients with it only, RAY_AUTH_MODE=token) reach the
+containers through an env file (<state dir>/<name>.env, mode 0600) read by `docker run --env-file`: never a
+command line, never a Ray runtime env (which Ray writes to its logs and job API). The token goes by value
+(RAY_AUTH_TOKEN): the containers' user (uid 1000) cannot read another uid's 0600 token file through a
+bind mount. Clients on the host use it as for the local cluster (`source <state dir>/env`). `down`
 removes exactly the containers labelled with this cluster's name (never `ray stop`, which would stop every
 Ray cluster on the machine).
 
@@ -43,7 +47,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster_services import HOST, REPO_ROOT, Settings, client_env, write_private
+from cluster_services import (
+    HOST,
+    REPO_ROOT,
+    Settings,
+    client_env,
+    ray_auth_header,
+    ray_token_path,
+    write_private,
+)
 
 LABEL = "sphere-orchestrator.image-cluster"
 ROLE_LABEL = "sphere-orchestrator.role"
@@ -184,13 +196,16 @@ def ray_start_argv(c: ImageCluster, node: int) -> list[str]:
 
 
 def container_env(c: ImageCluster) -> dict[str, str]:
-    """The env file's content: the local cluster's client env (store credentials, MLflow), this cluster's job
-    address, and Ray's loopback switch (already in the client env)."""
+    """The env file's content: the local cluster's client env (store credentials, MLflow, RAY_AUTH_MODE),
+    its Ray token by value in place of the host's token file, this cluster's job address, and Ray's loopback
+    switch (already in the client env)."""
     env = client_env(c.local) | {
         "RAY_API_SERVER_ADDRESS": c.dashboard_url,  # `ray job` inside a container reaches this head
         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # `docker stop` ends `ray start --block` at once
         "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_TOKEN": ray_token_path(c.local).read_text().strip(),
     }
+    del env["RAY_AUTH_TOKEN_PATH"]  # a file of the host
     for key, value in env.items():
         if "\n" in value:  # docker's env file is one KEY=VALUE a line, the value taken literally
             raise ValueError(f"{key}: a value with a newline cannot go through docker's --env-file")
@@ -211,15 +226,17 @@ def containers(c: ImageCluster) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in out.splitlines() if line)
 
 
-def http_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=5) as resp:
+def http_json(c: ImageCluster, path: str) -> object:
+    """GET `path` on this cluster's dashboard, with the token."""
+    request = urllib.request.Request(f"{c.dashboard_url}{path}", headers=ray_auth_header(c.local))
+    with urllib.request.urlopen(request, timeout=5) as resp:
         return json.load(resp)
 
 
 def alive_nodes(c: ImageCluster) -> set[str]:
     """Names of the alive Ray nodes, from the head's state API; empty while it does not answer."""
     try:
-        reply = http_json(f"{c.dashboard_url}/api/v0/nodes?limit=1000")
+        reply = http_json(c, "/api/v0/nodes?limit=1000")
     except (OSError, ValueError):
         return set()
     result = reply.get("data", {}).get("result", {}).get("result", []) if isinstance(reply, dict) else []
@@ -365,7 +382,9 @@ def status(c: ImageCluster) -> int:
     alive = alive_nodes(c)
     for name, state in sorted(states.items()):
         print(f"{name:<24} {state:<9} ray node {'alive' if name in alive else 'not alive'}")
-    print(f"jobs    RAY_API_SERVER_ADDRESS={c.dashboard_url} .venv/bin/ray job submit -- python -m ...")
+    print(
+        f"jobs    source {c.local.env_file}; RAY_API_SERVER_ADDRESS={c.dashboard_url} .venv/bin/ray job ..."
+    )
     print(f"gcs     {HOST}:{c.gcs_port}   ports {c.block(0)}-{c.block(max(len(states), 1)) - 1}")
     running = bool(states) and all(state == "running" for state in states.values())
     return 0 if running and set(states) <= alive else 3

@@ -6,10 +6,10 @@ both served by one dedicated sshd.
 
 `up` starts that sshd (its own config, host key and client key pair under LOOPBACK_DIR, key-only, bound to
 HEAD_IP and WORKER_IP only; the system sshd is never touched), writes the local cluster's S3 endpoint,
-credentials and MLflow URI (CLUSTER_DIR/env, `make cluster-up`) to an env file of mode 0600 that docker
-reads (`--env-file`), writes the cluster config derived from onprem.yaml, runs `ray up -y` and waits until
-the worker has joined. `down` runs `ray down -y`, stops the sshd and fails if a container of the cluster
-is left.
+credentials, MLflow URI and Ray token (CLUSTER_DIR/env, `make cluster-up`; onprem.yaml says why the token
+goes by value) to an env file of mode 0600 that docker reads (`--env-file`), writes the cluster config
+derived from onprem.yaml, runs `ray up -y` and waits until the worker has joined. `down` runs `ray down -y`,
+stops the sshd and fails if a container of the cluster is left.
 
 What had to differ from a cluster of real machines, each measured with Ray 2.60 (docs/scaling.md):
 - Ray binds its GCS, raylet, object manager and agents on all interfaces unless the node's IP is 127.0.0.1
@@ -189,7 +189,8 @@ def cluster_config(s: Settings) -> dict[str, Any]:
 
 
 def container_env(cluster_env: Path) -> dict[str, str]:
-    """The S3 endpoint, its credentials and MLflow from the local cluster's env file (`export K=V` lines)."""
+    """The S3 endpoint, its credentials, MLflow and the Ray token from the local cluster's env file (`export
+    K=V` lines; the token from the file its RAY_AUTH_TOKEN_PATH names, as onprem.yaml's env file holds it)."""
     env = {}
     for line in cluster_env.read_text().splitlines():
         words = shlex.split(line)
@@ -197,6 +198,8 @@ def container_env(cluster_env: Path) -> dict[str, str]:
             key, value = words[1].split("=", 1)
             if PASSED_ENV.match(key):
                 env[key] = value
+            elif key == "RAY_AUTH_TOKEN_PATH":
+                env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": Path(value).read_text().strip()}
     # Drivers and Ray workers in the containers connect to 127.0.0.1 as written (see the module docstring).
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     env["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -290,8 +293,10 @@ def stop_sshd(s: Settings) -> None:
 def alive_nodes(s: Settings) -> list[dict[str, Any]]:
     """The cluster's live Ray nodes, from the dashboard's state API (empty while it does not answer)."""
     url = f"{s.dashboard_url}/api/v0/nodes?limit=100&detail=true"
+    token = container_env(s.cluster_env).get("RAY_AUTH_TOKEN")
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        with urllib.request.urlopen(request, timeout=5) as resp:
             result = json.load(resp)["data"]["result"]["result"]
     except (OSError, ValueError, KeyError):
         return []
@@ -346,7 +351,7 @@ def up(s: Settings) -> None:
             )
         time.sleep(3)
     print(f"== 2 nodes up after {time.monotonic() - started:.0f} s")
-    print(f"jobs:  RAY_API_SERVER_ADDRESS={s.dashboard_url} {RAY} job submit -- python -m ...")
+    print(f"jobs:  source {s.cluster_env}; RAY_API_SERVER_ADDRESS={s.dashboard_url} {RAY} job submit -- ...")
     print(f"down:  {sys.executable} {Path(__file__).relative_to(REPO_ROOT)} down")
 
 

@@ -235,8 +235,10 @@ def connect_ray(scaling: ScalingConfig, storage_path: str) -> None:
     import ray
 
     address = os.environ.get("RAY_ADDRESS")
-    if not address:  # a local ray.init() would otherwise write ~/.ray/auth_token, and every later
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # `ray start` on this machine would require it
+    # A local ray.init() would otherwise write ~/.ray/auth_token, and every later `ray start` on this machine
+    # would require it; a mode set explicitly (the local cluster's env file says token) is kept.
+    if not address:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address=address or None, log_to_driver=True)
     print(cluster_preflight(scaling, storage_path, f"the Ray cluster at {address or 'local'}"))
 

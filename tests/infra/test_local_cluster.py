@@ -3,12 +3,16 @@
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +23,8 @@ from tests.fixtures.services import LocalCluster, free_ports, start_local_cluste
 pytestmark = pytest.mark.slow  # starts a Ray head, an MLflow server and SeaweedFS: ~15 s each time
 
 
-def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as resp:
+def _get(url: str, headers: dict[str, str] | None = None) -> bytes:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as resp:
         assert resp.status == 200
         return bytes(resp.read())
 
@@ -32,7 +36,11 @@ def _service_pids(cluster: LocalCluster) -> dict[str, int]:
 def test_services_are_healthy_and_status_says_so(local_cluster: LocalCluster) -> None:
     _get(f"{local_cluster.s3_url}/healthz")  # 200, empty body
     assert _get(f"{local_cluster.mlflow_url}/health").strip() == b"OK"
-    assert "ray_version" in json.loads(_get(f"{local_cluster.dashboard_url}/api/version"))
+    token = {"Authorization": f"Bearer {local_cluster.ray_token}"}
+    assert "ray_version" in json.loads(_get(f"{local_cluster.dashboard_url}/api/version", token))
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        _get(f"{local_cluster.dashboard_url}/api/version")
+    assert anonymous.value.code == 401  # the job and state APIs take the token only
     status = local_cluster.script("status")
     assert status.returncode == 0, status.stdout
     for name, pid in _service_pids(local_cluster).items():
@@ -44,7 +52,7 @@ def test_second_up_changes_nothing(local_cluster: LocalCluster) -> None:
     before, mtime = _service_pids(local_cluster), env_file.stat().st_mtime_ns
     result = local_cluster.script("up")
     assert result.returncode == 0, result.stderr
-    assert "cluster already up" in result.stdout
+    assert "cluster already up" in result.stdout and "this user's alone" not in result.stdout
     assert _service_pids(local_cluster) == before
     assert env_file.stat().st_mtime_ns == mtime
 
@@ -112,7 +120,8 @@ def test_the_store_has_its_own_secret_and_refuses_other_callers(local_cluster: L
     assert anonymous.value.code == 403
     with pytest.raises(botocore.exceptions.ClientError, match="SignatureDoesNotMatch"):
         _s3(local_cluster, secret="x" * 40).list_objects_v2(Bucket="sphere")
-    assert secret not in " ".join(Path(f"/proc/{pid}/cmdline").read_text() for pid in local_cluster.pids())
+    command_lines = " ".join(Path(f"/proc/{pid}/cmdline").read_text() for pid in local_cluster.pids())
+    assert secret not in command_lines and local_cluster.ray_token not in command_lines
 
 
 def test_submit_gives_workers_the_cluster_env_and_returns_the_entrypoint_code(
@@ -190,3 +199,159 @@ def test_the_bucket_survives_down_and_up(tmp_path: Path) -> None:
         assert body == b"{}"
     finally:
         stop_local_cluster(cluster)
+
+
+def test_the_state_and_ray_temp_dirs_are_private_after_a_job(local_cluster: LocalCluster) -> None:
+    result = local_cluster.submit(
+        ["python", "-c", "import ray; ray.init(); print(ray.get(ray.put('logged')))"]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (Path(local_cluster.settings["RAY_TEMP_DIR"]) / "ray" / "session_latest" / "logs").is_dir()
+    for private in ("env", "s3-credentials", "ray-auth-token", "mlflow.db", "logs/ray.log", "pids/ray.pid"):
+        assert (local_cluster.state_dir / private).stat().st_mode & 0o777 == 0o600, private
+    assert local_cluster.not_private() == []
+    # The token travels as the name of its file only: in no log of Ray's, no job's details or logs.
+    token = local_cluster.ray_token
+    assert len(token) == 64 and local_cluster.env["RAY_AUTH_MODE"] == "token"
+    ray_files = [p for p in Path(local_cluster.settings["RAY_TEMP_DIR"]).rglob("*") if p.is_file()]
+    assert len(ray_files) > 20 and [str(p) for p in ray_files if token.encode() in _read(p)] == []
+    assert token not in result.stdout + result.stderr
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # a socket, or a file Ray removed meanwhile
+        return b""
+
+
+def test_up_makes_an_older_world_readable_state_dir_private(
+    local_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    # A state dir and Ray temp dir as an older cluster.py left them (umask 022, Ray's 0777 folders). Its
+    # ports are the session cluster's, so `up` stops at the first taken port, after the tightening.
+    state, ray_temp, outside = (
+        tmp_path / "old",
+        Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp")),
+        tmp_path / "o",
+    )
+    try:
+        for folder in (state / "logs", state / "s3-data", ray_temp / "session_1" / "logs"):
+            folder.mkdir(parents=True)
+        for file in ("mlflow.db", "logs/ray.log", "s3-data/1.dat"):
+            (state / file).write_text("x")
+        (state / "s3-credentials").write_text('{"access_key": "sphere-old", "secret_key": "old-secret"}\n')
+        (ray_temp / "session_1" / "logs" / "job-driver.log").write_text("x")
+        outside.write_text("not the cluster's")
+        (state / "link").symlink_to(outside)
+        for path in [state, *state.rglob("*"), ray_temp, *ray_temp.rglob("*"), outside]:
+            if not path.is_symlink():
+                path.chmod(0o777 if path.is_dir() else 0o644)
+        old = LocalCluster(
+            state, local_cluster.settings | {"CLUSTER_DIR": str(state), "RAY_TEMP_DIR": str(ray_temp)}, {}
+        )
+        first = old.script("up")
+        assert first.returncode == 1 and "is taken by another process" in first.stderr, (
+            first.stdout + first.stderr
+        )
+        assert (
+            first.stdout.splitlines()[0]
+            == f"made 11 files and folders in {state} and {ray_temp} this user's alone"
+        )
+        assert old.not_private() == []
+        assert outside.stat().st_mode & 0o777 == 0o644  # a link is not followed
+        again = old.script("up")
+        assert again.returncode == 1 and "this user's alone" not in again.stdout, again.stdout
+        assert old.pids() == [] and local_cluster.script("status").returncode == 0
+    finally:
+        shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+NOBODY = 65534
+
+
+def as_nobody(code: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -c code args...` as user nobody, with none of the cluster's env (the venv's Python, run
+    directly by setpriv: nobody may not search the folder its interpreter lives in, but may exec it)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    argv = ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", sys.executable]
+    return subprocess.run(
+        [*argv, "-c", code, *args],
+        env=env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def nobody_home() -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("running a probe as another user (nobody) needs root")
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux) to run a probe as user nobody")
+    home = Path(tempfile.mkdtemp(prefix="nobody-", dir="/tmp"))
+    os.chown(home, NOBODY, NOBODY)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def test_another_user_reads_no_state_and_ray_refuses_their_jobs_and_drivers(
+    local_cluster: LocalCluster, nobody_home: Path
+) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    state = local_cluster.state_dir
+    s3_file = next(p for p in (state / "s3-data").rglob("*") if p.is_file())
+    ray_log = Path(local_cluster.settings["RAY_TEMP_DIR"]) / "ray" / "session_latest" / "logs" / "raylet.out"
+    assert ray_log.exists()
+    targets = [state / name for name in ("mlflow.db", "s3-credentials", "ray-auth-token", "env")] + [s3_file]
+    reads = as_nobody(
+        "import sys\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        open(path, 'rb').read(1); print('READ', path)\n"
+        "    except OSError as err:\n"
+        "        print(type(err).__name__, path)\n",
+        nobody_home,
+        *map(str, [*targets, ray_log]),
+    )
+    assert reads.returncode == 0, reads.stderr
+    assert reads.stdout.split("\n")[:-1] == [f"PermissionError {p}" for p in [*targets, ray_log]], (
+        reads.stdout
+    )
+
+    dashboard, marker = local_cluster.dashboard_url, f"probe-{secrets.token_hex(4)}"
+    sdk = as_nobody(
+        "from ray.job_submission import JobSubmissionClient\n"
+        f"JobSubmissionClient({dashboard!r}).submit_job(entrypoint='echo {marker}')\n",
+        nobody_home,
+    )
+    refusal = "ray.exceptions.AuthenticationError: Authentication required: " + (
+        "Unauthorized: Missing authentication token"
+    )
+    assert sdk.returncode == 1 and refusal in sdk.stderr.splitlines(), sdk.stderr[-3000:]
+    cli = as_nobody(  # `ray job submit`: the CLI's own code, run through this Python (see as_nobody)
+        "import sys\nfrom ray.scripts.scripts import main\nsys.argv[0] = 'ray'\nmain()\n",
+        nobody_home,
+        *("job", "submit", "--address", dashboard, "--", "echo", marker),
+    )
+    assert cli.returncode == 1 and refusal in cli.stderr.splitlines(), cli.stderr[-3000:]
+    driver = as_nobody(
+        f"import ray\nray.init(address={local_cluster.gcs_address!r})\nprint('CONNECTED')\n", nobody_home
+    )
+    assert driver.returncode == 1 and "CONNECTED" not in driver.stdout, driver.stdout + driver.stderr[-3000:]
+    assert (
+        "Unauthenticated: RPC error: InvalidAuthToken: Authentication token is missing or incorrect"
+        in driver.stderr
+    )
+    assert (
+        f"ConnectionError: Failed to connect to Ray cluster at {local_cluster.gcs_address}" in driver.stderr
+    )
+
+    # Nothing of theirs ran (the job server, asked with the token, knows no job of theirs), and the cluster
+    # is as it was.
+    assert not [job for job in JobSubmissionClient(dashboard).list_jobs() if marker in job.entrypoint]
+    assert local_cluster.script("status").returncode == 0

@@ -69,6 +69,19 @@ def test_image_installs_the_pinned_torch_and_the_project_without_run_time_instal
     assert "--build-arg SPHERE_GIT_COMMIT=" in build.stdout
 
 
+def test_every_ray_container_requires_the_token_from_the_secret_the_header_creates() -> None:
+    text = (INFRA / "kuberay" / "raycluster.yaml").read_text()
+    spec = _yaml(INFRA / "kuberay" / "raycluster.yaml")["spec"]
+    templates = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    envs = [c.get("env", []) for t in templates for c in _containers(t)] + [spec["autoscalerOptions"]["env"]]
+    token = {"secretKeyRef": {"name": "sphere-ray-auth", "key": "auth_token"}}  # KubeRay's key name
+    for env in envs:
+        assert {"name": "RAY_AUTH_MODE", "value": "token"} in env, env
+        assert {"name": "RAY_AUTH_TOKEN", "valueFrom": token} in env, env  # never a literal value
+    assert len(envs) == 3  # head, the GPU group, the autoscaler
+    assert "#   kubectl create secret generic sphere-ray-auth --from-literal=auth_token=" in text
+
+
 def test_rayjob_runs_an_existing_sweep_from_the_image_on_the_cluster() -> None:
     job = _yaml(INFRA / "kuberay" / "rayjob-sweep.yaml")["spec"]
     cluster_name = _yaml(INFRA / "kuberay" / "raycluster.yaml")["metadata"]["name"]

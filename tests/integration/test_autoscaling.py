@@ -136,7 +136,7 @@ def autoscaling_cluster(local_cluster: LocalCluster) -> Iterator[str]:
     head = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not dashboard_up(dashboard_port):
+        while not dashboard_up(dashboard_port, local_cluster.ray_token):
             assert head.poll() is None and time.monotonic() < deadline, (state / "head.log").read_text()
             time.sleep(1)
         yield f"127.0.0.1:{gcs_port}"
@@ -148,9 +148,12 @@ def autoscaling_cluster(local_cluster: LocalCluster) -> Iterator[str]:
         assert not left, f"autoscaling cluster left processes: {left}"
 
 
-def dashboard_up(port: int) -> bool:
+def dashboard_up(port: int, token: str) -> bool:
+    """The head inherits the session's RAY_AUTH_MODE=token and token file: its dashboard takes the token."""
+    url = f"http://127.0.0.1:{port}/api/version"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2) as resp:
+        with urllib.request.urlopen(request, timeout=2) as resp:
             return bool(resp.status == 200)
     except OSError:
         return False

@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,10 +108,13 @@ def test_sweep_job_trains_on_the_worker_containers_and_registers(
     assert containers.labelled() == [f"{name}-head", f"{name}-worker-1", f"{name}-worker-2"]
     env_file = Path(local_cluster.state_dir) / f"{name}.env"
     assert env_file.stat().st_mode & 0o777 == 0o600
-    secret = local_cluster.env["AWS_SECRET_ACCESS_KEY"]
+    secret, token = local_cluster.env["AWS_SECRET_ACCESS_KEY"], local_cluster.ray_token
     args = ["docker", "inspect", "--format", "{{json .Args}}", f"{name}-head"]
     inspect = subprocess.run(args, capture_output=True, text=True, check=True)
-    assert secret not in inspect.stdout  # not on the containers' command lines
+    assert secret not in inspect.stdout and token not in inspect.stdout  # not on the command lines
+    with pytest.raises(urllib.error.HTTPError) as anonymous:  # the head takes no client without the token
+        urllib.request.urlopen(f"{containers.dashboard_url}/api/jobs/", timeout=10)
+    assert anonymous.value.code == 401
     bound = listeners(range(containers.port_base, containers.port_base + NODES * PORTS_PER_NODE))
     assert bound and all(addr.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:")) for addr in bound), bound
 
@@ -163,12 +168,15 @@ def test_sweep_job_trains_on_the_worker_containers_and_registers(
     version = client.get_model_version_by_alias(experiment, "champion")
     assert version.tags["source.run_id"] in {c.info.run_id for c in children}
 
-    # The store's secret reached the trials through the containers' env, never Ray's job API or its logs.
+    # The store's secret and the Ray token reached the trials through the containers' env, never Ray's job
+    # API or its logs.
     info = jobs.get_job_info(job_id)
-    assert secret not in f"{info.entrypoint} {info.runtime_env} {info.metadata} {logs}"
+    recorded = f"{info.entrypoint} {info.runtime_env} {info.metadata} {logs}"
+    assert secret not in recorded and token not in recorded
     for node in (f"{name}-head", f"{name}-worker-1", f"{name}-worker-2"):
+        look = 'grep -rlF -e "$AWS_SECRET_ACCESS_KEY" -e "$RAY_AUTH_TOKEN" /tmp/ray || true'
         grep = subprocess.run(
-            ["docker", "exec", node, "sh", "-c", 'grep -rlF -e "$AWS_SECRET_ACCESS_KEY" /tmp/ray || true'],
+            ["docker", "exec", node, "sh", "-c", look],
             capture_output=True,
             text=True,
             check=True,

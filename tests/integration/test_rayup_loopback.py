@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -46,8 +47,9 @@ def _missing() -> str | None:
 pytestmark = pytest.mark.skipif(bool(_missing()), reason=_missing() or "")
 
 
-def _get(url: str) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(url, timeout=10) as resp:
+def _get(url: str, token: str) -> list[dict[str, Any]]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
         return list(json.load(resp)["data"]["result"]["result"])
 
 
@@ -104,7 +106,11 @@ def test_ray_up_runs_the_smoke_sweep_on_a_worker_node_and_ray_down_leaves_nothin
         up = subprocess.run([sys.executable, str(LOOPBACK), "up"], env=env, capture_output=True, text=True)
         assert up.returncode == 0, f"loopback.py up failed:\n{up.stdout[-6000:]}\n{up.stderr[-3000:]}"
         print(f"ray up, worker joined: {time.monotonic() - started:.0f} s")
-        nodes = _get(f"{url}/api/v0/nodes?detail=true")
+        token = local_cluster.ray_token  # the loopback cluster takes the local cluster's (loopback.py)
+        nodes = _get(f"{url}/api/v0/nodes?detail=true", token)
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            urllib.request.urlopen(f"{url}/api/jobs/", timeout=10)
+        assert anonymous.value.code == 401
         assert len(nodes) == 2 and {n["node_ip"] for n in nodes} == {"127.0.0.1"}
         (worker_node,) = [n["node_id"] for n in nodes if not n["is_head_node"]]
         assert not _listeners_beyond_loopback(_containers(names))
@@ -133,7 +139,7 @@ def test_ray_up_runs_the_smoke_sweep_on_a_worker_node_and_ray_down_leaves_nothin
         # The driver saw the worker's CPUs (the head has none), and every Train worker ran there.
         preflight = [line for line in logs.splitlines() if "node(s) up" in line]
         assert preflight and "on the 2 CPUs up now" in preflight[0], (preflight, logs[:3000])
-        actors = _get(f"{url}/api/v0/actors?limit=10000&detail=true")
+        actors = _get(f"{url}/api/v0/actors?limit=10000&detail=true", token)
         train_workers = [a for a in actors if a["class_name"] == "RayTrainWorker"]
         seen = sorted({(a["class_name"], a["node_id"] == worker_node, a["state"]) for a in actors})
         assert len(train_workers) == 4, (seen, logs[-3000:])

@@ -231,32 +231,45 @@ def test_the_ui_shows_pareto_summaries_and_comparable_children(
     assert _artifacts(parent["info"]["run_id"]) >= expected
 
 
-def test_the_store_secret_reaches_no_log_job_or_mlflow_record(
+def test_no_secret_reaches_a_log_job_or_mlflow_record(
     smoke_sweep: SweepSpec, evaluate_sweep: str, jobs: Jobs
 ) -> None:
-    """The test cluster's drawn S3 secret is the canary: after both sweeps it must be in no file of Ray's
-    session (logs, runtime-env records), in no job's details or logs, and nowhere MLflow stored anything
-    (its database and every object in the bucket: artifacts, checkpoints, Tune state)."""
+    """The test cluster's drawn S3 secret and Ray token are the canaries: after both sweeps neither may be in
+    any file of Ray's session (logs, runtime-env records), in any job's details or logs, or anywhere MLflow
+    stored anything (its database and every object in the bucket: artifacts, checkpoints, Tune state). Both
+    sweeps also leave the state dir and Ray's temp dir private."""
     import boto3
 
-    secret = os.environ["AWS_SECRET_ACCESS_KEY"].encode()
     cluster = jobs.cluster
+    canaries = {
+        "S3 secret": os.environ["AWS_SECRET_ACCESS_KEY"].encode(),
+        "Ray token": cluster.ray_token.encode(),
+    }
     ray_files = [p for p in Path(cluster.settings["RAY_TEMP_DIR"]).rglob("*") if p.is_file()]
-    found = [str(p) for p in ray_files if not p.is_socket() and secret in _read(p)]
     assert len(ray_files) > 50 and any(b"runtime_env" in _read(p) for p in ray_files)  # the scan sees logs
     details = jobs.client.list_jobs()
     assert details  # the smoke sweep's job at least (the evaluate sweep runs as a plain driver)
-    found += [f"job {d.submission_id}" for d in details if secret in d.json().encode()]
-    found += [f"job logs {d.submission_id}" for d in details if secret in jobs.logs(d.submission_id).encode()]
-    found += ["mlflow.db"] * (secret in (cluster.state_dir / "mlflow.db").read_bytes())
     s3 = boto3.client("s3")
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="sphere")
             for o in page.get("Contents", [])]  # fmt: skip
     assert any(k.startswith("mlflow-artifacts/") for k in keys) and any(
         k.startswith("ray-results/") for k in keys
     )
-    found += [k for k in keys if secret in s3.get_object(Bucket="sphere", Key=k)["Body"].read()]
+    found: list[str] = []
+
+    def scan(place: str, data: bytes) -> None:
+        found.extend(f"{name} in {place}" for name, canary in canaries.items() if canary in data)
+
+    for path in ray_files:
+        scan(str(path), _read(path))
+    for job in details:
+        scan(f"job {job.submission_id}", job.json().encode())
+        scan(f"job logs {job.submission_id}", jobs.logs(job.submission_id).encode())
+    scan("mlflow.db", (cluster.state_dir / "mlflow.db").read_bytes())
+    for key in keys:
+        scan(f"s3://sphere/{key}", s3.get_object(Bucket="sphere", Key=key)["Body"].read())
     assert found == []
+    assert cluster.not_private() == []
 
 
 def _read(path: Path) -> bytes:

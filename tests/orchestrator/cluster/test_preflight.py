@@ -194,3 +194,33 @@ def test_the_cluster_wide_worker_limit_caps_each_node_type() -> None:
     ]
     unbounded = node_types_from_autoscaling_config({"available_node_types": {"w": {"resources": {"CPU": 1}}}})
     assert unbounded == [NodeType("w", {"CPU": 1.0}, -1)]
+
+
+@pytest.mark.parametrize(
+    ("address", "mode", "expected"),
+    [
+        (None, None, "disabled"),  # a local ray.init() writes no ~/.ray/auth_token
+        (None, "token", "token"),  # an explicit mode (the local cluster's env file) is kept
+        ("127.0.0.1:6379", None, None),  # a cluster's address: Ray's own default, untouched
+    ],
+)
+def test_connect_ray_disables_token_auth_only_for_a_local_ray_with_no_mode_set(
+    monkeypatch: pytest.MonkeyPatch, address: str | None, mode: str | None, expected: str | None
+) -> None:
+    import os
+
+    import ray
+
+    from orchestrator.cluster import preflight
+
+    for name, value in (("RAY_ADDRESS", address), ("RAY_AUTH_MODE", mode)):
+        monkeypatch.setenv(name, value or "")  # recorded, so what connect_ray sets is undone too
+        if value is None:
+            monkeypatch.delenv(name)
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(
+        ray, "init", lambda **kwargs: seen.update(kwargs, mode=os.environ.get("RAY_AUTH_MODE"))
+    )
+    monkeypatch.setattr(preflight, "cluster_preflight", lambda *args: "checked")
+    preflight.connect_ray(ScalingConfig(), "/tmp/x")
+    assert seen["address"] == address and seen["mode"] == expected
