@@ -61,6 +61,17 @@ def kill_a_train_worker(jobs: Jobs) -> None:
     os.kill(int(workers[0].pid), signal.SIGKILL)
 
 
+def running_sweep(
+    jobs: Jobs, tmp_path: Path, name: str, *, steps: int, past: int, extra: str = ""
+) -> tuple[SweepSpec, str]:
+    """(spec, job id) of a one-trial sweep submitted and seen logging past step `past`."""
+    spec = load_sweep(sweep_file(tmp_path, name, steps=steps, extra=extra))
+    job = jobs.submit(tmp_path / f"{name}.yaml")
+    status = jobs.wait(job, timeout_s=300, until=logged_past(spec, past))
+    assert status == JobStatus.RUNNING, jobs.logs(job)[-4000:]
+    return spec, job
+
+
 def sweep_runs(spec: SweepSpec) -> list[tuple[str, str]]:
     """(status, parentRunId or "parent") of every run of the sweep's experiment."""
     client = mlflow_client()
@@ -75,10 +86,7 @@ def sweep_runs(spec: SweepSpec) -> list[tuple[str, str]]:
 def test_damaged_newest_checkpoints_resume_from_the_newest_intact_one(
     jobs: Jobs, mnist_shards: str, tmp_path: Path
 ) -> None:
-    spec = load_sweep(sweep_file(tmp_path, "integrity-fallback", steps=300, extra=CHECKPOINTS))
-    job = jobs.submit(tmp_path / "integrity-fallback.yaml")
-    status = jobs.wait(job, timeout_s=300, until=logged_past(spec, 100))
-    assert status == JobStatus.RUNNING, jobs.logs(job)[-4000:]
+    spec, job = running_sweep(jobs, tmp_path, "integrity-fallback", steps=300, past=100, extra=CHECKPOINTS)
     kill_a_train_worker(jobs)
     time.sleep(1)  # a checkpoint its peer was uploading lands (the group takes seconds more to restart)
     kept = kept_checkpoints(spec)
@@ -125,10 +133,7 @@ def test_damaged_newest_checkpoints_resume_from_the_newest_intact_one(
 def test_no_intact_checkpoint_errors_the_trial_and_registers_nothing(
     jobs: Jobs, mnist_shards: str, tmp_path: Path
 ) -> None:
-    spec = load_sweep(sweep_file(tmp_path, "integrity-none", steps=300, extra=CHECKPOINTS))
-    job = jobs.submit(tmp_path / "integrity-none.yaml")
-    status = jobs.wait(job, timeout_s=300, until=logged_past(spec, 60))
-    assert status == JobStatus.RUNNING, jobs.logs(job)[-4000:]
+    spec, job = running_sweep(jobs, tmp_path, "integrity-none", steps=300, past=60, extra=CHECKPOINTS)
     kill_a_train_worker(jobs)
     for checkpoint in kept_checkpoints(spec):
         damage(checkpoint)
@@ -150,10 +155,7 @@ def test_no_intact_checkpoint_errors_the_trial_and_registers_nothing(
 
 
 def test_a_dead_head_leaves_no_run_running(jobs: Jobs, mnist_shards: str, tmp_path: Path) -> None:
-    spec = load_sweep(sweep_file(tmp_path, "integrity-head", steps=1000))
-    job = jobs.submit(tmp_path / "integrity-head.yaml")
-    status = jobs.wait(job, timeout_s=300, until=logged_past(spec, 20))
-    assert status == JobStatus.RUNNING, jobs.logs(job)[-4000:]
+    spec, _ = running_sweep(jobs, tmp_path, "integrity-head", steps=1000, past=20)
     try:
         os.killpg(service_pid(jobs, "ray"), signal.SIGKILL)  # the head's GCS, raylet, dashboard and jobs
         deadline = time.monotonic() + 180
