@@ -1,16 +1,19 @@
 """Time to quality: images seen and CPU-seconds until the 1-step samples' fd_clf first falls below 3x the
-real-vs-real floor, and until their class accuracy first reaches 0.85, for the old and the new MNIST
-recipe, trained side by side in one run.
+real-vs-real floor, and until their class accuracy first reaches 0.85, for MNIST recipes trained side by
+side in one run: `before` (the recipe before issue #9), `preset` (mnist-32-nano, pixel and latent terms
+only) and `random-conv` (the preset plus the project's own perceptual distance, no weight file, at the
+paper's perceptual weights 1 / 0.5).
 
-    .venv/bin/python bench/bench_time_to_quality.py [--budget-images 48000] [--eval-every 8000] [--threads 1]
+    .venv/bin/python bench/bench_time_to_quality.py [--recipes preset random-conv] [--budget-images 48000]
+        [--eval-every 8000] [--threads 1] [--seed 0]
 
 Both recipes train the `mnist-32-nano` model with `sphere_core.train_step` on the built-in MNIST train split
 held in memory (no Ray, no shards: this measures the recipe, not the data plane). They are interleaved
 chunk by chunk (`--eval-every` images each), so both see the same machine load; CPU-seconds are this
 process's CPU time spent in each recipe's training steps (evaluation excluded). Every chunk ends with an
-evaluation of the EMA weights at MNIST's standard n = 1,000: fd_clf and the class accuracy (acc_clf) of
-1-step and 4-step samples, balanced over the 10 classes. A recipe stops when it has reached both targets
-or spent its image budget.
+evaluation of the EMA weights at MNIST's standard n = 1,000: fd_clf, class accuracy (acc_clf), recall and
+within-class spread (1 = real digits') of 1-step and 4-step samples, balanced over the 10 classes. A recipe
+stops when it has reached both targets or spent its image budget.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from pathlib import Path
 
 import torch
 
+from orchestrator.config.schema import PerceptualConfig
 from orchestrator.evaluation.classifier import load_split
 from orchestrator.evaluation.protocol import Protocol, evaluate_samples
 from sphere_core.config import NoiseConfig, OptimConfig, SamplingConfig, SphereConfig
+from sphere_core.perceptual import build_perceptual
 from sphere_core.presets import get_preset
 from sphere_core.sampling import generate
 from sphere_core.train_step import TrainState, make_train_state, train_step
@@ -40,22 +45,39 @@ class Recipe:
     name: str
     config: SphereConfig
     batch: int
+    random_conv_seed: int | None = None  # the perceptual network, when the recipe has one
 
 
-def recipes(budget_images: int) -> list[Recipe]:
-    """The recipe before issue #9 (the preset's optimiser of the previous release at sweeps/baseline.yaml's
-    batch 64) and the current preset with its own batch. Both schedules span the whole image budget."""
-    new = get_preset("mnist-32-nano")
+RECIPES = ("before", "preset", "random-conv")
+
+
+def recipes(names: list[str], budget_images: int) -> list[Recipe]:
+    """The named recipes; every schedule spans the whole image budget. `before`: the preset's optimiser of
+    the release before issue #9 at sweeps/baseline.yaml's batch 64."""
+    preset = get_preset("mnist-32-nano")
     old_optim = OptimConfig(lr=1e-3, min_lr=1e-5, warmup_steps=100, ema_decay=0.999, encoder_lr_scale=0.1)
-    old = dataclasses.replace(new, noise=dataclasses.replace(new.noise, alpha_max_deg=80.0), optim=old_optim)
-    pairs = [
-        ("before (lr 1e-3@256, enc x0.1, alpha 80, batch 64)", old, 64),
-        ("after (preset)", new, NEW_BATCH),
-    ]
+    perceptual = dataclasses.replace(preset.loss, recon_perc=1.0, con_perc=0.5)
+    every = {
+        "before": Recipe(
+            "before (lr 1e-3@256, enc x0.1, alpha 80, batch 64)",
+            dataclasses.replace(
+                preset, noise=dataclasses.replace(preset.noise, alpha_max_deg=80.0), optim=old_optim
+            ),
+            64,
+        ),
+        "preset": Recipe("preset (pixel + latent terms)", preset, NEW_BATCH),
+        "random-conv": Recipe(
+            "preset + random-conv perceptual 1 / 0.5",
+            dataclasses.replace(preset, loss=perceptual),
+            NEW_BATCH,
+            random_conv_seed=PerceptualConfig().seed,
+        ),
+    }
     out = []
-    for name, config, batch in pairs:
-        optim = dataclasses.replace(config.optim, total_steps=max(budget_images // batch, 1))
-        out.append(Recipe(name, dataclasses.replace(config, optim=optim), batch))
+    for name in names:
+        recipe = every[name]
+        optim = dataclasses.replace(recipe.config.optim, total_steps=max(budget_images // recipe.batch, 1))
+        out.append(dataclasses.replace(recipe, config=dataclasses.replace(recipe.config, optim=optim)))
     return out
 
 
@@ -81,7 +103,9 @@ def score(state: TrainState, protocol: Protocol, noise: NoiseConfig) -> dict[str
             generator=torch.Generator().manual_seed(0),
         )
         values = evaluate_samples(images, protocol=protocol, labels=labels).values
-        out[f"fd_clf_{steps}step"], out[f"acc_clf_{steps}step"] = values["fd_clf"], values["acc_clf"]
+        out |= {
+            f"{key}_{steps}step": values[key] for key in ("fd_clf", "acc_clf", "recall_clf", "spread_clf")
+        }
     return out
 
 
@@ -100,6 +124,7 @@ def train_chunk(p: Progress, x: torch.Tensor, y: torch.Tensor, images: int) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=["preset", "random-conv"])
     parser.add_argument("--budget-images", type=int, default=48_000, help="per recipe")
     parser.add_argument("--eval-every", type=int, default=8_000, help="images between evaluations")
     parser.add_argument("--threads", type=int, default=1)
@@ -117,9 +142,12 @@ def main() -> None:
     )
     print(f"cpu pressure: {Path('/proc/pressure/cpu').read_text().splitlines()[0]}")
     runs = []
-    for recipe in recipes(args.budget_images):
+    for recipe in recipes(args.recipes, args.budget_images):
         torch.manual_seed(args.seed)
-        state = make_train_state(recipe.config, device="cpu")
+        channels = recipe.config.model.channels
+        seed = recipe.random_conv_seed
+        perceptual = build_perceptual(random_conv=(channels, seed)) if seed is not None else None
+        state = make_train_state(recipe.config, device="cpu", perceptual=perceptual)
         runs.append(Progress(recipe, state, torch.Generator().manual_seed(args.seed)))
     targets = {
         "fd_clf_1step": lambda h: h["fd_clf_1step"] < fd_target,
@@ -140,7 +168,8 @@ def main() -> None:
                 + " ".join(f"{k} {v:.3g}" for k, v in metrics.items()),
                 flush=True,
             )
-    print(f"\n{'recipe':<55} {'to fd < 3x floor':>22} {'to acc >= 0.85':>22} {'best fd / acc, 1 step':>22}")
+    header = f"{'recipe':<55} {'to fd < 3x floor':>22} {'to acc >= 0.85':>22} {'best fd / acc, 1 step':>22}"
+    print(f"\n{header} {'last fd / acc / recall / spread, 1 step':>42}")
     for p in runs:
         cells = []
         for hit in targets.values():
@@ -150,7 +179,10 @@ def main() -> None:
             )
         best_fd = min(h["fd_clf_1step"] for h in p.history)
         best = f"{best_fd:.0f} / {max(h['acc_clf_1step'] for h in p.history):.2f}"
-        print(f"{p.recipe.name:<55} {cells[0]:>22} {cells[1]:>22} {best:>22}")
+        last = p.history[-1]
+        keys = ("fd_clf_1step", "acc_clf_1step", "recall_clf_1step", "spread_clf_1step")
+        final = " / ".join(f"{last[k]:.3g}" for k in keys)
+        print(f"{p.recipe.name:<55} {cells[0]:>22} {cells[1]:>22} {best:>22} {final:>42}")
 
 
 if __name__ == "__main__":

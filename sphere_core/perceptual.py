@@ -5,8 +5,12 @@ match the published state_dict layouts, and are filled ONLY from weight files th
     vgg_path       torchvision `vgg16` state_dict (the `features.*` keys are used; `classifier.*` ignored)
     lpips_path     LPIPS `vgg.pth` linear heads (`lin0.model.1.weight` ... `lin4.model.1.weight`)
     convnext_path  torchvision `convnext_small` state_dict (`features.*`, `classifier.*`)
-Nothing is ever downloaded. With no files the perceptual terms are off; `perceptual_status` says so.
-Inputs are images in [0, 1] (the loss space, spec 1.4); grayscale is repeated to 3 channels.
+Nothing is ever downloaded. Where no file can be had, `RandomConvFeatures` is the project's own feature
+distance: a small conv net frozen at a seeded random initialisation, compared LPIPS-style (random conv
+features already make a usable perceptual distance: Zhang et al. 2018, the LPIPS paper). With neither,
+the perceptual terms are off; `perceptual_status` says so.
+Inputs are images in [0, 1] (the loss space, spec 1.4); grayscale is repeated to 3 channels for the
+published networks.
 """
 
 from __future__ import annotations
@@ -177,21 +181,70 @@ def load_convnext(convnext_path: str | Path) -> ConvNeXt:
     return net
 
 
+# --- the project's own features: a random conv net ------------------------------------------------
+
+# Five 3x3 convs (ReLU after each), stride 2 at the second and fourth; the distance taps the second, fourth
+# and fifth. The architecture and seed are kept apart from every metric network (orchestrator/evaluation):
+# a loss must not train the model toward the features it is scored in.
+RANDOM_CONV_WIDTHS = (32, 64, 64, 128, 128)
+RANDOM_CONV_STRIDES = (1, 2, 1, 2, 1)
+RANDOM_CONV_TAPS = (1, 3, 4)
+
+
+class RandomConvFeatures(nn.Module):
+    """Frozen random conv features; forward(a, b) is the LPIPS-style distance (B,): channel-unit-normalised
+    activations at each tap, squared differences summed over channels (LPIPS with unit heads), averaged over
+    space, then over taps."""
+
+    def __init__(self, channels: int, seed: int) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        layers: list[nn.Module] = []
+        in_ch = channels
+        for width, stride in zip(RANDOM_CONV_WIDTHS, RANDOM_CONV_STRIDES, strict=True):
+            conv = nn.Conv2d(in_ch, width, kernel_size=3, stride=stride, padding=1, bias=False)
+            with torch.no_grad():  # Kaiming-normal for ReLU, drawn from the seed alone
+                conv.weight.normal_(0.0, (2.0 / (in_ch * 9)) ** 0.5, generator=generator)
+            layers += [conv, nn.ReLU()]
+            in_ch = width
+        self.layers = nn.Sequential(*layers)
+        self.channels, self.seed = channels, seed
+
+    def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h, out = x * 2 - 1, []
+        for index in range(len(RANDOM_CONV_WIDTHS)):
+            h = self.layers[2 * index + 1](self.layers[2 * index](h))
+            if index in RANDOM_CONV_TAPS:
+                out.append(h / (h.square().sum(dim=1, keepdim=True).sqrt() + 1e-10))
+        return out
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """a, b: (B, channels, H, W) in [0, 1] -> (B,)."""
+        pairs = zip(self.taps(a), self.taps(b), strict=True)
+        return torch.stack([(fa - fb).square().sum(dim=1).mean(dim=(1, 2)) for fa, fb in pairs]).mean(dim=0)
+
+
 # --- the combined loss ---------------------------------------------------------------------------
 
 
 class PerceptualLoss(nn.Module):
-    """Frozen Perc(a, b) -> per-sample distance (B,), a weighted mean of whichever networks are loaded."""
+    """Frozen Perc(a, b) -> per-sample distance (B,), a weighted mean of whichever networks are loaded:
+    the published pair from weight files, or the project's random conv features alone."""
 
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, lpips: LPIPS | None, convnext: ConvNeXt | None) -> None:
+    def __init__(
+        self, lpips: LPIPS | None, convnext: ConvNeXt | None, random_conv: RandomConvFeatures | None = None
+    ) -> None:
         super().__init__()
-        if lpips is None and convnext is None:
-            raise ValueError("PerceptualLoss needs LPIPS weights, ConvNeXt weights, or both")
+        if (lpips is None and convnext is None) == (random_conv is None):
+            raise ValueError(
+                "PerceptualLoss needs LPIPS and/or ConvNeXt weights, or else random conv features"
+            )
         self.lpips = lpips
         self.convnext = convnext
+        self.random_conv = random_conv
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
@@ -201,6 +254,8 @@ class PerceptualLoss(nn.Module):
         return super().train(False)  # frozen: stays in eval mode inside a training objective
 
     def describe(self) -> str:
+        if self.random_conv is not None:
+            return f"random conv features, seed {self.random_conv.seed}, LPIPS-style distance"
         parts = [f"LPIPS-VGG16 x{LPIPS_WEIGHT}"] if self.lpips is not None else []
         parts += [f"ConvNeXt-S logits MSE x{CONVNEXT_WEIGHT}"] if self.convnext is not None else []
         return " + ".join(parts)
@@ -212,6 +267,8 @@ class PerceptualLoss(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """a, b: (B, C, H, W) in [0, 1], C in {1, 3} -> (B,)."""
+        if self.random_conv is not None:
+            return self.random_conv(a, b)
         if a.shape[1] == 1:
             a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
         total = torch.zeros(a.shape[0], device=a.device, dtype=a.dtype)
@@ -229,12 +286,18 @@ def build_perceptual(
     lpips_path: str | Path | None = None,
     convnext_path: str | Path | None = None,
     *,
+    random_conv: tuple[int, int] | None = None,
     device: torch.device | str = "cpu",
 ) -> PerceptualLoss | None:
-    """The frozen perceptual loss from local weight files, or None when no file is given.
-    LPIPS needs both `vgg_path` and `lpips_path`; either network alone is allowed (renormalised weight)."""
+    """The frozen perceptual loss from local weight files, or from `random_conv` = (image channels, seed),
+    or None when neither is given. LPIPS needs both `vgg_path` and `lpips_path`; either network alone is
+    allowed (renormalised weight)."""
     if (vgg_path is None) != (lpips_path is None):
         raise ValueError("LPIPS needs both vgg_path (torchvision vgg16) and lpips_path (LPIPS vgg.pth)")
+    if random_conv is not None:
+        if vgg_path is not None or convnext_path is not None:
+            raise ValueError("random conv features replace the weight files: give one or the other")
+        return PerceptualLoss(None, None, RandomConvFeatures(*random_conv)).to(device)
     lpips = load_lpips(vgg_path, lpips_path) if vgg_path is not None and lpips_path is not None else None
     convnext = load_convnext(convnext_path) if convnext_path is not None else None
     if lpips is None and convnext is None:
@@ -250,6 +313,7 @@ def perceptual_status(perceptual: PerceptualLoss | None, weights: LossWeights | 
     if weights is not None and (weights.recon_perc > 0 or weights.con_perc > 0):
         ignored = f"; loss.recon_perc={weights.recon_perc} and loss.con_perc={weights.con_perc} are ignored"
     return (
-        "perceptual loss OFF: no LPIPS-VGG16 / ConvNeXt-S weight files given (nothing is downloaded), "
+        "perceptual loss OFF: no LPIPS-VGG16 / ConvNeXt-S weight files given (nothing is downloaded) and "
+        "no random conv features asked for, "
         f"training uses the pixel distance and latent consistency only{ignored}"
     )

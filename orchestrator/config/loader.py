@@ -350,7 +350,7 @@ def _check_kind(raw: SweepFile) -> None:
             raise ConfigError(f"search.{dotted}.{dist.kind}: kind: evaluate takes grid only")
 
 
-PERCEPTUAL = ("recon_perc", "con_perc")  # need the perceptual weight files of `perceptual:`
+PERCEPTUAL = ("recon_perc", "con_perc")  # need a network in `perceptual:`
 
 
 def _check_trainable(raw: SweepFile, experiment: ExperimentConfig) -> None:
@@ -359,9 +359,9 @@ def _check_trainable(raw: SweepFile, experiment: ExperimentConfig) -> None:
         values = [getattr(experiment.loss, name), *(dist.spec if dist is not None else ())]
         if any(v > 0 for v in values) and not experiment.perceptual.given:
             raise ConfigError(
-                f"loss.{name}: {max(values)} needs perceptual weight files (set perceptual.vgg16 + "
-                "perceptual.lpips and/or perceptual.convnext_small; none ship offline) (allowed without "
-                "them: 0.0)"
+                f"loss.{name}: {max(values)} needs a perceptual network (set perceptual.network: "
+                "random-conv, or perceptual.vgg16 + perceptual.lpips and/or perceptual.convnext_small; "
+                "no weight file ships offline) (allowed without one: 0.0)"
             )
     weights = experiment.loss
     terms = [n for n in metric_names.LOSS_TERMS if getattr(weights, n) > 0 or f"loss.{n}" in raw.search]

@@ -150,10 +150,15 @@ class EvalConfig(MetricSource):
 
 @dataclass(frozen=True, kw_only=True)
 class PerceptualConfig:
-    """Weight files of the frozen perceptual networks (spec 1.4), as paths or fsspec URLs (s3://, gs://).
-    None ship with the project and nothing is fetched from the internet: without them the perceptual
-    loss terms must be 0. LPIPS needs both vgg16 and lpips; ConvNeXt-S alone is allowed."""
+    """The frozen network of the perceptual loss terms (spec 1.4). `files`: the published LPIPS-VGG16 and/or
+    ConvNeXt-S from weight files, as paths or fsspec URLs (s3://, gs://); none ship with the project and
+    nothing is fetched from the internet (LPIPS needs both vgg16 and lpips; ConvNeXt-S alone is allowed).
+    `random-conv`: the project's own features, a small conv net frozen at a random initialisation drawn
+    from `seed` (sphere_core/perceptual.py), which needs no file. Without either, the perceptual terms
+    must be 0."""
 
+    network: Literal["files", "random-conv"] = "files"
+    seed: int = 20260215  # the random-conv weights; apart from every metric network's
     vgg16: str | None = field(
         default=None, metadata={"give": "a path or fsspec URL of torchvision's vgg16-397923af.pth"}
     )
@@ -170,10 +175,17 @@ class PerceptualConfig:
     def __post_init__(self) -> None:
         if (self.vgg16 is None) != (self.lpips is None):
             raise ConfigError("perceptual.lpips: LPIPS needs both perceptual.vgg16 and perceptual.lpips")
+        files = self.vgg16 is not None or self.convnext_small is not None
+        if self.network == "random-conv" and files:
+            raise ConfigError(
+                "perceptual.network: random-conv takes no weight files (allowed: files with "
+                "perceptual.vgg16/lpips/convnext_small, or random-conv without them)"
+            )
 
     @property
     def given(self) -> bool:
-        return self.vgg16 is not None or self.convnext_small is not None
+        """Whether the perceptual terms have a network."""
+        return self.network == "random-conv" or self.vgg16 is not None or self.convnext_small is not None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -69,7 +69,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    perceptual = load_perceptual(cfg.perceptual, device)
+    perceptual = load_perceptual(cfg.perceptual, cfg.model.channels, device)
     if rank == 0:
         print(perceptual_status(perceptual, cfg.loss))  # in the job's log: which loss terms are live
     state = make_train_state(cfg.sphere, device=device, perceptual=perceptual)
@@ -138,8 +138,11 @@ def read_tags(manifest_digest: str, skipped: Mapping[str, int]) -> dict[str, str
     }
 
 
-def load_perceptual(weights: PerceptualConfig, device: torch.device) -> PerceptualLoss | None:
-    """The frozen perceptual networks from the configured files (local or any fsspec URL), or None."""
+def load_perceptual(weights: PerceptualConfig, channels: int, device: torch.device) -> PerceptualLoss | None:
+    """The frozen perceptual network: the project's random conv features, the published networks from the
+    configured files (local or any fsspec URL), or None."""
+    if weights.network == "random-conv":
+        return build_perceptual(random_conv=(channels, weights.seed), device=device)
     if not weights.given:
         return None
     with tempfile.TemporaryDirectory(prefix="sphere-perceptual-") as tmp:

@@ -13,7 +13,7 @@ from sphere_core import losses
 from sphere_core.config import LossWeights, NoiseConfig
 from sphere_core.losses import SphereObjective, distance
 from sphere_core.model import SphereEncoder
-from sphere_core.perceptual import LPIPS, PerceptualLoss
+from sphere_core.perceptual import LPIPS, PerceptualLoss, RandomConvFeatures
 from sphere_core.spherify import TrainingNoise, add_training_noise, spherify
 from tests.sphere_core.tiny import images, tiny_model
 
@@ -248,9 +248,15 @@ def test_label_drops_follow_the_generator() -> None:
     assert not any(bool((labels == null).any()) for labels in seen["encode"] + seen["decode"])
 
 
-def test_perceptual_terms_use_the_frozen_network_and_pass_gradient_to_images() -> None:
+@pytest.mark.parametrize("network", ["lpips", "random-conv"])
+def test_perceptual_terms_use_the_frozen_network_and_pass_gradient_to_images(network: str) -> None:
     torch.manual_seed(0)
-    perceptual = PerceptualLoss(LPIPS(), None)
+    channels = tiny_model().cfg.channels
+    perceptual = (
+        PerceptualLoss(LPIPS(), None)
+        if network == "lpips"
+        else PerceptualLoss(None, None, RandomConvFeatures(channels, seed=1))
+    )
     weights = LossWeights(recon_dist=0.0, recon_perc=1.0, con_dist=0.0, con_perc=1.0, latent_con=0.0)
     obj = objective(weights, perceptual=perceptual)
     obj.train()

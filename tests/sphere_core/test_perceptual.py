@@ -12,6 +12,7 @@ from sphere_core.perceptual import (
     LPIPS,
     ConvNeXt,
     PerceptualLoss,
+    RandomConvFeatures,
     build_perceptual,
     perceptual_status,
     vgg16_features,
@@ -160,3 +161,34 @@ def test_gradient_reaches_the_input_not_the_weights() -> None:
     perceptual(a, b).sum().backward()
     assert a.grad is not None and a.grad.abs().sum() > 0
     assert all(p.grad is None for p in perceptual.parameters())
+
+
+def test_random_conv_features_are_a_function_of_their_seed_alone() -> None:
+    torch.manual_seed(123)  # the global generator must not matter
+    first = RandomConvFeatures(1, seed=7).state_dict()
+    torch.manual_seed(456)
+    again, other = RandomConvFeatures(1, seed=7).state_dict(), RandomConvFeatures(1, seed=8).state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not any(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_random_conv_distance_is_zero_on_equal_images_and_grows_with_the_difference() -> None:
+    perceptual = build_perceptual(random_conv=(1, 7))
+    assert perceptual is not None and "random conv features, seed 7" in perceptual.describe()
+    a, b = pair(0, channels=1, size=32)
+    assert perceptual(a, a).abs().max() < 1e-6
+    small, large = perceptual(a, (a + 0.05 * (b - a))), perceptual(a, b)
+    assert small.shape == large.shape == (2,) and bool((small > 0).all() and (small < large).all())
+    a.requires_grad_(True)
+    perceptual(a, b).sum().backward()
+    assert a.grad is not None and a.grad.abs().sum() > 0
+    assert all(p.grad is None for p in perceptual.parameters())  # frozen
+
+
+def test_random_conv_features_replace_weight_files_rather_than_mix_with_them(
+    perceptual_weight_files: dict[str, Path],
+) -> None:
+    with pytest.raises(ValueError, match="give one or the other"):
+        build_perceptual(convnext_path=perceptual_weight_files["convnext_path"], random_conv=(3, 1))
+    status = perceptual_status(build_perceptual(random_conv=(3, 1)))
+    assert status.startswith("perceptual loss ON: (random conv features, seed 1")

@@ -90,7 +90,11 @@ MALFORMED = {
     ),
     "perceptual weight without a network": (
         "search:\n  loss.con_perc: {choice: [0.0, 0.5]}\n",
-        "loss.con_perc: 0.5 needs perceptual weight files",
+        "loss.con_perc: 0.5 needs a perceptual network (set perceptual.network: random-conv",
+    ),
+    "random-conv beside weight files": (
+        GOOD_SEARCH + "overrides: {perceptual.network: random-conv, perceptual.convnext_small: c.pth}\n",
+        "perceptual.network: random-conv takes no weight files (allowed: files with",
     ),
     "eval reference shards without Inception": (
         GOOD_SEARCH + "overrides: {eval.dataset: none, eval.reference: 's3://b/val'}\n",
