@@ -52,7 +52,8 @@ tune:
 def nodes(local_cluster: LocalCluster) -> Iterator[Any]:
     """A Cluster whose raylets inherit this process's env: the session's MLflow server and store."""
 
-    gcs_port, *agent_ports = free_ports(5)  # agents: one per raylet, none on Ray's default port
+    # Every port its own: a user's cluster (`make demo` leaves one up) holds Ray's defaults, 6379 and 8265.
+    gcs_port, dashboard_port, *agent_ports = free_ports(6)  # agents: one per raylet
     temp_dir = tempfile.mkdtemp(prefix="mn-", dir="/tmp")  # short: Ray's socket paths
     loopback = {"node_ip_address": "127.0.0.1", "temp_dir": temp_dir}
     # Cluster records its address where ray.init("auto") looks (/tmp/ray/ray_current_cluster): removed below.
@@ -64,7 +65,7 @@ def nodes(local_cluster: LocalCluster) -> Iterator[Any]:
     with pytest.MonkeyPatch.context() as env:
         env.delenv("RAY_ADDRESS", raising=False)
         env.delenv("RAY_API_SERVER_ADDRESS", raising=False)
-        cluster = start_cluster(gcs_port, agent_ports, loopback)
+        cluster = start_cluster(gcs_port, dashboard_port, agent_ports, loopback)
     try:
         yield cluster
     finally:
@@ -74,7 +75,9 @@ def nodes(local_cluster: LocalCluster) -> Iterator[Any]:
             address_file.unlink()
 
 
-def start_cluster(gcs_port: int, agent_ports: list[int], loopback: dict[str, Any]) -> Any:
+def start_cluster(
+    gcs_port: int, dashboard_port: int, agent_ports: list[int], loopback: dict[str, Any]
+) -> Any:
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(
@@ -86,6 +89,7 @@ def start_cluster(gcs_port: int, agent_ports: list[int], loopback: dict[str, Any
             "dashboard_agent_listen_port": agent_ports[0],
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
+            "dashboard_port": dashboard_port,
         },
     )
     for port in agent_ports[1:4]:

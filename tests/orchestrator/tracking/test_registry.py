@@ -192,14 +192,13 @@ def test_an_upload_that_arrives_short_is_never_registered(
     assert client.search_model_versions("name = 'sphere-short'") == []
 
 
-def test_a_version_number_names_the_model_as_the_alias_does(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_version_number_names_the_model_as_the_alias_does(tmp_path: Path) -> None:
     from orchestrator.evaluate import load_frozen
     from orchestrator.tracking.mlflow_model import load_registered
 
     uri, client, parent = sqlite_registry(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # as on the cluster: the registry is the tracking server
+    mlflow.set_tracking_uri(uri)  # as on the cluster: one server is tracking and registry
+    mlflow.set_registry_uri(uri)
     version = registry.register_checkpoint(
         client,
         TrackingConfig(registered_model="sphere-v", alias="champion"),
