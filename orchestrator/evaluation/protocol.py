@@ -50,7 +50,9 @@ from orchestrator.evaluation.reference import (
 from sphere_core.config import ConfigError
 
 log = logging.getLogger(__name__)
-PROTOCOL_VERSION = 1  # bump whenever a change here or in metrics.py can move a value
+PROTOCOL_VERSION = (
+    2  # bump whenever a change here or in metrics.py can move a value (2: spread floor measured)
+)
 STANDARD_N = {"digits": 594, "mnist": 1000, "fashion-mnist": 10_000}  # = each held-out split's size
 # What was scored -> its metric names (fd_clf for samples, recon_fd_clf for reconstructions).
 KINDS: dict[str, Callable[[str], str]] = {
@@ -121,7 +123,7 @@ class Protocol:
     real: LabelledImages  # that split's images (uint8) and labels: reconstructions start from them
     # real-vs-real at this n: mean over draws of train images (never the reference); acc_<tag>: the
     # classifier's accuracy on the whole reference split, the most a generator's samples can expect;
-    # spread_<tag>: 1, the reference's own within-class spread
+    # spread_<tag>: the train draws' within-class spread relative to the reference's, measured like the rest
     floor: dict[str, float]
     floor_std: dict[str, float]  # std over those draws (FD of one draw of 1,000 MNIST images: 33..61)
     n: int  # samples per evaluation: fixed, because FD is biased by n
@@ -211,15 +213,17 @@ class Protocol:
             seed=seed,
             kid_subset_size=min(1000, max(2, n // 2)),  # < n, so subsets differ and KID gets a spread
         )
+        floor_labels = None
         if floor_source is None:
-            floor_source = load_split(dataset, "train", image_size).images
-        floor, floor_std = _floor(protocol, floor_source, cache)
+            train = load_split(dataset, "train", image_size)
+            floor_source, floor_labels = train.images, train.labels if extractor.classifies_dataset else None
+        floor, floor_std = _floor(protocol, floor_source, cache, labels=floor_labels)
         if extractor.classifies_dataset:
-            # What real digits score: the classifier's accuracy on the held-out split itself.
-            acc, spread = f"acc_{extractor.tag}", f"spread_{extractor.tag}"
+            # What real digits score: the classifier's accuracy on the held-out split itself (on the train
+            # draws it would be the accuracy on its own training images).
+            acc = f"acc_{extractor.tag}"
             floor[acc] = class_accuracy(extract(extractor, real.images)[1], real.labels)
-            floor[spread] = 1.0  # the real images' own within-class spread, by definition
-            floor_std[acc] = floor_std[spread] = 0.0
+            floor_std[acc] = 0.0
         return dataclasses.replace(protocol, floor=floor, floor_std=floor_std)
 
 
@@ -305,9 +309,11 @@ def _read_real(
     return LabelledImages(images, labels), manifest.digest
 
 
-def _floor(protocol: Protocol, images: torch.Tensor, cache: str) -> tuple[dict[str, float], dict[str, float]]:
+def _floor(
+    protocol: Protocol, images: torch.Tensor, cache: str, labels: torch.Tensor | None = None
+) -> tuple[dict[str, float], dict[str, float]]:
     """Mean and std of the metrics of `floor_draws` seeded draws of n real train images against the
-    reference; cached by fingerprint."""
+    reference (with their `labels`, the class metrics too); cached by fingerprint."""
     name = f"floor-{protocol.fingerprint('floor')}.json"
     cached = cache_read(cache, name)
     if cached is not None:
@@ -319,8 +325,15 @@ def _floor(protocol: Protocol, images: torch.Tensor, cache: str) -> tuple[dict[s
     picks = [torch.randperm(len(images), generator=gen)[: protocol.n] for _ in range(protocol.floor_draws)]
     drawn, where = torch.cat(picks).unique(return_inverse=True)  # each drawn image is extracted once
     features, logits = extract(protocol.extractor, images[drawn])
+    drawn_labels = labels[drawn] if labels is not None else None
     draws = [
-        _score(protocol, features[index], logits[index], named=KINDS["samples"])
+        _score(
+            protocol,
+            features[index],
+            logits[index],
+            named=KINDS["samples"],
+            labels=drawn_labels[index] if drawn_labels is not None else None,
+        )
         for index in where.split(protocol.n)
     ]
     values = {k: torch.tensor([d[k] for d in draws], dtype=torch.float64) for k in draws[0]}

@@ -88,6 +88,13 @@ def test_class_accuracy_and_spread_of_images_drawn_for_given_classes(
         evaluate_samples(images, protocol=digits_protocol, labels=labels[:10])
 
 
+def test_the_spread_floor_is_measured_on_real_train_draws_not_assumed(digits_protocol: Protocol) -> None:
+    spread, std = digits_protocol.floor["spread_clf"], digits_protocol.floor_std["spread_clf"]
+    assert spread != 1.0 and 0.8 < spread < 1.2  # real digits vary about as much as the held-out ones
+    assert 0 < std < 0.1  # and it moves between draws, like the FD floor
+    assert digits_protocol.floor_std["acc_clf"] == 0.0  # the held-out split's own accuracy: one number
+
+
 def test_result_carries_floor_fingerprint_and_n(
     digits_protocol: Protocol, digits_candidates: torch.Tensor
 ) -> None:
