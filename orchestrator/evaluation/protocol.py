@@ -186,6 +186,7 @@ class Protocol:
         extractor: FeatureExtractor | None = None,
         reference: LabelledImages | None = None,
         floor_source: torch.Tensor | None = None,
+        floor_labels: torch.Tensor | None = None,
         seed: int = 0,
         cache: str | None = None,
     ) -> Protocol:
@@ -193,8 +194,8 @@ class Protocol:
         reference and the train split for the floor, at `image_size` (the size the model generates;
         default: the data plane's default for the dataset). Other data pass `extractor` (e.g.
         Inception), the `reference` images (N, C, H, W) uint8 with labels and `floor_source` images
-        (`protocol_for` reads both from shards). cache: directory/fsspec URL (default
-        $SPHERE_EVAL_CACHE or ~/.cache/sphere-orchestrator/evaluation)."""
+        with their `floor_labels` (`protocol_for` reads both from shards). cache: directory/fsspec URL
+        (default $SPHERE_EVAL_CACHE or ~/.cache/sphere-orchestrator/evaluation)."""
         cache = cache or default_cache()
         extractor = extractor or load_classifier(dataset)
         real = reference if reference is not None else load_split(dataset, "test", image_size)
@@ -213,11 +214,11 @@ class Protocol:
             seed=seed,
             kid_subset_size=min(1000, max(2, n // 2)),  # < n, so subsets differ and KID gets a spread
         )
-        floor_labels = None
         if floor_source is None:
             train = load_split(dataset, "train", image_size)
-            floor_source, floor_labels = train.images, train.labels if extractor.classifies_dataset else None
-        floor, floor_std = _floor(protocol, floor_source, cache, labels=floor_labels)
+            floor_source, floor_labels = train.images, train.labels
+        classes = floor_labels if extractor.classifies_dataset else None
+        floor, floor_std = _floor(protocol, floor_source, cache, labels=classes)
         if extractor.classifies_dataset:
             # What real digits score: the classifier's accuracy on the held-out split itself (on the train
             # draws it would be the accuracy on its own training images).
@@ -274,6 +275,7 @@ def protocol_for(
         extractor=extractor,
         reference=reference,
         floor_source=pool.images,
+        floor_labels=pool.labels,
         seed=seed,
         cache=cache,
     )

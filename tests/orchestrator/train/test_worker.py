@@ -110,7 +110,9 @@ def test_perceptual_networks_load_from_s3_and_local_files(
     from orchestrator.config.schema import PerceptualConfig
     from orchestrator.train.worker import load_perceptual
 
-    assert load_perceptual(PerceptualConfig(), torch.device("cpu")) is None
+    assert load_perceptual(PerceptualConfig(), 1, torch.device("cpu")) is None
+    own = load_perceptual(PerceptualConfig(network="random-conv", seed=3), 1, torch.device("cpu"))
+    assert own is not None and own.random_conv is not None and own.random_conv.seed == 3
     fs = fsspec.filesystem("s3")
     for name in ("vgg_path", "lpips_path"):
         fs.put(str(perceptual_weight_files[name]), f"{s3_bucket}/weights/{name}.pth")
@@ -119,7 +121,7 @@ def test_perceptual_networks_load_from_s3_and_local_files(
         lpips=f"s3://{s3_bucket}/weights/lpips_path.pth",
         convnext_small=str(perceptual_weight_files["convnext_path"]),
     )
-    perceptual = load_perceptual(weights, torch.device("cpu"))
+    perceptual = load_perceptual(weights, 1, torch.device("cpu"))
     assert perceptual is not None and perceptual.lpips is not None and perceptual.convnext is not None
     x = torch.rand(2, 1, 32, 32)
     assert perceptual(x, x).abs().max() < 1e-5 and (perceptual(x, x.flip(-1)) > 0).all()
