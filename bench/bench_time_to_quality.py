@@ -1,8 +1,10 @@
 """Time to quality: images seen and CPU-seconds until the 1-step samples' fd_clf first falls below 3x the
 real-vs-real floor, and until their class accuracy first reaches 0.85, for MNIST recipes trained side by
 side in one run: `before` (the recipe before issue #9), `preset` (mnist-32-nano, pixel and latent terms
-only) and `random-conv` (the preset plus the project's own perceptual distance, no weight file, at the
-paper's perceptual weights 1 / 0.5).
+only), `random-conv` (the preset plus the project's own perceptual distance, no weight file, at the
+paper's perceptual weights 1 / 0.5), and `adversarial` / `adversarial-large` (random-conv plus the PatchGAN
+term, weight 0.5 from a quarter of the run on, judging large-noise decodes and random sphere points' decodes,
+or the large-noise decodes only).
 
     .venv/bin/python bench/bench_time_to_quality.py [--recipes preset random-conv] [--budget-images 48000]
         [--eval-every 8000] [--threads 1] [--seed 0]
@@ -29,7 +31,7 @@ import torch
 from orchestrator.config.schema import PerceptualConfig
 from orchestrator.evaluation.classifier import load_split
 from orchestrator.evaluation.protocol import Protocol, evaluate_samples
-from sphere_core.config import NoiseConfig, OptimConfig, SamplingConfig, SphereConfig
+from sphere_core.config import DiscriminatorConfig, NoiseConfig, OptimConfig, SamplingConfig, SphereConfig
 from sphere_core.perceptual import build_perceptual
 from sphere_core.presets import get_preset
 from sphere_core.sampling import generate
@@ -48,7 +50,8 @@ class Recipe:
     random_conv_seed: int | None = None  # the perceptual network, when the recipe has one
 
 
-RECIPES = ("before", "preset", "random-conv")
+RECIPES = ("before", "preset", "random-conv", "adversarial", "adversarial-large")
+CRITIC = DiscriminatorConfig(width=16)  # 1.2-1.6x the preset's step on one core (width 64: 2-3x)
 
 
 def recipes(names: list[str], budget_images: int) -> list[Recipe]:
@@ -57,6 +60,16 @@ def recipes(names: list[str], budget_images: int) -> list[Recipe]:
     preset = get_preset("mnist-32-nano")
     old_optim = OptimConfig(lr=1e-3, min_lr=1e-5, warmup_steps=100, ema_decay=0.999, encoder_lr_scale=0.1)
     perceptual = dataclasses.replace(preset.loss, recon_perc=1.0, con_perc=0.5)
+    start = budget_images // NEW_BATCH // 4
+
+    def adversarial(on: str) -> Recipe:
+        loss = dataclasses.replace(
+            perceptual, adversarial=0.5, adversarial_start_step=start, adversarial_on=on
+        )
+        config = dataclasses.replace(preset, loss=loss, discriminator=CRITIC)
+        name = f"random-conv + PatchGAN 0.5 on {on} from step {start}"
+        return Recipe(name, config, NEW_BATCH, random_conv_seed=PerceptualConfig().seed)
+
     every = {
         "before": Recipe(
             "before (lr 1e-3@256, enc x0.1, alpha 80, batch 64)",
@@ -72,6 +85,8 @@ def recipes(names: list[str], budget_images: int) -> list[Recipe]:
             NEW_BATCH,
             random_conv_seed=PerceptualConfig().seed,
         ),
+        "adversarial": adversarial("large+prior"),
+        "adversarial-large": adversarial("large"),
     }
     out = []
     for name in names:
@@ -164,11 +179,11 @@ def main() -> None:
             metrics = score(p.state, protocol, p.recipe.config.noise)
             p.history.append({"images": p.images, "cpu_s": p.cpu_s, **metrics})
             print(
-                f"{p.recipe.name:<55} images {p.images:>7} cpu {p.cpu_s:7.0f} s | "
+                f"{p.recipe.name:<60} images {p.images:>7} cpu {p.cpu_s:7.0f} s | "
                 + " ".join(f"{k} {v:.3g}" for k, v in metrics.items()),
                 flush=True,
             )
-    header = f"{'recipe':<55} {'to fd < 3x floor':>22} {'to acc >= 0.85':>22} {'best fd / acc, 1 step':>22}"
+    header = f"{'recipe':<60} {'to fd < 3x floor':>22} {'to acc >= 0.85':>22} {'best fd / acc, 1 step':>22}"
     print(f"\n{header} {'last fd / acc / recall / spread, 1 step':>42}")
     for p in runs:
         cells = []
@@ -182,7 +197,7 @@ def main() -> None:
         last = p.history[-1]
         keys = ("fd_clf_1step", "acc_clf_1step", "recall_clf_1step", "spread_clf_1step")
         final = " / ".join(f"{last[k]:.3g}" for k in keys)
-        print(f"{p.recipe.name:<55} {cells[0]:>22} {cells[1]:>22} {best:>22} {final:>42}")
+        print(f"{p.recipe.name:<60} {cells[0]:>22} {cells[1]:>22} {best:>22} {final:>42}")
 
 
 if __name__ == "__main__":

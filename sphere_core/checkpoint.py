@@ -4,8 +4,9 @@
     ema.pt      fp32 EMA state_dict
     optim.pt    AdamW state_dict (param groups carry lr_scale and name)
     config.json SphereConfig.to_dict()
+    critic.pt, critic_optim.pt   the adversarial term's critic and its Adam (only when loss.adversarial > 0)
     step.json   {"format": 2, "step": optimiser steps done, "extra": caller's JSON, e.g. a data cursor,
-                 "files": {name: {"bytes": size, "sha256": digest} for the four files above}}
+                 "files": {name: {"bytes": size, "sha256": digest} for every file above}}
 Written to a temporary sibling directory and renamed into place, so a reader never sees a half-written
 checkpoint (when one is replaced, the path is missing for the instant between two renames). A copy can still
 be cut short or damaged on its way through object storage: every load checks the files it reads against
@@ -34,6 +35,7 @@ from sphere_core.train_step import TrainState
 FORMAT_VERSION = 2
 CHECKED_FROM_FORMAT = 2  # format 1 has no checksums
 WEIGHT_FILES = ("model.pt", "ema.pt", "optim.pt")
+CRITIC_FILES = ("critic.pt", "critic_optim.pt")
 
 
 class CorruptCheckpoint(ValueError):
@@ -60,8 +62,13 @@ def save_checkpoint(
         torch.save(state.model.state_dict(), tmp / "model.pt")
         torch.save(state.ema.state_dict(), tmp / "ema.pt")
         torch.save(state.optimizer.state_dict(), tmp / "optim.pt")
+        names = [*WEIGHT_FILES, "config.json"]
+        if state.critic is not None:
+            torch.save(state.critic.raw.state_dict(), tmp / "critic.pt")
+            torch.save(state.critic.optimizer.state_dict(), tmp / "critic_optim.pt")
+            names += CRITIC_FILES
         (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-        files = {name: file_digest(tmp / name) for name in (*WEIGHT_FILES, "config.json")}
+        files = {name: file_digest(tmp / name) for name in names}
         step = {"format": FORMAT_VERSION, "step": state.step, "extra": extra or {}, "files": files}
         (tmp / "step.json").write_text(json.dumps(step, indent=2))
         _swap_into_place(tmp, target)
@@ -91,6 +98,8 @@ class LoadedCheckpoint:
     optimizer_state: dict[str, Any]
     step: int
     extra: dict[str, Any] = field(default_factory=dict)
+    critic: dict[str, torch.Tensor] | None = None  # with critic_optimizer_state, when the run had a critic
+    critic_optimizer_state: dict[str, Any] | None = None
 
 
 def verify_checkpoint(directory: str | Path, names: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -128,6 +137,9 @@ def load_checkpoint(directory: str | Path, *, device: torch.device | str = "cpu"
     """Everything a resume needs, after `verify_checkpoint` of every file."""
     path = Path(directory)
     step = verify_checkpoint(path, (*WEIGHT_FILES, "config.json"))
+    has_critic = "critic.pt" in step.get("files", {})
+    if has_critic:
+        verify_checkpoint(path, CRITIC_FILES)
 
     def load(name: str) -> Any:
         return torch.load(path / name, map_location=device, weights_only=True)
@@ -139,14 +151,20 @@ def load_checkpoint(directory: str | Path, *, device: torch.device | str = "cpu"
         optimizer_state=load("optim.pt"),
         step=int(step["step"]),
         extra=step["extra"],
+        critic=load("critic.pt") if has_critic else None,
+        critic_optimizer_state=load("critic_optim.pt") if has_critic else None,
     )
 
 
 def restore(state: TrainState, loaded: LoadedCheckpoint) -> None:
-    """Loads weights, EMA, optimizer moments and the step counter into a fresh `state` (resume)."""
+    """Loads weights, EMA, optimizer moments, the critic and the step counter into a fresh `state`
+    (resume). A checkpoint without a critic leaves a fresh one: the adversarial term was turned on later."""
     state.model.load_state_dict(loaded.model)
     state.ema.load_state_dict(loaded.ema)
     state.optimizer.load_state_dict(loaded.optimizer_state)
+    if state.critic is not None and loaded.critic is not None and loaded.critic_optimizer_state is not None:
+        state.critic.raw.load_state_dict(loaded.critic)
+        state.critic.optimizer.load_state_dict(loaded.critic_optimizer_state)
     state.step = loaded.step
 
 

@@ -161,11 +161,20 @@ class LossWeights:
     con_perc: float = 0.5  # w_cp: Perc(x_hat_large, sg[x_hat_small])
     latent_con: float = 0.1  # w_lat: 1 - cos(E(x_hat_large), sg[E(x)])
     distance: Literal["smooth_l1", "l2", "smooth_l1+l2"] = "smooth_l1"
+    # The adversarial term (ours, off by default; sphere_core/adversarial.py): w_adv * lambda * L_G.
+    adversarial: float = 0.0  # w_adv; 0 = no critic at all
+    adversarial_start_step: int = 0  # neither the term nor the critic trains before this optimiser step
+    adversarial_adaptive: bool = True  # lambda = VQGAN's gradient-balancing weight (else 1)
+    # What the critic judges as fake: the large-noise decodes, and with "large+prior" also decodes of random
+    # sphere points (the one-step samples; one more batch through the decoder pass).
+    adversarial_on: Literal["large", "large+prior"] = "large"
 
     def __post_init__(self) -> None:
-        for f in ("recon_dist", "recon_perc", "con_dist", "con_perc", "latent_con"):
+        for f in ("recon_dist", "recon_perc", "con_dist", "con_perc", "latent_con", "adversarial"):
             if getattr(self, f) < 0:
                 raise ConfigError(f"loss.{f}: must be >= 0")
+        if self.adversarial_start_step < 0:
+            raise ConfigError("loss.adversarial_start_step: must be >= 0")
 
     @property
     def pixel_consistency(self) -> bool:
@@ -202,6 +211,24 @@ class OptimConfig:
             raise ConfigError("optim.ema_decay: must be in [0, 1)")
         if self.grad_accum_steps < 1:
             raise ConfigError("optim.grad_accum_steps: must be >= 1 (1 = no accumulation)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiscriminatorConfig:
+    """The PatchGAN critic of the adversarial term (ours; used only when loss.adversarial > 0)."""
+
+    width: int = 64  # first conv's channels (VQGAN's ndf); doubles per stride-2 conv, capped at 8x
+    layers: int = 3  # stride-2 convs (VQGAN's n_layers); 3 at 32 px leaves 2 x 2 patch logits
+    lr_scale: float = 1.0  # x the generator's scheduled LR
+    betas: tuple[float, float] = (0.5, 0.9)  # VQGAN's critic Adam
+
+    def __post_init__(self) -> None:
+        if self.width < 1:
+            raise ConfigError("discriminator.width: must be >= 1")
+        if not 1 <= self.layers <= 6:
+            raise ConfigError("discriminator.layers: must be in [1, 6]")
+        if self.lr_scale <= 0:
+            raise ConfigError("discriminator.lr_scale: must be > 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,13 +277,15 @@ class AugmentConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SphereConfig:
-    """Everything that defines a trained model: architecture, noise, losses, optimiser, augmentation."""
+    """Everything that defines a trained model: architecture, noise, losses, optimiser, augmentation, and
+    the critic of the optional adversarial term."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

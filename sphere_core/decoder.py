@@ -32,6 +32,10 @@ class LinearPixelHead(nn.Module):
         self.linear = ModulatedLinear(width, self.patch**2 * self.channels, cond_width=cond_width)
         self.smooth = nn.Conv2d(self.channels, self.channels, 3, padding=1, padding_mode="reflect")
 
+    @property
+    def last_layer(self) -> torch.Tensor:
+        return self.smooth.weight
+
     def forward(self, h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         x = unpatchify(self.linear(h, c), self.grid, self.patch, self.channels)  # (B, C, H, W)
         return torch.tanh(self.smooth(x))
@@ -47,6 +51,10 @@ class ConvPixelHead(nn.Module):
         self.linear = ModulatedLinear(width, CONV_HEAD_CHANNELS, cond_width=cond_width)
         self.conv = nn.Conv2d(CONV_HEAD_CHANNELS, CONV_HEAD_CHANNELS, 3, padding=1, padding_mode="reflect")
         self.up = nn.ConvTranspose2d(CONV_HEAD_CHANNELS, cfg.channels, kernel_size=p + 2, stride=p, padding=1)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        return self.up.weight
 
     def forward(self, h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         feats = self.linear(h, c).transpose(1, 2).unflatten(2, (self.grid, self.grid))  # (B, 32, g, g)
@@ -69,6 +77,11 @@ class Decoder(nn.Module):
         )
         head = LinearPixelHead if cfg.pixel_head == "linear" else ConvPixelHead
         self.head = head(width, cfg, cond_width=cond_width)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The weight the adversarial term's adaptive weight balances gradients at (VQGAN's last layer)."""
+        return self.head.last_layer
 
     def forward(self, v: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """v: (B, N, d) on the sphere; c: (B, width) or None -> x: (B, C, H, W) in [-1, 1]."""

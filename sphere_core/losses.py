@@ -11,6 +11,7 @@ Symbols (paper -> code), images in the losses are in [0, 1] (x * 0.5 + 0.5):
     L = w_rd Dist(x_hat_s, x) + w_rp Perc(x_hat_s, x)                          (pixel reconstruction)
       + w_cd Dist(x_hat_L, sg[x_hat_s]) + w_cp Perc(x_hat_L, sg[x_hat_s])      (pixel consistency)
       + w_lat mean(1 - cos(E(x_hat_L, y), sg[E(x, y)]))                        (latent consistency)
+      + w_adv lambda L_G(x_hat_L [, D(v_prior, y)])      (optional critic, ours: sphere_core/adversarial.py)
 
 The whole computation lives in `SphereObjective.forward` because DDP (Ray Train's prepare_model) only
 synchronises gradients for work done inside the wrapped module's forward().
@@ -24,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sphere_core.adversarial import PatchDiscriminator, adaptive_weight, frozen_logits, generator_loss
 from sphere_core.config import LossWeights, NoiseConfig
 from sphere_core.model import SphereEncoder
 from sphere_core.perceptual import PerceptualLoss
-from sphere_core.spherify import add_training_noise, angle_deg, spherify
+from sphere_core.spherify import add_training_noise, angle_deg, randn, spherify
 
 
 def distance(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
@@ -52,11 +54,13 @@ def distance(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
 class LossOutput:
     total: torch.Tensor  # weighted sum, the only tensor that carries gradients
     terms: dict[str, torch.Tensor]  # unweighted loss terms and diagnostics, detached scalars
+    fakes: torch.Tensor | None = None  # detached decodes the critic step judges (adversarial term on)
 
 
 class SphereObjective(nn.Module):
     """Noise -> decode twice -> re-encode, and the three loss terms. Terms whose weights are 0 are not
-    computed (and not reported); with `perceptual=None` the perceptual terms are off."""
+    computed (and not reported); with `perceptual=None` the perceptual terms are off; with a `critic`, the
+    adversarial term is added when forward() is told to."""
 
     def __init__(
         self,
@@ -64,12 +68,16 @@ class SphereObjective(nn.Module):
         weights: LossWeights,
         noise: NoiseConfig,
         perceptual: PerceptualLoss | None = None,
+        critic: PatchDiscriminator | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.weights = weights
         self.noise = noise
         self.perceptual = perceptual
+        # Held in a tuple so nn.Module does not register it: the critic trains in its own step, and a DDP
+        # wrapper of this objective must neither sync its gradients nor expect them from this backward.
+        self._critic = (critic,)
 
     def _pixel_term(
         self, name: str, pred: torch.Tensor, target: torch.Tensor, w_dist: float, w_perc: float
@@ -86,10 +94,19 @@ class SphereObjective(nn.Module):
         return total, terms
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor | None = None, *, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        adversarial: bool = False,
     ) -> LossOutput:
-        """x: (B, C, H, W) in [-1, 1]; y: (B,) labels or None (unconditional)."""
+        """x: (B, C, H, W) in [-1, 1]; y: (B,) labels or None (unconditional). `adversarial`: add the critic's
+        term (the step decides, from loss.adversarial_start_step)."""
         model, w = self.model, self.weights
+        critic = self._critic[0] if adversarial else None
+        if adversarial and critic is None:
+            raise ValueError("adversarial=True needs the objective built with a critic")
 
         def drop(labels: torch.Tensor | None) -> torch.Tensor | None:
             # Official: each network's LabelEmbedder drops inside its own forward, so every call below
@@ -101,10 +118,16 @@ class SphereObjective(nn.Module):
         z = model.encode(x, drop(y))  # (B, N, d)
         v = spherify(z)
         noise = add_training_noise(v, self.noise, generator=generator)
-        # One decoder pass over [v_NOISY; v_noisy], 2B latents (spec 1.6).
-        y2 = None if y is None else torch.cat([y, y])
-        x_hat = model.decode(torch.cat([noise.v_large, noise.v_small]), drop(y2))  # (2B, C, H, W)
-        x_hat_large, x_hat_small = x_hat.chunk(2)
+        # One decoder pass over [v_NOISY; v_noisy], 2B latents (spec 1.6), plus B random sphere points when
+        # the critic also judges one-step samples.
+        latents = [noise.v_large, noise.v_small]
+        if critic is not None and w.adversarial_on == "large+prior":
+            latents.append(
+                spherify(randn(tuple(v.shape), generator=generator, device=v.device, dtype=v.dtype))
+            )
+        y_all = None if y is None else torch.cat([y] * len(latents))
+        x_hat = model.decode(torch.cat(latents), drop(y_all))  # (2B or 3B, C, H, W)
+        x_hat_large, x_hat_small, *x_hat_prior = x_hat.chunk(len(latents))
         x01, large01, small01 = x * 0.5 + 0.5, x_hat_large * 0.5 + 0.5, x_hat_small * 0.5 + 0.5
 
         # Reconstruction pairs with the small-noise decode; without pixel consistency the official
@@ -123,8 +146,21 @@ class SphereObjective(nn.Module):
             latent = (1.0 - cos).mean()
             total, terms["latent_con"] = total + w.latent_con * latent, latent
 
+        fakes = None
+        if critic is not None:
+            fakes = torch.cat([x_hat_large, *x_hat_prior])
+            adv = generator_loss(frozen_logits(critic, fakes))
+            weight = (
+                adaptive_weight(total, adv, model.decoder.last_layer)
+                if w.adversarial_adaptive
+                else adv.new_ones(())
+            )
+            total = total + w.adversarial * weight * adv
+            terms["adv_g"], terms["adv_lambda"] = adv, weight
+            fakes = fakes.detach()
+
         with torch.no_grad():
             terms["angle_large_deg"] = angle_deg(noise.v_large, v).mean()
             terms["angle_small_deg"] = angle_deg(noise.v_small, v).mean()
             terms["z_rms"] = z.float().square().mean().sqrt()
-        return LossOutput(total=total, terms={k: t.detach() for k, t in terms.items()})
+        return LossOutput(total=total, terms={k: t.detach() for k, t in terms.items()}, fakes=fakes)

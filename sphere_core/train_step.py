@@ -1,5 +1,5 @@
 """One optimiser step: forward and backward (optionally under bf16 autocast, optionally over micro-batches),
-clip, LR, AdamW, EMA.
+clip, LR, AdamW, EMA; then, with the adversarial term on, one step of the critic on the same batch.
 
 Knows nothing of ranks, logging or IO: the orchestrator may wrap `TrainState.objective` in DDP
 (Ray Train's prepare_model) and keeps `TrainState.model` as the raw network for EMA and checkpoints.
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from sphere_core.adversarial import Critic, hinge_critic_loss, make_critic
 from sphere_core.config import OptimConfig, SphereConfig
 from sphere_core.losses import LossOutput, SphereObjective
 from sphere_core.model import SphereEncoder
@@ -31,6 +32,8 @@ class TrainState:
     ema: SphereEncoder  # fp32 exponential moving average of `model`
     optimizer: torch.optim.Optimizer
     step: int = 0  # optimiser steps done
+    critic: Critic | None = None  # the adversarial term's PatchGAN (loss.adversarial > 0)
+    adversarial_start_step: int = 0  # loss.adversarial_start_step: the term and the critic step start here
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,20 @@ class StepOutput:
 def make_train_state(
     config: SphereConfig, *, device: torch.device | str, perceptual: PerceptualLoss | None = None
 ) -> TrainState:
-    """A fresh model (built on `device`), its objective, fp32 EMA and AdamW; seed torch beforehand."""
+    """A fresh model (built on `device`), its objective, fp32 EMA and AdamW, and the critic when the
+    adversarial term is on; seed torch beforehand."""
     model = build_model(config.model, device=device)
-    objective = SphereObjective(model, config.loss, config.noise, perceptual)
+    critic = None
+    if config.loss.adversarial > 0:
+        critic = make_critic(config.model.channels, config.discriminator, device=device)
+    objective = SphereObjective(model, config.loss, config.noise, perceptual, critic.raw if critic else None)
     return TrainState(
-        objective=objective, model=model, ema=make_ema(model), optimizer=build_optimizer(model, config.optim)
+        objective=objective,
+        model=model,
+        ema=make_ema(model),
+        optimizer=build_optimizer(model, config.optim),
+        critic=critic,
+        adversarial_start_step=config.loss.adversarial_start_step,
     )
 
 
@@ -72,19 +84,27 @@ def train_step(
     if x.shape[0] % k:
         raise ValueError(f"optim.grad_accum_steps: {k} does not divide the batch of {x.shape[0]}")
     ys = [None] * k if y is None else y.chunk(k)
+    adversarial = state.critic is not None and state.step >= state.adversarial_start_step
     sums: dict[str, torch.Tensor] = {}
+    fakes: list[torch.Tensor] = []
     for i, (x_micro, y_micro) in enumerate(zip(x.chunk(k), ys, strict=True)):
         with _grad_sync(state.objective, i == k - 1):
             with bf16_autocast(x.device, optim.bf16_autocast):
-                out: LossOutput = state.objective(x_micro, y_micro, generator=generator)
+                out: LossOutput = state.objective(
+                    x_micro, y_micro, generator=generator, adversarial=adversarial
+                )
             (out.total / k).backward()
         for name, value in {"loss": out.total.detach(), **out.terms}.items():
             sums[name] = sums.get(name, 0) + value.float() / k
+        if out.fakes is not None:
+            fakes.append(out.fakes)
     params = [p for p in state.model.parameters() if p.requires_grad]
     max_norm = optim.grad_clip if optim.grad_clip > 0 else math.inf  # <= 0 disables clipping
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     state.optimizer.step()
     update_ema(state.ema, state.model, optim.ema_decay)
+    if state.critic is not None and fakes:
+        sums |= _critic_step(state.critic, x.chunk(k), fakes, lr=lr, bf16=optim.bf16_autocast)
     state.step += 1
 
     names = ["loss", "grad_norm", *(n for n in sums if n != "loss")]
@@ -93,8 +113,34 @@ def train_step(
     return StepOutput(metrics={**dict(zip(names, values, strict=True)), "lr": lr})
 
 
-def _grad_sync(objective: nn.Module, last: bool) -> contextlib.AbstractContextManager[object]:
+def _critic_step(
+    critic: Critic, reals: tuple[torch.Tensor, ...], fakes: list[torch.Tensor], *, lr: float, bf16: bool
+) -> dict[str, torch.Tensor]:
+    """One hinge step of the critic on the batch's real images and the decodes the generator step made;
+    returns its loss and mean logits (means over the micro-batches)."""
+    set_lr(critic.optimizer, lr)
+    critic.optimizer.zero_grad(set_to_none=True)
+    k = len(fakes)
+    sums: dict[str, torch.Tensor] = {}
+    for i, (real, fake) in enumerate(zip(reals, fakes, strict=True)):
+        with _grad_sync(critic.network, i == k - 1):
+            with bf16_autocast(real.device, bf16):
+                logits = critic.network(torch.cat([real, fake])).float()
+            real_logits, fake_logits = logits.split([real.shape[0], fake.shape[0]])
+            loss = hinge_critic_loss(real_logits, fake_logits)
+            (loss / k).backward()
+        for name, value in (
+            ("adv_d", loss),
+            ("adv_real_logit", real_logits.mean()),
+            ("adv_fake_logit", fake_logits.mean()),
+        ):
+            sums[name] = sums.get(name, 0) + value.detach() / k
+    critic.optimizer.step()
+    return sums
+
+
+def _grad_sync(module: nn.Module, last: bool) -> contextlib.AbstractContextManager[object]:
     """DDP all-reduces gradients in every backward unless told not to: only the last micro-batch syncs."""
-    if last or not isinstance(objective, DistributedDataParallel):
+    if last or not isinstance(module, DistributedDataParallel):
         return contextlib.nullcontext()
-    return objective.no_sync()
+    return module.no_sync()

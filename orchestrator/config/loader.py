@@ -32,6 +32,7 @@ from orchestrator.config.search_space import (
     apply_trial_params,
     check_path,
     check_trial_count,
+    extreme_values,
     field_of,
     trial_count,
     validate_search,
@@ -353,16 +354,28 @@ def _check_kind(raw: SweepFile) -> None:
 PERCEPTUAL = ("recon_perc", "con_perc")  # need a network in `perceptual:`
 
 
+def _searched(raw: SweepFile, experiment: ExperimentConfig, dotted: str) -> list[Any]:
+    """The config's value at `dotted` and every value the search gives it (a grid's or a choice's)."""
+    section, name = dotted.split(".", 1)
+    dist = raw.search.get(dotted)
+    return [getattr(getattr(experiment, section), name), *(extreme_values(dist) if dist is not None else ())]
+
+
 def _check_trainable(raw: SweepFile, experiment: ExperimentConfig) -> None:
     for name in PERCEPTUAL:
-        dist = raw.search.get(f"loss.{name}")
-        values = [getattr(experiment.loss, name), *(dist.spec if dist is not None else ())]
+        values = _searched(raw, experiment, f"loss.{name}")
         if any(v > 0 for v in values) and not experiment.perceptual.given:
             raise ConfigError(
                 f"loss.{name}: {max(values)} needs a perceptual network (set perceptual.network: "
                 "random-conv, or perceptual.vgg16 + perceptual.lpips and/or perceptual.convnext_small; "
                 "no weight file ships offline) (allowed without one: 0.0)"
             )
+    starts = _searched(raw, experiment, "loss.adversarial_start_step")
+    if max(_searched(raw, experiment, "loss.adversarial")) > 0 and max(starts) >= experiment.run.steps:
+        raise ConfigError(
+            f"loss.adversarial_start_step: {max(starts)} is not below run.steps {experiment.run.steps}, so "
+            f"the adversarial term would never train (allowed: 0..{experiment.run.steps - 1})"
+        )
     weights = experiment.loss
     terms = [n for n in metric_names.LOSS_TERMS if getattr(weights, n) > 0 or f"loss.{n}" in raw.search]
     # What every training report carries, the loss terms of nonzero weight and the evals: the Tune metric

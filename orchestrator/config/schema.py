@@ -23,6 +23,7 @@ from orchestrator.data.config import DataConfig
 from sphere_core.config import (
     AugmentConfig,
     ConfigError,
+    DiscriminatorConfig,
     LossWeights,
     ModelConfig,
     NoiseConfig,
@@ -202,6 +203,9 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
+    discriminator: DiscriminatorConfig = field(
+        default_factory=DiscriminatorConfig
+    )  # when loss.adversarial > 0
 
     def __post_init__(self) -> None:
         if self.data.batch_size % self.optim.grad_accum_steps:
@@ -246,7 +250,12 @@ class ExperimentConfig:
         # checkpoint, compared with the presets) records them as `augment`.
         augment = AugmentConfig(random_flip=self.data.random_flip)
         return SphereConfig(
-            model=self.model, noise=self.noise, loss=self.loss, optim=self.optim, augment=augment
+            model=self.model,
+            noise=self.noise,
+            loss=self.loss,
+            optim=self.optim,
+            augment=augment,
+            discriminator=self.discriminator,
         )
 
     def to_dict(self) -> dict[str, Any]:

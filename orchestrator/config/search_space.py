@@ -79,7 +79,7 @@ def validate_search(base: ExperimentConfig, search: Mapping[str, SearchDist], se
             if not low < high or (dist.kind == "loguniform" and low <= 0):
                 need = "0 < low < high" if dist.kind == "loguniform" else "low < high"
                 raise ConfigError(f"{where}.{dist.kind}: [{low}, {high}] needs {need}")
-        for value in _extremes(dist):
+        for value in extreme_values(dist):
             try:
                 apply_trial_params(base, {path: value})
             except ConfigError as exc:
@@ -88,7 +88,7 @@ def validate_search(base: ExperimentConfig, search: Mapping[str, SearchDist], se
                 ) from None
 
 
-def _extremes(dist: SearchDist) -> list[Any]:
+def extreme_values(dist: SearchDist) -> list[Any]:
     """The values to validate: all of a list, both ends of a range (randint's high is exclusive)."""
     if dist.kind in ("grid", "choice"):
         return list(dist.spec)

@@ -74,6 +74,10 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         print(perceptual_status(perceptual, cfg.loss))  # in the job's log: which loss terms are live
     state = make_train_state(cfg.sphere, device=device, perceptual=perceptual)
     state.objective = ray.train.torch.prepare_model(state.objective)
+    if (
+        state.critic is not None
+    ):  # its own DDP wrapper: it trains in its own step (sphere_core/adversarial.py)
+        state.critic.network = ray.train.torch.prepare_model(state.critic.network)
     start_step, extra = resume(state, device)
     cursor = extra.get("cursor")
     if rank == 0 and start_step:

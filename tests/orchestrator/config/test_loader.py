@@ -92,6 +92,14 @@ MALFORMED = {
         "search:\n  loss.con_perc: {choice: [0.0, 0.5]}\n",
         "loss.con_perc: 0.5 needs a perceptual network (set perceptual.network: random-conv",
     ),
+    "adversarial term that would never start": (
+        "search:\n  loss.adversarial: {grid: [0.0, 0.5]}\noverrides: {loss.adversarial_start_step: 2000}\n",
+        "loss.adversarial_start_step: 2000 is not below run.steps 2000, so the adversarial term would never",
+    ),
+    "critic without layers": (
+        "search:\n  discriminator.layers: {grid: [0, 3]}\n",
+        "search.discriminator.layers.grid: value 0 is invalid: discriminator.layers: must be in [1, 6]",
+    ),
     "random-conv beside weight files": (
         GOOD_SEARCH + "overrides: {perceptual.network: random-conv, perceptual.convnext_small: c.pth}\n",
         "perceptual.network: random-conv takes no weight files (allowed: files with",

@@ -1,0 +1,151 @@
+"""The adversarial term: the PatchGAN's shape, a critic the generator's backward never trains, the hinge loss,
+VQGAN's adaptive weight, the delayed start, both networks under DDP, and the critic in checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from sphere_core.adversarial import (
+    PatchDiscriminator,
+    adaptive_weight,
+    frozen_logits,
+    hinge_critic_loss,
+)
+from sphere_core.checkpoint import CorruptCheckpoint, load_checkpoint, restore, save_checkpoint
+from sphere_core.config import DiscriminatorConfig, LossWeights, SphereConfig
+from tests.sphere_core.tiny import CONFIG, fresh_state, step
+
+
+def adversarial_config(start: int = 0, on: str = "large", **loss: object) -> SphereConfig:
+    weights = dataclasses.replace(
+        CONFIG.loss, adversarial=0.5, adversarial_start_step=start, adversarial_on=on, **loss
+    )
+    return dataclasses.replace(CONFIG, loss=weights, discriminator=DiscriminatorConfig(width=8, layers=2))
+
+
+@pytest.mark.parametrize(("size", "layers", "patches"), [(32, 3, 2), (32, 2, 6), (16, 2, 2)])
+def test_patch_discriminator_gives_one_logit_per_patch(size: int, layers: int, patches: int) -> None:
+    critic = PatchDiscriminator(1, DiscriminatorConfig(width=8, layers=layers))
+    assert critic(torch.zeros(3, 1, size, size)).shape == (3, 1, patches, patches)
+
+
+def test_frozen_logits_pass_gradients_to_the_images_and_never_to_the_critic() -> None:
+    critic = PatchDiscriminator(3, DiscriminatorConfig(width=8, layers=2))
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    frozen_logits(critic, x).mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in critic.parameters())
+    assert torch.allclose(frozen_logits(critic, x), critic(x))
+
+
+def test_hinge_loss_is_zero_beyond_the_margins_and_one_at_zero() -> None:
+    ones = torch.ones(4)
+    assert hinge_critic_loss(2 * ones, -2 * ones).item() == 0.0
+    assert hinge_critic_loss(0 * ones, 0 * ones).item() == 1.0
+    assert hinge_critic_loss(-ones, ones).item() == 2.0
+
+
+def test_adaptive_weight_is_the_ratio_of_the_two_gradient_norms_at_the_layer() -> None:
+    w = torch.randn(5, requires_grad=True)
+    rest, adv = (3 * w).sum(), (0.5 * w).sum()  # gradients 3 and 0.5 in every entry
+    assert adaptive_weight(rest, adv, w).item() == pytest.approx(3 / (0.5 + 1e-4 / math.sqrt(5)), rel=1e-3)
+    assert w.grad is None  # measured with autograd.grad: nothing accumulates
+
+
+def test_the_term_and_the_critic_wait_for_the_start_step() -> None:
+    state = fresh_state(adversarial_config(start=1))
+    assert state.critic is not None
+    before = [p.clone() for p in state.critic.raw.parameters()]
+    first = step(state, seed=0, config=adversarial_config(start=1))
+    assert not {"adv_g", "adv_d"} & set(first)
+    assert all(torch.equal(a, b) for a, b in zip(before, state.critic.raw.parameters(), strict=True))
+    second = step(state, seed=1, config=adversarial_config(start=1))
+    assert {"adv_g", "adv_lambda", "adv_d", "adv_real_logit", "adv_fake_logit"} <= set(second)
+    assert all(math.isfinite(v) for v in second.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, state.critic.raw.parameters(), strict=True))
+
+
+def test_the_generator_loss_adds_weight_times_lambda_times_its_term() -> None:
+    config = adversarial_config()
+    metrics = step(fresh_state(config), seed=0, config=config)
+    rest = metrics["recon_dist"] + 0.5 * metrics["con_dist"] + 0.1 * metrics["latent_con"]
+    expected = rest + 0.5 * metrics["adv_lambda"] * metrics["adv_g"]
+    assert metrics["loss"] == pytest.approx(expected, rel=1e-5)
+    fixed = adversarial_config(adversarial_adaptive=False)
+    assert step(fresh_state(fixed), seed=0, config=fixed)["adv_lambda"] == 1.0
+
+
+def test_the_critic_learns_to_tell_real_images_from_decodes() -> None:
+    # The tiny config's LR is 6e-5 at batch 8: the critic gets 50x, so 15 steps show it learning.
+    config = dataclasses.replace(
+        adversarial_config(), discriminator=DiscriminatorConfig(width=8, layers=2, lr_scale=50.0)
+    )
+    state = fresh_state(config)
+    losses = [step(state, seed=0, config=config)["adv_d"] for _ in range(15)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_no_critic_without_the_term() -> None:
+    assert fresh_state().critic is None
+    assert LossWeights().adversarial == 0.0
+
+
+@pytest.mark.parametrize("on", ["large", "large+prior"])
+def test_objective_and_critic_each_under_ddp(tmp_path: Path, on: str) -> None:
+    """DDP raises on the next step if a trainable parameter got no gradient in the previous one: two steps
+    show the critic's parameters are neither in the objective's backward nor missed by their own."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        config = adversarial_config(on=on)
+        state = fresh_state(config)
+        assert state.critic is not None
+        assert not {id(p) for p in state.critic.raw.parameters()} & {
+            id(p) for p in state.objective.parameters()
+        }
+        state.objective = DistributedDataParallel(state.objective)
+        state.critic.network = DistributedDataParallel(state.critic.network)
+        for i in range(2):
+            metrics = step(state, seed=i, config=config)
+        assert math.isfinite(metrics["adv_d"]) and state.step == 2
+    finally:
+        dist.destroy_process_group()
+
+
+def test_checkpoints_carry_the_critic_and_its_optimiser(tmp_path: Path) -> None:
+    config = adversarial_config()
+    state = fresh_state(config)
+    step(state, seed=0, config=config)
+    save_checkpoint(tmp_path / "ckpt", state, config)
+    resumed = fresh_state(config, seed=1)
+    restore(resumed, load_checkpoint(tmp_path / "ckpt"))
+    assert state.critic is not None and resumed.critic is not None
+    for a, b in zip(
+        state.critic.raw.state_dict().values(), resumed.critic.raw.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+    assert (
+        resumed.critic.optimizer.state_dict()["state"].keys()
+        == state.critic.optimizer.state_dict()["state"].keys()
+    )
+    (tmp_path / "ckpt" / "critic.pt").write_bytes(b"\0" * 10)
+    with pytest.raises(CorruptCheckpoint, match=r"critic\.pt is damaged"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_a_checkpoint_from_before_the_term_resumes_with_a_fresh_critic(tmp_path: Path) -> None:
+    plain = fresh_state()
+    step(plain, seed=0)
+    save_checkpoint(tmp_path / "ckpt", plain, CONFIG)
+    assert not (tmp_path / "ckpt" / "critic.pt").exists()
+    state = fresh_state(adversarial_config())
+    fresh = [p.clone() for p in state.critic.raw.parameters()]  # type: ignore[union-attr]
+    restore(state, load_checkpoint(tmp_path / "ckpt"))
+    assert state.step == 1
+    assert all(torch.equal(a, b) for a, b in zip(fresh, state.critic.raw.parameters(), strict=True))  # type: ignore[union-attr]
