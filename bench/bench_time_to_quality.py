@@ -4,7 +4,8 @@ side in one run: `before` (the recipe before issue #9), `preset` (mnist-32-nano,
 only), `random-conv` (the preset plus the project's own perceptual distance, no weight file, at the
 paper's perceptual weights 1 / 0.5), and `adversarial` / `adversarial-large` (random-conv plus the PatchGAN
 term, weight 0.5 from a quarter of the run on, judging large-noise decodes and random sphere points' decodes,
-or the large-noise decodes only).
+or the large-noise decodes only), and `pixel-adversarial` (the preset's pixel and latent terms plus the
+PatchGAN term on both, no perceptual network).
 
     .venv/bin/python bench/bench_time_to_quality.py [--recipes preset random-conv] [--budget-images 48000]
         [--eval-every 8000] [--threads 1] [--seed 0]
@@ -37,6 +38,9 @@ from sphere_core.presets import get_preset
 from sphere_core.sampling import generate
 from sphere_core.train_step import TrainState, make_train_state, train_step
 
+# Per step count: the classifier's FD, class accuracy, recall and within-class spread, the pixel-PCA FD no
+# loss touches, and the share of samples that are near-copies of training digits (orchestrator/evaluation).
+SCORED = ("fd_clf", "acc_clf", "recall_clf", "spread_clf", "fd_pix", "copies_pix")
 TARGET_FLOOR_MULTIPLE = 3.0
 TARGET_ACCURACY = 0.85  # what make demo asks of its registered model
 NEW_BATCH = 16  # sweeps/base/mnist.yaml's batch for the preset (one worker)
@@ -50,7 +54,7 @@ class Recipe:
     random_conv_seed: int | None = None  # the perceptual network, when the recipe has one
 
 
-RECIPES = ("before", "preset", "random-conv", "adversarial", "adversarial-large")
+RECIPES = ("before", "preset", "random-conv", "adversarial", "adversarial-large", "pixel-adversarial")
 CRITIC = DiscriminatorConfig(width=16)  # 1.2-1.6x the preset's step on one core (width 64: 2-3x)
 
 
@@ -62,13 +66,13 @@ def recipes(names: list[str], budget_images: int) -> list[Recipe]:
     perceptual = dataclasses.replace(preset.loss, recon_perc=1.0, con_perc=0.5)
     start = budget_images // NEW_BATCH // 4
 
-    def adversarial(on: str) -> Recipe:
-        loss = dataclasses.replace(
-            perceptual, adversarial=0.5, adversarial_start_step=start, adversarial_on=on
-        )
+    def adversarial(on: str, *, random_conv: bool = True) -> Recipe:
+        base = perceptual if random_conv else preset.loss
+        loss = dataclasses.replace(base, adversarial=0.5, adversarial_start_step=start, adversarial_on=on)
         config = dataclasses.replace(preset, loss=loss, discriminator=CRITIC)
-        name = f"random-conv + PatchGAN 0.5 on {on} from step {start}"
-        return Recipe(name, config, NEW_BATCH, random_conv_seed=PerceptualConfig().seed)
+        name = f"{'random-conv' if random_conv else 'preset'} + PatchGAN 0.5 on {on} from step {start}"
+        seed = PerceptualConfig().seed if random_conv else None
+        return Recipe(name, config, NEW_BATCH, random_conv_seed=seed)
 
     every = {
         "before": Recipe(
@@ -87,6 +91,7 @@ def recipes(names: list[str], budget_images: int) -> list[Recipe]:
         ),
         "adversarial": adversarial("large+prior"),
         "adversarial-large": adversarial("large"),
+        "pixel-adversarial": adversarial("large+prior", random_conv=False),
     }
     out = []
     for name in names:
@@ -118,9 +123,7 @@ def score(state: TrainState, protocol: Protocol, noise: NoiseConfig) -> dict[str
             generator=torch.Generator().manual_seed(0),
         )
         values = evaluate_samples(images, protocol=protocol, labels=labels).values
-        out |= {
-            f"{key}_{steps}step": values[key] for key in ("fd_clf", "acc_clf", "recall_clf", "spread_clf")
-        }
+        out |= {f"{key}_{steps}step": values[key] for key in SCORED}
     return out
 
 
@@ -153,7 +156,8 @@ def main() -> None:
     fd_target = TARGET_FLOOR_MULTIPLE * floor
     print(
         f"fd_clf floor (real vs real, n=1000): {floor:.1f}; targets: 1-step fd_clf < {fd_target:.1f}, "
-        f"1-step class accuracy >= {TARGET_ACCURACY}"
+        f"1-step class accuracy >= {TARGET_ACCURACY}; fd_pix floor {protocol.floor['fd_pix']:.2f}, copies "
+        f"of unseen real digits {protocol.floor['copies_pix']:.2f}"
     )
     print(f"cpu pressure: {Path('/proc/pressure/cpu').read_text().splitlines()[0]}")
     runs = []
@@ -184,7 +188,7 @@ def main() -> None:
                 flush=True,
             )
     header = f"{'recipe':<60} {'to fd < 3x floor':>22} {'to acc >= 0.85':>22} {'best fd / acc, 1 step':>22}"
-    print(f"\n{header} {'last fd / acc / recall / spread, 1 step':>42}")
+    print(f"\n{header} {'last fd / acc / recall / spread / fd_pix / copies, 1 step':>58}")
     for p in runs:
         cells = []
         for hit in targets.values():
@@ -195,9 +199,8 @@ def main() -> None:
         best_fd = min(h["fd_clf_1step"] for h in p.history)
         best = f"{best_fd:.0f} / {max(h['acc_clf_1step'] for h in p.history):.2f}"
         last = p.history[-1]
-        keys = ("fd_clf_1step", "acc_clf_1step", "recall_clf_1step", "spread_clf_1step")
-        final = " / ".join(f"{last[k]:.3g}" for k in keys)
-        print(f"{p.recipe.name:<60} {cells[0]:>22} {cells[1]:>22} {best:>22} {final:>42}")
+        final = " / ".join(f"{last[f'{k}_1step']:.3g}" for k in SCORED)
+        print(f"{p.recipe.name:<60} {cells[0]:>22} {cells[1]:>22} {best:>22} {final:>58}")
 
 
 if __name__ == "__main__":

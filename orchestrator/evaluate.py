@@ -296,10 +296,10 @@ def _evaluate_child(
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], fd_key: str) -> str:
-    """setting, passes/image, images/s, fd, kid, precision, recall (e.g. *_clf), the floor at that n,
-    fingerprint. fd_key: the FD metric's full name (e.g. proxy/fd_clf)."""
+    """setting, passes/image, images/s, fd, kid, precision, recall (e.g. *_clf), fd_pix and memorisation
+    where scored, the floor at that n, fingerprint. fd_key: the FD metric's full name (e.g. proxy/fd_clf)."""
     fd_name, proxy = metric_names.parse_protocol(fd_key)
-    scores = metric_names.scores(metric_names.space_of(fd_name), conditional=True)
+    scores = metric_names.sample_scores(metric_names.space_of(fd_name), conditional=True, pixels=True)
     logged = {m: metric_names.under_protocol(m, proxy=proxy) for m in scores}  # column -> the row's key
     table_metrics = [m for m, key in logged.items() if any(key in row for row in rows)]
     columns = ["setting", "passes", "images/s", *table_metrics, "fd floor", "fingerprint"]

@@ -4,7 +4,8 @@ names before any cluster work, so they sit beside the config, below everything t
 
     scores("clf")                        -> ("fd_clf", "kid_clf", "precision_clf", "recall_clf")
     of_samples("fd_clf", 4)              -> "fd_clf_4step"   (scores of 4-step samples)
-    of_reconstructions("fd_clf")         -> "recon_fd_clf"   (of held-out reconstructions: rFID's proxy)
+    of_reconstructions("fd_clf")         -> "recon_fd_clf"   (held-out images reconstructed with the null
+                                                            class, as the official rFID: its proxy)
     under_protocol("fd_clf", proxy=True) -> "proxy/fd_clf"   (n below the dataset's standard n)
     floor("fd_clf")                      -> "fd_clf_floor"   (the real-vs-real value at the same n)
 """
@@ -15,6 +16,11 @@ from collections.abc import Iterable
 
 SCORES = ("fd", "kid", "precision", "recall")  # what each evaluated image set reports, per feature space
 CLASS_SCORES = ("acc", "spread")  # a conditional model scored by a dataset classifier also reports these
+# Images of at most this many values are also scored in pixel space (orchestrator/evaluation/pixels.py): an
+# FD no loss or network touches, and how close samples sit to the training images (memorisation).
+PIXEL_SPACE_MAX_VALUES = 64 * 64 * 3
+PIXEL_FD = "fd_pix"
+MEMORISATION = ("nn_ratio_pix", "copies_pix")  # samples only: reconstructions copy their inputs by design
 # What sphere_core.train_step returns for every step.
 TRAIN_STEP = ("loss", "grad_norm", "lr", "angle_large_deg", "angle_small_deg", "z_rms")
 STEP = "step"  # the training step a report belongs to: Tune's and ASHA's clock
@@ -86,9 +92,26 @@ def sample_images(steps: int) -> str:
     return f"samples_{steps}step"
 
 
-def eval_metrics(tag: str, *, conditional: bool, steps: Iterable[int]) -> tuple[str, ...]:
+def has_pixel_space(image_shape: tuple[int, int, int]) -> bool:
+    """Whether images of (C, H, W) are also scored in pixel space."""
+    channels, height, width = image_shape
+    return channels * height * width <= PIXEL_SPACE_MAX_VALUES
+
+
+def sample_scores(tag: str, *, conditional: bool, pixels: bool) -> tuple[str, ...]:
+    """What an evaluated set of samples reports: `scores`, and with a pixel space fd_pix and memorisation."""
+    return (*scores(tag, conditional=conditional), *((PIXEL_FD, *MEMORISATION) if pixels else ()))
+
+
+def reconstruction_scores(tag: str, *, conditional: bool, pixels: bool) -> tuple[str, ...]:
+    """What evaluated reconstructions report, before `of_reconstructions` names them."""
+    return (*scores(tag, conditional=conditional), *((PIXEL_FD,) if pixels else ()))
+
+
+def eval_metrics(tag: str, *, conditional: bool, steps: Iterable[int], pixels: bool) -> tuple[str, ...]:
     """What each training eval reports: the scores of the samples at each step count, of the
     reconstructions, and the eval's seconds."""
-    names = scores(tag, conditional=conditional)
+    names = sample_scores(tag, conditional=conditional, pixels=pixels)
     samples = [of_samples(score, t) for t in steps for score in names]
-    return (*samples, *(of_reconstructions(score) for score in names), EVAL_SECONDS)
+    recon = reconstruction_scores(tag, conditional=conditional, pixels=pixels)
+    return (*samples, *map(of_reconstructions, recon), EVAL_SECONDS)

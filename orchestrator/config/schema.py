@@ -240,8 +240,12 @@ class ExperimentConfig:
         """What each eval reports (fd_clf_1step, ..., recon_fd_clf, ..., eval_s); () when eval is off."""
         if not self.eval.enabled:
             return ()
+        shape = (self.model.channels, self.model.image_size, self.model.image_size)
         return metric_names.eval_metrics(
-            self.eval.tag, conditional=self.model.conditional, steps=self.eval_steps
+            self.eval.tag,
+            conditional=self.model.conditional,
+            steps=self.eval_steps,
+            pixels=metric_names.has_pixel_space(shape),
         )
 
     @property

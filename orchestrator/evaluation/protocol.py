@@ -39,6 +39,7 @@ from orchestrator.evaluation.metrics import (
     kid,
     precision_recall,
 )
+from orchestrator.evaluation.pixels import COPY_QUANTILE, PixelSpace
 from orchestrator.evaluation.reference import (
     ReferenceStats,
     cache_read,
@@ -50,9 +51,13 @@ from orchestrator.evaluation.reference import (
 from sphere_core.config import ConfigError
 
 log = logging.getLogger(__name__)
-PROTOCOL_VERSION = (
-    2  # bump whenever a change here or in metrics.py can move a value (2: spread floor measured)
-)
+# Bump whenever a change here or in metrics.py can move a value (2: spread floor measured; 3: reconstructions
+# with the null class in training evals too, named in the fingerprint).
+PROTOCOL_VERSION = 3
+# How `recon_*` images are made, by every caller (training's eval and `evaluate`): the official rFID's
+# D(f(E(x))) with the null class and no noise. With the true labels the label alone carries the class, and
+# a poor autoencoder's reconstructions would still score near the floor.
+RECONSTRUCTION = "D(f(E(x, null)), null), no noise"
 STANDARD_N = {"digits": 594, "mnist": 1000, "fashion-mnist": 10_000}  # = each held-out split's size
 # What was scored -> its metric names (fd_clf for samples, recon_fd_clf for reconstructions).
 KINDS: dict[str, Callable[[str], str]] = {
@@ -136,6 +141,7 @@ class Protocol:
     pr_k: int = 3  # neighbours defining the k-NN manifolds
     is_splits: int = 10
     sampler: tuple[tuple[str, SamplerValue], ...] = field(default=())  # generation settings, sorted
+    pixels: PixelSpace | None = None  # fd_pix and memorisation, for images small enough (pixels.py)
 
     @property
     def proxy(self) -> bool:
@@ -167,6 +173,8 @@ class Protocol:
             "is_splits": self.is_splits,
             "floor_draws": self.floor_draws,
             "sampler": dict(self.sampler),
+            **({"reconstruction": RECONSTRUCTION} if kind == "reconstructions" else {}),
+            **({"pixels": self.pixels.describe()} if self.pixels is not None else {}),
         }
 
     def fingerprint(self, kind: str = "samples") -> str:
@@ -217,6 +225,8 @@ class Protocol:
         if floor_source is None:
             train = load_split(dataset, "train", image_size)
             floor_source, floor_labels = train.images, train.labels
+        if metric_names.has_pixel_space(ref.image_shape):
+            protocol = dataclasses.replace(protocol, pixels=PixelSpace.fit(floor_source, real.images))
         classes = floor_labels if extractor.classifies_dataset else None
         floor, floor_std = _floor(protocol, floor_source, cache, labels=classes)
         if extractor.classifies_dataset:
@@ -326,7 +336,8 @@ def _floor(
     gen = torch.Generator().manual_seed(protocol.seed)
     picks = [torch.randperm(len(images), generator=gen)[: protocol.n] for _ in range(protocol.floor_draws)]
     drawn, where = torch.cat(picks).unique(return_inverse=True)  # each drawn image is extracted once
-    features, logits = extract(protocol.extractor, images[drawn])
+    drawn_images = images[drawn]
+    features, logits = extract(protocol.extractor, drawn_images)
     drawn_labels = labels[drawn] if labels is not None else None
     draws = [
         _score(
@@ -335,12 +346,18 @@ def _floor(
             logits[index],
             named=KINDS["samples"],
             labels=drawn_labels[index] if drawn_labels is not None else None,
+            images=drawn_images[index],
+            memorisation=False,  # these are training images: they sit on the training set by definition
         )
         for index in where.split(protocol.n)
     ]
     values = {k: torch.tensor([d[k] for d in draws], dtype=torch.float64) for k in draws[0]}
     mean = {k: float(v.mean()) for k, v in values.items()}
     std = {k: float(v.std()) if len(v) > 1 else 0.0 for k, v in values.items()}
+    if protocol.pixels is not None:  # unseen real images score these by definition (pixels.py)
+        ratio, copies = metric_names.MEMORISATION
+        mean |= {ratio: 1.0, copies: COPY_QUANTILE}
+        std |= {ratio: 0.0, copies: 0.0}
     cache_write(cache, name, json.dumps({"mean": mean, "std": std}, sort_keys=True).encode())
     return mean, std
 
@@ -352,7 +369,11 @@ def _score(
     *,
     named: Callable[[str], str],
     labels: torch.Tensor | None = None,
+    images: torch.Tensor | None = None,
+    memorisation: bool = True,
 ) -> dict[str, float]:
+    """The scores of one image set from its features and logits; with its `images` (uint8, or floats in
+    [0, 1]) and a pixel space, fd_pix and, when `memorisation`, nn_ratio_pix and copies_pix too."""
     ref, tag = protocol.reference, protocol.extractor.tag
     kid_mean, kid_std = kid(
         ref.features / ref.rms,
@@ -377,6 +398,11 @@ def _score(
         values[name("acc", tag)] = class_accuracy(logits, labels)
         real_spread = class_spread(ref.features, protocol.real.labels)
         values[name("spread", tag)] = class_spread(features, labels) / real_spread
+    if protocol.pixels is not None and images is not None:
+        values[metric_names.PIXEL_FD] = protocol.pixels.fd(images)
+        if memorisation:
+            ratio, copies = metric_names.MEMORISATION
+            values[ratio], values[copies] = protocol.pixels.memorisation(images)
     return {named(k): v for k, v in values.items()}
 
 
@@ -418,7 +444,14 @@ def evaluate(
     if protocol.quantize:
         x = (x * 255).round() / 255  # what a PNG round-trip of the samples would give
     named = KINDS[kind]
-    values = _score(protocol, *extract(protocol.extractor, x), named=named, labels=labels)
+    values = _score(
+        protocol,
+        *extract(protocol.extractor, x),
+        named=named,
+        labels=labels,
+        images=x,
+        memorisation=kind == "samples",
+    )
     return MetricResult(
         values=values,
         floor={named(k): v for k, v in protocol.floor.items() if named(k) in values},

@@ -45,10 +45,11 @@ from orchestrator.tracking.runs import Evaluation, make_sink
 from orchestrator.train import diagnostics
 from orchestrator.train.loop import run_loop
 from sphere_core.checkpoint import CorruptCheckpoint, load_checkpoint, restore, save_checkpoint
+from sphere_core.editing import reconstruct
 from sphere_core.model import SphereEncoder
 from sphere_core.perceptual import PerceptualLoss, build_perceptual, perceptual_status
 from sphere_core.precision import bf16_autocast
-from sphere_core.sampling import generate, to_unit_range
+from sphere_core.sampling import generate
 from sphere_core.spherify import spherify
 from sphere_core.train_step import TrainState, make_train_state, train_step
 
@@ -277,16 +278,17 @@ class ProxyEval:
         model = self.state.ema.eval()
         outputs = {name: tensor.cpu() for name, tensor in self.model_outputs(model).items()}
         labels = self.held_out[1]
-        scores = metric_names.scores(self.cfg.eval.tag, conditional=self.cfg.model.conditional)
+        kinds = {"conditional": self.cfg.model.conditional, "pixels": self.protocol.pixels is not None}
         metrics: dict[str, float] = {}
         tags: dict[str, str] = {}
         for steps in self.cfg.eval_steps:
             result = self._score_samples(outputs[metric_names.sample_images(steps)], steps)
-            for score in scores:  # fd_clf -> fd_clf_1step, ...
+            for score in metric_names.sample_scores(self.cfg.eval.tag, **kinds):  # fd_clf -> fd_clf_1step
                 name = metric_names.of_samples(score, steps)
                 metrics[name] = result.values[score]
                 tags |= protocol_tags(name, score, result)
         recon = evaluate_reconstructions(outputs["reconstructions"], protocol=self.protocol, labels=labels)
+        scores = metric_names.reconstruction_scores(self.cfg.eval.tag, **kinds)
         for name in map(metric_names.of_reconstructions, scores):  # recon_fd_clf, ...
             metrics[name] = recon.values[name]
             tags |= protocol_tags(name, name, recon)
@@ -325,7 +327,9 @@ class ProxyEval:
         y = labels.to(device) if self.cfg.model.conditional else None
         with bf16_autocast(device, bf16):
             outputs["latents"] = spherify(model.encode(x, y))  # (n, N, d), fp32 as the encoder returns it
-            outputs["reconstructions"] = to_unit_range(model.decode(outputs["latents"], y).float())
+            # The official rFID's reconstruction, as `evaluate` scores it: with the null class, so the
+            # label cannot carry the class past a poor autoencoder (RECONSTRUCTION in protocol.py).
+            outputs["reconstructions"] = reconstruct(model, x).float()
         return outputs
 
     def _sample_labels(self) -> torch.Tensor | int:

@@ -18,13 +18,17 @@ def test_eval_metrics_name_each_step_count_and_the_reconstructions() -> None:
     cfg = ExperimentConfig(model=GRAY, sampling=SamplingConfig(steps=2), eval=EvalConfig(dataset="digits"))
     assert cfg.eval_steps == (1, 2)
     # A conditional model is also scored on the classes its samples were drawn for (acc, spread).
-    per_set = ("fd_clf", "kid_clf", "precision_clf", "recall_clf", "acc_clf", "spread_clf")
+    # Images this small are also scored in pixel space: an FD no network touches, and memorisation (samples).
+    per_set = ("fd_clf", "kid_clf", "precision_clf", "recall_clf", "acc_clf", "spread_clf", "fd_pix")
+    memorisation = ("nn_ratio_pix", "copies_pix")
     assert cfg.eval_metrics == (
-        *(f"{m}_1step" for m in per_set),
-        *(f"{m}_2step" for m in per_set),
+        *(f"{m}_1step" for m in (*per_set, *memorisation)),
+        *(f"{m}_2step" for m in (*per_set, *memorisation)),
         *(f"recon_{m}" for m in per_set),
         "eval_s",
     )
+    large = dataclasses.replace(cfg, model=ModelConfig(channels=1, num_classes=10, image_size=256))
+    assert "fd_clf_1step" in large.eval_metrics and "fd_pix_1step" not in large.eval_metrics
     unconditional = dataclasses.replace(cfg, model=ModelConfig(channels=1, num_classes=0))
     assert "acc_clf_1step" not in unconditional.eval_metrics and "fd_clf_1step" in unconditional.eval_metrics
     one_step = dataclasses.replace(cfg, sampling=SamplingConfig(steps=1))
