@@ -28,6 +28,8 @@ VIT_SIZES: dict[str, tuple[int, int, int]] = {
     "huge": (1280, 32, 16),
     "giant": (1664, 40, 16),
 }
+# The seed of the random-conv perceptual network (sphere_core/perceptual.py) the CPU presets train with.
+RANDOM_CONV_SEED = 20260215
 ViTSize = Literal["nano", "micro", "mini", "small", "base", "large", "xlarge", "huge", "giant"]
 
 

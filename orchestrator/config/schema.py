@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 from orchestrator.config import metric_names
 from orchestrator.data.config import DataConfig
 from sphere_core.config import (
+    RANDOM_CONV_SEED,
     AugmentConfig,
     ConfigError,
     DiscriminatorConfig,
@@ -159,7 +160,7 @@ class PerceptualConfig:
     must be 0."""
 
     network: Literal["files", "random-conv"] = "files"
-    seed: int = 20260215  # the random-conv weights; apart from every metric network's
+    seed: int = RANDOM_CONV_SEED  # the random-conv weights; apart from every metric network's
     vgg16: str | None = field(
         default=None, metadata={"give": "a path or fsspec URL of torchvision's vgg16-397923af.pth"}
     )

@@ -42,6 +42,7 @@ overrides:
   run.checkpoint_every: 10
   optim.total_steps: 30
   optim.warmup_steps: 5
+  loss.adversarial_start_step: 15
   data.shuffle_buffer: 100
   scaling.workers_per_trial: 1
   scaling.cpus_per_worker: 0.99    # + the 0.01 trial driver: one trial fills one added node

@@ -44,6 +44,7 @@ overrides:
   run.checkpoint_every: 25
   optim.total_steps: {steps}
   optim.warmup_steps: 10
+  loss.adversarial_start_step: {steps // 2}
   data.shuffle_buffer: 100
   tracking.experiment: sphere-{name}
   tracking.registered_model: sphere-{name}

@@ -35,6 +35,7 @@ overrides:
   run.checkpoint_every: 20
   optim.total_steps: 200
   optim.warmup_steps: 10
+  loss.adversarial_start_step: 100
   data.shuffle_buffer: 100
   scaling.workers_per_trial: 1
   scaling.cpus_per_worker: 0.99    # + the 0.01 trial driver: one trial fills one 1-CPU node

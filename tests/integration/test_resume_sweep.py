@@ -30,6 +30,7 @@ overrides:
   run.log_every: 5
   run.checkpoint_every: 10      # steps 15, 25 are logged between checkpoints: a resume must not repeat them
   optim.total_steps: 60
+  loss.adversarial_start_step: 20  # the killed worker's critic and its Adam come back from the checkpoint
   data.batch_size: 16
   data.shuffle_buffer: 100
   scaling.workers_per_trial: 2  # a DDP worker group: one worker is killed while its peer waits

@@ -75,11 +75,12 @@ def test_paper_presets_flip_like_the_official_scripts_and_cpu_presets_do_not() -
 
 
 @pytest.mark.parametrize("name", CPU)
-def test_cpu_presets_have_a_small_latent_and_no_perceptual_terms(name: str) -> None:
+def test_cpu_presets_have_a_small_latent_and_weight_free_feature_and_adversarial_terms(name: str) -> None:
     cfg = get_preset(name)
     assert cfg.model.image_size == 32 and cfg.model.num_tokens == 64 and cfg.model.patch_size == 4
     assert cfg.model.latent_dim in (512, 1024)
-    assert cfg.loss.recon_perc == cfg.loss.con_perc == 0.0
+    assert (cfg.loss.recon_perc, cfg.loss.con_perc) == (1.0, 0.5)  # the paper's, on the random-conv network
+    assert cfg.loss.adversarial > 0 and 0 < cfg.loss.adversarial_start_step < cfg.optim.total_steps
     assert count_parameters(build_model(cfg, device="meta")) < 3_000_000
 
 
