@@ -179,6 +179,10 @@ def mnist_32_micro() -> SphereConfig:
     return _cpu("micro", channels=1, compression_ratio=2.0)
 
 
+def fashion_mnist_32_nano() -> SphereConfig:
+    return _cpu("nano", channels=1, compression_ratio=2.0)  # the MNIST recipe: sweeps/base/fashion-mnist.yaml
+
+
 def fashion_mnist_32_micro() -> SphereConfig:
     return _cpu("micro", channels=1, compression_ratio=2.0)
 
@@ -195,6 +199,7 @@ PRESETS: dict[str, Callable[[], SphereConfig]] = {
     "oxford-flowers-256-l": oxford_flowers_256_l,
     "mnist-32-nano": mnist_32_nano,
     "mnist-32-micro": mnist_32_micro,
+    "fashion-mnist-32-nano": fashion_mnist_32_nano,
     "fashion-mnist-32-micro": fashion_mnist_32_micro,
     "cifar-10-32-nano": cifar10_32_nano,
 }

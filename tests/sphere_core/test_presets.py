@@ -65,7 +65,13 @@ def test_paper_presets_follow_the_official_scripts() -> None:
 
 
 PAPER = ["cifar-10-32-b", "imagenet-256-l", "imagenet-256-xl", "animal-faces-256-l", "oxford-flowers-256-l"]
-CPU = ["mnist-32-nano", "mnist-32-micro", "fashion-mnist-32-micro", "cifar-10-32-nano"]
+CPU = [
+    "mnist-32-nano",
+    "mnist-32-micro",
+    "fashion-mnist-32-nano",
+    "fashion-mnist-32-micro",
+    "cifar-10-32-nano",
+]
 
 
 def test_paper_presets_flip_like_the_official_scripts_and_cpu_presets_do_not() -> None:

@@ -33,8 +33,10 @@ def test_base_file_is_a_complete_experiment(path: Path) -> None:
     assert set(cfg.to_dict()) <= set(yaml.safe_load(path.read_text()))  # every section spelled out
 
 
-def test_mnist_base_is_the_nano_preset() -> None:
+def test_builtin_bases_are_their_nano_presets() -> None:
     assert load_experiment(SWEEPS / "base" / "mnist.yaml").sphere == get_preset("mnist-32-nano")
+    fashion = load_experiment(SWEEPS / "base" / "fashion-mnist.yaml")
+    assert fashion.sphere == get_preset("fashion-mnist-32-nano") and fashion.eval.dataset == "fashion-mnist"
 
 
 @pytest.mark.parametrize(
