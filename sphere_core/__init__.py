@@ -5,7 +5,9 @@ that turns any point of it into an image, one-step generation and few-step refin
     import sphere_core
 
     config = sphere_core.get_preset("mnist-32-nano")  # or build_model("imagenet-256-xl", device="meta")
-    state = sphere_core.make_train_state(config, device="cpu")
+    # The CPU presets' perceptual terms use the project's random-conv features (no weight file to download).
+    perceptual = sphere_core.build_perceptual(random_conv=(1, sphere_core.RANDOM_CONV_SEED))
+    state = sphere_core.make_train_state(config, device="cpu", perceptual=perceptual)
     images, labels = torch.rand(8, 1, 32, 32) * 2 - 1, torch.arange(8)  # images in [-1, 1]
     out = sphere_core.train_step(state, images, labels, optim=config.optim, global_batch=8, generator=None)
     samples = sphere_core.generate(  # (10, 1, 32, 32) in [0, 1]; 4 steps = 7 network passes
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sphere_core.checkpoint import load_checkpoint, load_model, save_checkpoint
     from sphere_core.config import (
+        RANDOM_CONV_SEED,
         AugmentConfig,
         ConfigError,
         LossWeights,
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from sphere_core.editing import crossover, interpolate, interpolate_grid, manipulate_class, reconstruct
     from sphere_core.losses import SphereObjective
     from sphere_core.model import SphereEncoder
+    from sphere_core.perceptual import build_perceptual
     from sphere_core.presets import PRESETS, build_model, count_parameters, get_preset
     from sphere_core.sampling import generate, network_passes
     from sphere_core.spherify import add_training_noise, spherify
@@ -47,6 +51,7 @@ _HOME = {  # public name -> its module, imported on first use: `import sphere_co
     "load_checkpoint": "sphere_core.checkpoint",
     "load_model": "sphere_core.checkpoint",
     "save_checkpoint": "sphere_core.checkpoint",
+    "RANDOM_CONV_SEED": "sphere_core.config",
     "AugmentConfig": "sphere_core.config",
     "ConfigError": "sphere_core.config",
     "LossWeights": "sphere_core.config",
@@ -62,6 +67,7 @@ _HOME = {  # public name -> its module, imported on first use: `import sphere_co
     "reconstruct": "sphere_core.editing",
     "SphereObjective": "sphere_core.losses",
     "SphereEncoder": "sphere_core.model",
+    "build_perceptual": "sphere_core.perceptual",
     "PRESETS": "sphere_core.presets",
     "build_model": "sphere_core.presets",
     "count_parameters": "sphere_core.presets",
@@ -101,6 +107,7 @@ sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "PRESETS",
+    "RANDOM_CONV_SEED",
     "AugmentConfig",
     "ConfigError",
     "LossWeights",
@@ -114,6 +121,7 @@ __all__ = [
     "TrainState",
     "add_training_noise",
     "build_model",
+    "build_perceptual",
     "count_parameters",
     "crossover",
     "generate",
