@@ -52,9 +52,11 @@ class Checkpointer(Protocol):
 
 @dataclass
 class _Window:
-    """Sums since the last log line."""
+    """Sums since the last log line. A metric is averaged over the steps that reported it: some start mid-run
+    (the adversarial terms, from loss.adversarial_start_step)."""
 
     sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
     steps: int = 0
     images: int = 0
     data_wait_s: float = 0.0
@@ -63,13 +65,14 @@ class _Window:
     def add(self, metrics: Mapping[str, float], batch_size: int, wait_s: float) -> None:
         for key, value in metrics.items():
             self.sums[key] = self.sums.get(key, 0.0) + float(value)
+            self.counts[key] = self.counts.get(key, 0) + 1
         self.steps += 1
         self.images += batch_size
         self.data_wait_s += wait_s
 
     def means(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        means = {key: total / self.steps for key, total in self.sums.items()}
+        means = {key: total / self.counts[key] for key, total in self.sums.items()}
         return {**means, "images_per_s": self.images / elapsed, "data_wait_s": self.data_wait_s / self.steps}
 
 

@@ -215,3 +215,28 @@ def test_data_wait_counts_the_iterator_not_the_step() -> None:
     slow_data = run_loop(Counter(), slow_batches(), reporter=FakeReporter(False), **common)  # type: ignore[arg-type]
     assert fast_data["data_wait_s"] < 0.03  # counting the step would give at least its 30 ms sleep
     assert slow_data["data_wait_s"] >= 0.01  # each batch's 10 ms sleep is data wait
+
+
+def test_a_metric_that_starts_mid_window_is_averaged_over_the_steps_that_report_it() -> None:
+    """The adversarial terms start at loss.adversarial_start_step, wherever that falls in a log window."""
+
+    def step_fn(images: torch.Tensor, labels: torch.Tensor) -> Mapping[str, float]:
+        step_fn.calls += 1  # type: ignore[attr-defined]
+        late = {"adv_g": 10.0 * step_fn.calls} if step_fn.calls >= 2 else {}  # type: ignore[attr-defined]
+        return {"loss": 1.0, **late}
+
+    step_fn.calls = 0  # type: ignore[attr-defined]
+    reporter = FakeReporter(keeps_images=False)
+    run_loop(
+        step_fn,
+        batches(),
+        run=RunConfig(steps=3, log_every=3, eval_every=3, checkpoint_every=3),
+        start_step=0,
+        reporter=reporter,
+        checkpointer=FakeCheckpointer(),
+        sample_fn=sample,
+        eval_fn=FakeEval(),
+        global_batch=4,
+        skipped_samples=lambda: 0,
+    )
+    assert reporter.logged[3]["loss"] == 1.0 and reporter.logged[3]["adv_g"] == 25.0  # (20 + 30) / 2
