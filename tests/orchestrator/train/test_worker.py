@@ -67,12 +67,14 @@ def test_proxy_eval_reports_the_contract_metrics_with_fingerprints(digits_cfg: E
     torch.manual_seed(0)
     state = make_train_state(digits_cfg.sphere, device="cpu")
     first = ProxyEval(state, digits_cfg)()
-    scores = metric_names.scores("clf", conditional=True)
+    scores = metric_names.sample_scores("clf", conditional=True, pixels=True)
     assert "acc_clf" in scores  # a conditional model is also scored on the classes it was asked for
+    assert {"fd_pix", "nn_ratio_pix", "copies_pix"} <= set(scores)  # 32 px: also in pixel space
+    recon = metric_names.reconstruction_scores("clf", conditional=True, pixels=True)
     assert digits_cfg.eval_metrics == (
         *(f"{s}_1step" for s in scores),
         *(f"{s}_4step" for s in scores),
-        *(f"recon_{s}" for s in scores),
+        *(f"recon_{s}" for s in recon),
         "eval_s",
     )
     assert set(digits_cfg.eval_metrics) <= set(first.metrics)
