@@ -89,7 +89,8 @@ MALFORMED = {
         "tune.metric: 'los' is never reported (allowed: loss",
     ),
     "perceptual weight without a network": (
-        "search:\n  loss.con_perc: {choice: [0.0, 0.5]}\n",
+        "search:\n  loss.con_perc: {choice: [0.0, 0.5]}\n"
+        "overrides: {perceptual.network: files, loss.recon_perc: 0.0, loss.con_perc: 0.0}\n",
         "loss.con_perc: 0.5 needs a perceptual network (set perceptual.network: random-conv",
     ),
     "adversarial term that would never start": (
@@ -235,23 +236,23 @@ def test_file_level_errors_name_the_field(tmp_path: Path, text: str, expected: s
 def test_overrides_apply_and_digest_tracks_resolved_content(tmp_path: Path) -> None:
     a = load_sweep(
         write_sweep(
-            tmp_path, GOOD_SEARCH + "overrides: {run.steps: 7, noise.mix_hard_cases: false}\n", "a.yaml"
+            tmp_path, GOOD_SEARCH + "overrides: {run.steps: 700, noise.mix_hard_cases: false}\n", "a.yaml"
         )
     )
-    assert a.experiment.run.steps == 7 and a.experiment.noise.mix_hard_cases is False
+    assert a.experiment.run.steps == 700 and a.experiment.noise.mix_hard_cases is False
     assert a.experiment.model == load_experiment(BASE).model
     assert a.name == "a" and a.experiment_name == f"a-{a.digest}"
     same = load_sweep(
         write_sweep(
-            tmp_path, GOOD_SEARCH + "overrides: {noise.mix_hard_cases: false, run.steps: 7}\n", "a2.yaml"
+            tmp_path, GOOD_SEARCH + "overrides: {noise.mix_hard_cases: false, run.steps: 700}\n", "a2.yaml"
         )
     )
-    other = load_sweep(write_sweep(tmp_path, GOOD_SEARCH + "overrides: {run.steps: 8}\n", "a3.yaml"))
+    other = load_sweep(write_sweep(tmp_path, GOOD_SEARCH + "overrides: {run.steps: 800}\n", "a3.yaml"))
     assert same.name == "a2" and other.name == "a3"
     renamed_same = load_sweep(
         write_sweep(
             tmp_path,
-            "name: a\n" + GOOD_SEARCH + "overrides: {noise.mix_hard_cases: false, run.steps: 7}\n",
+            "name: a\n" + GOOD_SEARCH + "overrides: {noise.mix_hard_cases: false, run.steps: 700}\n",
             "a4.yaml",
         )
     )
