@@ -19,8 +19,8 @@ import torch
 from sklearn.svm import SVC
 
 from orchestrator.evaluation.classifier import load_split
+from orchestrator.evaluation.metrics import class_spread
 from orchestrator.evaluation.pixels import PixelSpace
-from orchestrator.evaluation.protocol import class_spread
 from orchestrator.tracking.mlflow_model import load_registered
 from sphere_core.config import SamplingConfig
 from sphere_core.sampling import generate

@@ -179,7 +179,7 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
     from mlflow import MlflowClient
 
     from orchestrator.config.search_space import apply_trial_params, expand_trials
-    from orchestrator.evaluation.protocol import protocol_for
+    from orchestrator.evaluation.from_config import protocol_for
     from orchestrator.tracking import reports, runs
     from orchestrator.tracking.run_end import ended_with_the_sweep
 

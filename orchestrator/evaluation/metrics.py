@@ -119,3 +119,19 @@ def precision_recall(
     precision = _coverage(fake, real, _kth_neighbour_radius(real, k, chunk), chunk)
     recall = _coverage(real, fake, _kth_neighbour_radius(fake, k, chunk), chunk)
     return precision, recall
+
+
+def class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of images the classifier assigns to the class they were drawn (or encoded) for."""
+    return float((logits.argmax(dim=1) == labels.to(logits.device)).float().mean())
+
+
+def class_spread(features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean distance of an image's features to its class's mean, averaged over the classes present: how
+    much images of one class vary. Samples score it relative to the real held-out images (spread_clf
+    = 1: as varied as real digits of the same class; near 0: one template per class)."""
+    features, labels = features.double(), labels.to(features.device)
+    per_class = [
+        (features[labels == c] - features[labels == c].mean(0)).norm(dim=1).mean() for c in labels.unique()
+    ]
+    return float(torch.stack(per_class).mean())

@@ -34,12 +34,12 @@ from orchestrator.config import metric_names
 from orchestrator.config.schema import ExperimentConfig, PerceptualConfig
 from orchestrator.data.pipeline import ShardStream
 from orchestrator.data.shards import merge_cursors
+from orchestrator.evaluation.from_config import protocol_for
 from orchestrator.evaluation.protocol import (
     MetricResult,
     Protocol,
     evaluate_reconstructions,
     evaluate_samples,
-    protocol_for,
 )
 from orchestrator.tracking.runs import Evaluation, make_sink
 from orchestrator.train import diagnostics

@@ -12,6 +12,7 @@ from orchestrator.data.builtin import ArraySource, builtin_sources
 from orchestrator.data.writer import write_dataset
 from orchestrator.evaluation.classifier import LabelledImages
 from orchestrator.evaluation.features import load_classifier
+from orchestrator.evaluation.from_config import protocol_for
 from orchestrator.evaluation.inception import FIDInceptionV3
 from orchestrator.evaluation.protocol import (
     MetricResult,
@@ -20,7 +21,6 @@ from orchestrator.evaluation.protocol import (
     comparable,
     evaluate_reconstructions,
     evaluate_samples,
-    protocol_for,
     require_comparable,
 )
 from orchestrator.evaluation.reference import ReferenceStats
