@@ -11,7 +11,8 @@ Symbols (paper -> code), images in the losses are in [0, 1] (x * 0.5 + 0.5):
     L = w_rd Dist(x_hat_s, x) + w_rp Perc(x_hat_s, x)                          (pixel reconstruction)
       + w_cd Dist(x_hat_L, sg[x_hat_s]) + w_cp Perc(x_hat_L, sg[x_hat_s])      (pixel consistency)
       + w_lat mean(1 - cos(E(x_hat_L, y), sg[E(x, y)]))                        (latent consistency)
-      + w_adv lambda L_G(x_hat_L [, D(v_prior, y)])      (optional critic, ours: sphere_core/adversarial.py)
+      + w_adv lambda L_G(x_hat_L [, D(v_prior, y)])      (optional critic, ours: sphere_core/adversarial.py;
+                                                          lambda balances it against the pixel terms)
 
 The whole computation lives in `SphereObjective.forward` because DDP (Ray Train's prepare_model) only
 synchronises gradients for work done inside the wrapped module's forward().
@@ -138,6 +139,7 @@ class SphereObjective(nn.Module):
             # sg[x_hat_small]: the large-noise decode is pulled toward the small-noise one ("bootstrap").
             con, con_terms = self._pixel_term("con", large01, small01.detach(), w.con_dist, w.con_perc)
             total, terms = total + con, terms | con_terms
+        pixel_total = total  # VQGAN balances its critic against the image terms (its "nll") only
         if w.latent_con > 0:
             # x_hat_large is NOT detached: this term trains the decoder through the second encoder pass.
             z_re = model.encode(x_hat_large, drop(y))  # (B, N, d)
@@ -151,7 +153,7 @@ class SphereObjective(nn.Module):
             fakes = torch.cat([x_hat_large, *x_hat_prior])
             adv = generator_loss(frozen_logits(critic, fakes))
             weight = (
-                adaptive_weight(total, adv, model.decoder.last_layer)
+                adaptive_weight(pixel_total, adv, model.decoder.last_layer)
                 if w.adversarial_adaptive
                 else adv.new_ones(())
             )

@@ -82,6 +82,15 @@ def test_the_generator_loss_adds_weight_times_lambda_times_its_term() -> None:
     assert step(fresh_state(fixed), seed=0, config=fixed)["adv_lambda"] == 1.0
 
 
+def test_lambda_balances_the_critic_against_the_pixel_terms_only() -> None:
+    # VQGAN's nll: the latent term's weight changes the total, not the balance (nor its backward's cost).
+    light, heavy = adversarial_config(latent_con=0.1), adversarial_config(latent_con=5.0)
+    light_metrics = step(fresh_state(light), seed=0, config=light)
+    heavy_metrics = step(fresh_state(heavy), seed=0, config=heavy)
+    assert heavy_metrics["adv_lambda"] == pytest.approx(light_metrics["adv_lambda"], rel=1e-5)
+    assert heavy_metrics["loss"] > light_metrics["loss"]
+
+
 def test_the_critic_learns_to_tell_real_images_from_decodes() -> None:
     # The tiny config's LR is 6e-5 at batch 8: the critic gets 50x, so 15 steps show it learning.
     config = dataclasses.replace(
