@@ -1,22 +1,26 @@
 """Time to quality: images seen and CPU-seconds until the 1-step samples' fd_clf first falls below 3x the
 real-vs-real floor, and until their class accuracy first reaches 0.85, for MNIST recipes trained side by
-side in one run: `before` (the recipe before issue #9), `preset` (mnist-32-nano, pixel and latent terms
-only), `random-conv` (the preset plus the project's own perceptual distance, no weight file, at the
-paper's perceptual weights 1 / 0.5), and `adversarial` / `adversarial-large` (random-conv plus the PatchGAN
-term, weight 0.5 from a quarter of the run on, judging large-noise decodes and random sphere points' decodes,
-or the large-noise decodes only), and `pixel-adversarial` (the preset's pixel and latent terms plus the
-PatchGAN term on both, no perceptual network).
+side in one run:
+- `preset`: mnist-32-nano as shipped (pixel, latent and random-conv perceptual terms, PatchGAN 0.5 on the
+  large-noise decodes and random sphere points' decodes from a quarter of the run on);
+- `pixel`: the preset's pixel and latent terms only (the preset before issue #19);
+- `random-conv`: `pixel` plus the project's own perceptual distance (no weight file) at the paper's 1 / 0.5;
+- `adversarial-large`: the preset with the critic judging the large-noise decodes only;
+- `pixel-adversarial`: the preset without the perceptual terms;
+- `hard-cases-official` / `alpha-80`: the preset with the official code's hard-case draw, or at 80 degrees;
+- `before`: the recipe before issue #9.
 
-    .venv/bin/python bench/bench_time_to_quality.py [--recipes preset random-conv] [--budget-images 48000]
+    .venv/bin/python bench/bench_time_to_quality.py [--recipes pixel preset] [--budget-images 48000]
         [--eval-every 8000] [--threads 1] [--seed 0]
 
-Both recipes train the `mnist-32-nano` model with `sphere_core.train_step` on the built-in MNIST train split
-held in memory (no Ray, no shards: this measures the recipe, not the data plane). They are interleaved
-chunk by chunk (`--eval-every` images each), so both see the same machine load; CPU-seconds are this
-process's CPU time spent in each recipe's training steps (evaluation excluded). Every chunk ends with an
-evaluation of the EMA weights at MNIST's standard n = 1,000: fd_clf, class accuracy (acc_clf), recall and
-within-class spread (1 = real digits') of 1-step and 4-step samples, balanced over the 10 classes. A recipe
-stops when it has reached both targets or spent its image budget.
+Every recipe trains the `mnist-32-nano` model with `sphere_core.train_step` on the built-in MNIST train split
+held in memory (no Ray, no shards: this measures the recipe, not the data plane), its LR schedule and critic
+start scaled to the image budget. They are interleaved chunk by chunk (`--eval-every` images each), so all see
+the same machine load; CPU-seconds are this process's CPU time spent in each recipe's training steps
+(evaluation excluded). Every chunk ends with an evaluation of the EMA weights at MNIST's standard n = 1,000:
+fd_clf, class accuracy (acc_clf), recall and within-class spread (1 = real digits') of 1-step and 4-step
+samples, balanced over the 10 classes, the pixel-PCA FD and the share of near-copies. A recipe stops when it
+has reached both targets or spent its image budget.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import torch
 from orchestrator.config.schema import PerceptualConfig
 from orchestrator.evaluation.classifier import load_split
 from orchestrator.evaluation.protocol import Protocol, evaluate_samples
-from sphere_core.config import DiscriminatorConfig, NoiseConfig, OptimConfig, SamplingConfig, SphereConfig
+from sphere_core.config import LossWeights, NoiseConfig, OptimConfig, SamplingConfig, SphereConfig
 from sphere_core.perceptual import build_perceptual
 from sphere_core.presets import get_preset
 from sphere_core.sampling import generate
@@ -54,50 +58,85 @@ class Recipe:
     random_conv_seed: int | None = None  # the perceptual network, when the recipe has one
 
 
-RECIPES = ("before", "preset", "random-conv", "adversarial", "adversarial-large", "pixel-adversarial")
-CRITIC = DiscriminatorConfig(width=16)  # 1.2-1.6x the preset's step on one core (width 64: 2-3x)
+RECIPES = (
+    "preset",
+    "pixel",
+    "random-conv",
+    "adversarial-large",
+    "pixel-adversarial",
+    "hard-cases-official",
+    "alpha-80",
+    "before",
+)
 
 
 def recipes(names: list[str], budget_images: int) -> list[Recipe]:
-    """The named recipes; every schedule spans the whole image budget. `before`: the preset's optimiser of
-    the release before issue #9 at sweeps/baseline.yaml's batch 64."""
+    """The named recipes; every schedule spans the whole image budget and every critic starts a quarter into
+    it. `before`: the preset's optimiser of the release before issue #9 at sweeps/baseline.yaml's batch 64."""
     preset = get_preset("mnist-32-nano")
+    loss = dataclasses.replace(preset.loss, adversarial_start_step=budget_images // NEW_BATCH // 4)
+    pixel = dataclasses.replace(loss, recon_perc=0.0, con_perc=0.0, adversarial=0.0)
+    random_conv = PerceptualConfig().seed
     old_optim = OptimConfig(lr=1e-3, min_lr=1e-5, warmup_steps=100, ema_decay=0.999, encoder_lr_scale=0.1)
-    perceptual = dataclasses.replace(preset.loss, recon_perc=1.0, con_perc=0.5)
-    start = budget_images // NEW_BATCH // 4
 
-    def adversarial(on: str, *, random_conv: bool = True) -> Recipe:
-        base = perceptual if random_conv else preset.loss
-        loss = dataclasses.replace(base, adversarial=0.5, adversarial_start_step=start, adversarial_on=on)
-        config = dataclasses.replace(preset, loss=loss, discriminator=CRITIC)
-        name = f"{'random-conv' if random_conv else 'preset'} + PatchGAN 0.5 on {on} from step {start}"
-        seed = PerceptualConfig().seed if random_conv else None
-        return Recipe(name, config, NEW_BATCH, random_conv_seed=seed)
+    def recipe(name: str, loss: LossWeights, *, features: bool) -> Recipe:
+        config = dataclasses.replace(preset, loss=loss)
+        return Recipe(name, config, NEW_BATCH, random_conv_seed=random_conv if features else None)
 
     every = {
+        "preset": recipe(
+            f"preset (random-conv + PatchGAN on large+prior from step {loss.adversarial_start_step})",
+            loss,
+            features=True,
+        ),
+        "pixel": recipe("pixel + latent terms (the preset before #19)", pixel, features=False),
+        "random-conv": recipe(
+            "pixel + random-conv perceptual 1 / 0.5",
+            dataclasses.replace(pixel, recon_perc=1.0, con_perc=0.5),
+            features=True,
+        ),
+        "adversarial-large": recipe(
+            "preset, critic on large-noise decodes only",
+            dataclasses.replace(loss, adversarial_on="large"),
+            features=True,
+        ),
+        "pixel-adversarial": recipe(
+            "preset without the perceptual terms",
+            dataclasses.replace(loss, recon_perc=0.0, con_perc=0.0),
+            features=False,
+        ),
+        "hard-cases-official": Recipe(
+            "preset, the official code's hard-case draw",
+            dataclasses.replace(
+                preset, loss=loss, noise=dataclasses.replace(preset.noise, hard_case_mode="official")
+            ),
+            NEW_BATCH,
+            random_conv_seed=random_conv,
+        ),
+        "alpha-80": Recipe(
+            "preset at alpha_max 80 deg (the paper's CIFAR angle)",
+            dataclasses.replace(
+                preset, loss=loss, noise=dataclasses.replace(preset.noise, alpha_max_deg=80.0)
+            ),
+            NEW_BATCH,
+            random_conv_seed=random_conv,
+        ),
         "before": Recipe(
             "before (lr 1e-3@256, enc x0.1, alpha 80, batch 64)",
             dataclasses.replace(
-                preset, noise=dataclasses.replace(preset.noise, alpha_max_deg=80.0), optim=old_optim
+                preset,
+                loss=pixel,
+                noise=dataclasses.replace(preset.noise, alpha_max_deg=80.0),
+                optim=old_optim,
             ),
             64,
         ),
-        "preset": Recipe("preset (pixel + latent terms)", preset, NEW_BATCH),
-        "random-conv": Recipe(
-            "preset + random-conv perceptual 1 / 0.5",
-            dataclasses.replace(preset, loss=perceptual),
-            NEW_BATCH,
-            random_conv_seed=PerceptualConfig().seed,
-        ),
-        "adversarial": adversarial("large+prior"),
-        "adversarial-large": adversarial("large"),
-        "pixel-adversarial": adversarial("large+prior", random_conv=False),
     }
     out = []
     for name in names:
-        recipe = every[name]
-        optim = dataclasses.replace(recipe.config.optim, total_steps=max(budget_images // recipe.batch, 1))
-        out.append(dataclasses.replace(recipe, config=dataclasses.replace(recipe.config, optim=optim)))
+        chosen = every[name]
+        optim = dataclasses.replace(chosen.config.optim, total_steps=max(budget_images // chosen.batch, 1))
+        out.append(dataclasses.replace(chosen, config=dataclasses.replace(chosen.config, optim=optim)))
     return out
 
 
@@ -142,7 +181,7 @@ def train_chunk(p: Progress, x: torch.Tensor, y: torch.Tensor, images: int) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=["preset", "random-conv"])
+    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=["pixel", "preset"])
     parser.add_argument("--budget-images", type=int, default=48_000, help="per recipe")
     parser.add_argument("--eval-every", type=int, default=8_000, help="images between evaluations")
     parser.add_argument("--threads", type=int, default=1)
