@@ -25,7 +25,27 @@ MEMORISATION = ("nn_ratio_pix", "copies_pix")  # samples only: reconstructions c
 TRAIN_STEP = ("loss", "grad_norm", "lr", "angle_large_deg", "angle_small_deg", "z_rms")
 STEP = "step"  # the training step a report belongs to: Tune's and ASHA's clock
 TRAIN_IMAGES = "train_images"  # images seen so far by the whole trial: the training-compute axis
-LOOP = (STEP, TRAIN_IMAGES, "images_per_s", "data_wait_s", "skipped_samples")  # orchestrator.train.loop
+# Where a worker's wall time goes, cumulative seconds since its train function started (orchestrator.train
+# .loop): model build, resume and the step-0 eval, waiting on data, train steps, evals and sample grids,
+# checkpoints (upload included), metric sends, and the rest; "time_loop_s" is their sum, the wall time.
+LOOP_PHASES = ("setup", "data", "step", "eval", "checkpoint", "report", "other")
+LOOP_WALL = "time_loop_s"
+
+
+def phase_time(phase: str) -> str:
+    """The cumulative seconds of one loop phase: "data" -> "time_data_s"."""
+    return f"time_{phase}_s"
+
+
+LOOP = (
+    STEP,
+    TRAIN_IMAGES,
+    "images_per_s",
+    "data_wait_s",
+    "skipped_samples",
+    *map(phase_time, LOOP_PHASES),
+    LOOP_WALL,
+)
 LOSS_TERMS = ("recon_dist", "con_dist", "latent_con")  # reported on their own when their weight is nonzero
 EVAL_SECONDS = "eval_s"
 EVAL_STEP = "eval_step"  # the step whose eval a report carries

@@ -65,6 +65,7 @@ def noise_seed(run_seed: int, world_size: int, rank: int, start_step: int) -> in
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     """config: {"experiment": ExperimentConfig.to_dict(), "tracking_uri": str, "run_id": str}."""
+    started = time.perf_counter()  # the loop reports the time before it (build, resume, step-0 eval) as setup
     cfg = ExperimentConfig.from_dict(config["experiment"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -112,6 +113,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         eval_fn=ProxyEval(state, cfg),
         global_batch=global_batch,
         skipped_samples=lambda: sum(skipped_per_shard(stream).values()),
+        started=started,
     )
     skipped = skipped_per_shard(stream)  # every rank takes part: a collective
     if skipped:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 
+import pytest
 import torch
 
 from orchestrator.config import metric_names
@@ -23,7 +24,7 @@ class FakeReporter:
         self.flushes: list[tuple[int, bool]] = []  # (last logged step, final)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
-        self.logged[step] = dict(metrics)
+        self.logged.setdefault(step, {}).update(metrics)  # as MLflow keeps every key logged at a step
 
     def log_images(self, render: SampleFn, step: int) -> None:
         if self.keeps_images:
@@ -101,7 +102,8 @@ def test_cadence_logs_samples_and_checkpoints_on_schedule() -> None:
     assert sorted(reporter.logged) == [3, 4, 5, 6, 8, 9, 10]  # every 3, each eval and checkpoint, the last
     assert reporter.image_steps == [4, 8, 10] and sorted(reporter.evaluated) == [4, 8, 10]
     assert sorted(checkpointer.saved) == [5, 10]
-    assert reporter.flushes == [(5, False), (10, True)]  # right after each checkpoint, the last one final
+    # Right after each checkpoint; the final flush follows the last one, with the loop's time totals.
+    assert reporter.flushes == [(5, False), (10, False), (10, True)]
     assert reporter.logged[3]["loss"] == 2.0  # mean of steps 1..3
     assert reporter.logged[4]["loss"] == 4.0  # the window restarts after each log
     # A checkpoint carries its step's window and the latest eval (step 4's, carried to step 5).
@@ -180,6 +182,41 @@ def test_images_per_s_excludes_the_eval() -> None:
         global_batch=4,
     )
     assert reporter.logged[4]["images_per_s"] > 8 / 0.2  # 8 images, not slowed by step 2's 0.2 s eval
+
+
+def test_the_loop_accounts_for_its_wall_time_phase_by_phase() -> None:
+    import time
+
+    def slow_step(images: torch.Tensor, labels: torch.Tensor) -> Mapping[str, float]:
+        time.sleep(0.02)
+        return {"loss": 1.0}
+
+    def slow_eval() -> Evaluation:
+        time.sleep(0.1)
+        return Evaluation({"eval_s": 0.1})
+
+    run = RunConfig(steps=4, log_every=2, eval_every=4, checkpoint_every=4)
+    reporter = FakeReporter()
+    started = time.perf_counter() - 0.3  # as if the worker spent 0.3 s building its model
+    run_loop(
+        slow_step,
+        batches(),
+        run=run,
+        start_step=0,
+        reporter=reporter,
+        checkpointer=FakeCheckpointer(),
+        sample_fn=sample,
+        eval_fn=slow_eval,
+        global_batch=4,
+        started=started,
+    )
+    seconds = {
+        phase: reporter.logged[4][metric_names.phase_time(phase)] for phase in metric_names.LOOP_PHASES
+    }
+    assert seconds["setup"] >= 0.3 and seconds["step"] >= 0.08 and seconds["eval"] >= 0.1
+    assert sum(seconds.values()) == pytest.approx(reporter.logged[4][metric_names.LOOP_WALL])
+    assert reporter.logged[2][metric_names.phase_time("step")] < seconds["step"]  # cumulative, live
+    assert reporter.logged[2][metric_names.phase_time("eval")] == 0.0  # step 4's eval came after step 2
 
 
 def test_loop_imports_neither_ray_nor_mlflow() -> None:
