@@ -1,8 +1,8 @@
 """Typed, frozen configuration for the Sphere Encoder, and a strict dict <-> dataclass round trip.
 
-Every default is the official code's unless its comment says otherwise (the paper: arXiv 2602.15030;
-what each module implements and the presets: docs/model.md). Units are in the field names: angles in
-degrees (`_deg`), steps in optimiser steps.
+Every default is the official code's unless its comment says otherwise (the method and where the paper and
+its code differ: docs/method.md; what each module implements and the presets: docs/model.md). Units are
+in the field names: angles in degrees (`_deg`), steps in optimiser steps.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Decoder D(v, y) -> image (B, C, H, W) in [-1, 1] (spec section 2).
+"""Decoder D(v, y) -> image (B, C, H, W) in [-1, 1] (method §2).
 
 Linear(d -> width) -> MLP-Mixer over (N, width) -> + sin-cos pos emb -> ViT blocks -> pixel head
 ("linear" at 256 px, "conv" for CIFAR) -> tanh. Weights are set by `SphereEncoder.initialize_weights`.

@@ -1,4 +1,4 @@
-"""Editing with a trained Sphere Encoder (spec section 6): reconstruction, latent interpolation,
+"""Editing with a trained Sphere Encoder (method §6): reconstruction, latent interpolation,
 crossover of two images and class manipulation.
 
 Images go in as (B, C, H, W) in [-1, 1] (the model's space) and come out in [0, 1], like `generate`.
@@ -188,7 +188,7 @@ def manipulate_class(
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Re-renders x as the target classes (B,) by `refine_image` conditioned on them. One step keeps the
-    object and adopts the class's texture; more steps move further (spec 6)."""
+    object and adopts the class's texture; more steps move further (method §6)."""
     if not model.cfg.conditional:
         raise ValueError("class manipulation needs a class-conditional model (num_classes > 0)")
     cond = Condition.from_labels(model, labels.to(x.device))

@@ -1,4 +1,4 @@
-"""Encoder E(x, y) -> raw latent z (B, N, d) (spec section 2).
+"""Encoder E(x, y) -> raw latent z (B, N, d) (method §2).
 
 Conv2d patch embedding (no bias) -> 1x1 Conv2d -> tokens -> + sin-cos pos emb -> ViT blocks ->
 ModulatedLinear(width -> d) -> latent MLP-Mixer over (N, d) ending in RMSNorm(d). The global

@@ -1,4 +1,4 @@
-"""The Sphere Encoder training objective (paper spec 1.4-1.6) as one nn.Module.
+"""The Sphere Encoder training objective (method §1.4-1.6) as one nn.Module.
 
 Symbols (paper -> code), images in the losses are in [0, 1] (x * 0.5 + 0.5):
     x                        real images in [-1, 1], (B, C, H, W)     -> x
@@ -111,7 +111,7 @@ class SphereObjective(nn.Module):
 
         def drop(labels: torch.Tensor | None) -> torch.Tensor | None:
             # Official: each network's LabelEmbedder drops inside its own forward, so every call below
-            # (encode, the 2B-row decode, re-encode) draws its own mask, row by row (spec 1.5).
+            # (encode, the 2B-row decode, re-encode) draws its own mask, row by row (method §1.5).
             if labels is None:
                 return None
             return model.drop_labels(labels, model.cfg.label_dropout, generator=generator)
@@ -119,7 +119,7 @@ class SphereObjective(nn.Module):
         z = model.encode(x, drop(y))  # (B, N, d)
         v = spherify(z)
         noise = add_training_noise(v, self.noise, generator=generator)
-        # One decoder pass over [v_NOISY; v_noisy], 2B latents (spec 1.6), plus B random sphere points when
+        # One decoder pass over [v_NOISY; v_noisy], 2B latents (method §1.6), plus B random sphere points when
         # the critic also judges one-step samples.
         latents = [noise.v_large, noise.v_small]
         if critic is not None and w.adversarial_on == "large+prior":

@@ -1,4 +1,4 @@
-"""SphereEncoder: the encoder E, the decoder D and their label conditioning (spec section 2).
+"""SphereEncoder: the encoder E, the decoder D and their label conditioning (method §2).
 
 No loss and no sampling loop live here: `losses.py` and `sampling.py` build on encode/decode.
 Every weight is set by one pass, `initialize_weights` (the official `Transformer.initialize_weights`).
@@ -43,7 +43,7 @@ class SphereEncoder(nn.Module):
 
     @torch.no_grad()
     def initialize_weights(self) -> None:
-        """Sets every parameter by the official rules (spec 2, "Initialisation"): the global xavier pass
+        """Sets every parameter by the official rules (method §2, "Initialisation"): the global xavier pass
         first, then the overrides. Called on construction; a no-op on the meta device, so call it again
         after materialising such a model (`model.to_empty(device=...)`)."""
         if any(p.is_meta for p in self.parameters()):

@@ -1,4 +1,4 @@
-"""AdamW parameter groups, the learning-rate schedule and the fp32 EMA (paper spec 4).
+"""AdamW parameter groups, the learning-rate schedule and the fp32 EMA (method §4).
 
 Official recipe: AdamW(betas 0.9/0.95, weight decay 0); no decay for parameters with ndim < 2, for names
 containing ln/bias/embedding/norm/embed/token, and for every decoder parameter (`decays` states what that

@@ -1,4 +1,4 @@
-"""Frozen perceptual distance Perc = (1.0 * LPIPS_VGG + 0.1 * MSE(ConvNeXt-S logits)) / 1.1 (spec 1.4).
+"""Frozen perceptual distance Perc = (1.0 * LPIPS_VGG + 0.1 * MSE(ConvNeXt-S logits)) / 1.1 (method §1.4).
 
 Both networks are built here in plain torch (torchvision is not a dependency) with module names that
 match the published state_dict layouts, and are filled ONLY from weight files the user points to:
@@ -9,7 +9,7 @@ Nothing is ever downloaded. Where no file can be had, `RandomConvFeatures` is th
 distance: a small conv net frozen at a seeded random initialisation, compared LPIPS-style (random conv
 features already make a usable perceptual distance: Zhang et al. 2018, the LPIPS paper). With neither,
 the perceptual terms are off; `perceptual_status` says so.
-Inputs are images in [0, 1] (the loss space, spec 1.4); grayscale is repeated to 3 channels for the
+Inputs are images in [0, 1] (the loss space, method §1.4); grayscale is repeated to 3 channels for the
 published networks.
 """
 

@@ -45,7 +45,7 @@ def _schedule(*, epochs: int, warmup_epochs: int, train_images: int) -> OptimCon
     return OptimConfig(warmup_steps=warmup_epochs * steps_per_epoch, total_steps=epochs * steps_per_epoch)
 
 
-# --- paper presets (spec section 4) ---------------------------------------------------------------
+# --- paper presets (method §4) ---------------------------------------------------------------
 
 
 def cifar10_32_b() -> SphereConfig:

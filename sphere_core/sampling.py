@@ -1,4 +1,4 @@
-"""Few-step generation with the Sphere Encoder (spec section 3, "Algorithm 1").
+"""Few-step generation with the Sphere Encoder (method §3, "Algorithm 1").
 
     e ~ N(0, I) (B, N, d);  v = f(e);  x = D(v, y)               <- the 1-step sample
     for k = 1 .. T-1:
@@ -9,7 +9,7 @@
 
 Shared noise (`SamplingConfig.shared_noise`, the official default): e_k is drawn ONCE, at the first
 refinement step, and reused by every later step. It is not the initial e of the 1-step sample; this is
-the official code's behaviour (spec section 3), where some reimplementations reuse e instead.
+the official code's behaviour (method §3), where some reimplementations reuse e instead.
 
 Classifier-free guidance: lerp(uncond, cond, w) = uncond + w * (cond - uncond), with the null class
 as uncond, on the encoder's latent ("enc", refinement steps only), on the decoder's pixels ("dec",

@@ -1,4 +1,4 @@
-"""The spherify projection f and the training-time noise on the sphere (paper spec 1.2-1.3).
+"""The spherify projection f and the training-time noise on the sphere (method §1.2-1.3).
 
 Symbols (paper -> code):
     z            raw encoder output, (B, N, d)              -> z
@@ -89,7 +89,7 @@ class TrainingNoise:
 def add_training_noise(
     v: torch.Tensor, noise: NoiseConfig, *, generator: torch.Generator | None
 ) -> TrainingNoise:
-    """Both noisy latents of one training step (spec 1.3). v: clean spherical latent (B, N, d)."""
+    """Both noisy latents of one training step (method §1.3). v: clean spherical latent (B, N, d)."""
     batch, device = v.shape[0], v.device
     e = randn(tuple(v.shape), generator=generator, device=device, dtype=v.dtype)
     r = stratified_unit_radii(batch, generator=generator, device=device)

@@ -1,6 +1,6 @@
 """Tensor-only image preprocessing: uint8 pixels in, float CHW in [-1, 1] out (pure torch, no PIL).
 
-The decoder ends in tanh, so training images live in [-1, 1] (paper spec 1.1). Geometry helpers work on
+The decoder ends in tanh, so training images live in [-1, 1] (method §1.1). Geometry helpers work on
 (C, H, W) or (B, C, H, W) tensors of any dtype; resampling happens in float and is rounded back for uint8.
 Randomness (flips) comes only from an explicit torch.Generator so data order and augmentation replay.
 """

@@ -152,9 +152,9 @@ class EvalConfig(MetricSource):
 
 @dataclass(frozen=True, kw_only=True)
 class PerceptualConfig:
-    """The frozen network of the perceptual loss terms (spec 1.4). `files`: the published LPIPS-VGG16 and/or
-    ConvNeXt-S from weight files, as paths or fsspec URLs (s3://, gs://); none ship with the project and
-    nothing is fetched from the internet (LPIPS needs both vgg16 and lpips; ConvNeXt-S alone is allowed).
+    """The frozen network of the perceptual loss terms (method §1.4). `files`: the published LPIPS-VGG16
+    and/or ConvNeXt-S from weight files, as paths or fsspec URLs (s3://, gs://); none ship with the project
+    and nothing is fetched from the internet (LPIPS needs both vgg16 and lpips; ConvNeXt-S alone is allowed).
     `random-conv`: the project's own features, a small conv net frozen at a random initialisation drawn
     from `seed` (sphere_core/perceptual.py), which needs no file. Without either, the perceptual terms
     must be 0."""

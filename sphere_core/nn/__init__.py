@@ -1,1 +1,1 @@
-"""Plain-PyTorch building blocks of the Sphere Encoder's two ViTs (paper spec section 2)."""
+"""Plain-PyTorch building blocks of the Sphere Encoder's two ViTs (method §2)."""

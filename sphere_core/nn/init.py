@@ -1,4 +1,4 @@
-"""Initialisers the official `Transformer.initialize_weights` uses beyond torch.nn.init (spec section 2).
+"""Initialisers the official `Transformer.initialize_weights` uses beyond torch.nn.init (method §2).
 
 `SphereEncoder.initialize_weights` applies them; they are in-place and expect to run under no_grad.
 """

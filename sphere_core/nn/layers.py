@@ -1,4 +1,4 @@
-"""Norms, the SwiGLU FFN and the AdaLN pieces shared by the encoder and decoder (spec section 2).
+"""Norms, the SwiGLU FFN and the AdaLN pieces shared by the encoder and decoder (method §2).
 
 AdaLN-Zero: a condition c (a label embedding) goes through SiLU -> Linear(width, k*width) whose
 weights start at zero, so every modulated layer starts as the unmodulated one. Unconditional models
@@ -62,7 +62,7 @@ class AdaLN(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """w2(silu(w1 x) * w3 x) with hidden = int(width * 8/3) (spec section 2)."""
+    """w2(silu(w1 x) * w3 x) with hidden = int(width * 8/3) (method §2)."""
 
     def __init__(self, width: int) -> None:
         super().__init__()

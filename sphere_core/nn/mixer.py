@@ -1,4 +1,4 @@
-"""The latent MLP-Mixer at the end of the encoder and the start of the decoder (spec section 2).
+"""The latent MLP-Mixer at the end of the encoder and the start of the decoder (method §2).
 
 Each MixerBlock mixes across tokens, then across channels, each through a residual whose learnable
 scalar (alpha_1, alpha_2) starts at 0, so at init the mixer is just its final per-token RMSNorm.

@@ -1,4 +1,4 @@
-"""Position information for a g x g token grid (spec section 2): a fixed 2-D sin-cos absolute
+"""Position information for a g x g token grid (method §2): a fixed 2-D sin-cos absolute
 embedding added once after the input embedding, and 2-D axial RoPE applied to q and k in every block.
 
 Tokens are in raster order: token t sits at row t // g, column t % g.

@@ -1,4 +1,4 @@
-"""The ViT trunk shared by the encoder and decoder (spec section 2).
+"""The ViT trunk shared by the encoder and decoder (method §2).
 
 Block: pre-norm RMSNorm, multi-head self-attention (qkv bias, SDPA, no qk-norm, 2-D axial RoPE on
 q and k), SwiGLU FFN, and AdaLN-Zero shift/scale/gate around both. Without a condition the block

@@ -20,7 +20,7 @@ def test_round_trip_is_identity() -> None:
 @pytest.mark.parametrize(
     ("image_size", "ratio", "resolution", "tokens", "channels", "latent"),
     [
-        (32, 1.5, "high", 256, 8, 2048),  # CIFAR-10: 16x16 tokens x 8 = 2,048 (spec section 2)
+        (32, 1.5, "high", 256, 8, 2048),  # CIFAR-10: 16x16 tokens x 8 = 2,048 (method §2)
         (256, 3.0, "high", 1024, 64, 65536),  # ImageNet
         (256, 1.5, "high", 1024, 128, 131072),  # Animal-Faces, Oxford-Flowers
         (256, 3.0, "low", 256, 256, 65536),

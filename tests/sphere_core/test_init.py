@@ -1,4 +1,4 @@
-"""Initialisation against the official rules (spec 2, "Initialisation"), checked on weight statistics.
+"""Initialisation against the official rules (method §2, "Initialisation"), checked on weight statistics.
 
 Every bound and standard deviation below is computed from the rule (fans, gains), never from our output.
 """

@@ -1,4 +1,4 @@
-"""Loss terms, their weights, and where gradients may (and may not) flow (spec 1.4-1.6)."""
+"""Loss terms, their weights, and where gradients may (and may not) flow (method §1.4-1.6)."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ def test_noise_angle_is_arctan_sigma_in_high_dimension() -> None:
 
 
 def test_median_training_angle_is_about_80_degrees_at_alpha_85() -> None:
-    # spec 1.3: arctan(0.5 * tan 85) = 80.1 degrees, so training is dominated by large angles.
+    # method §1.3: arctan(0.5 * tan 85) = 80.1 degrees, so training is dominated by large angles.
     noise = NoiseConfig(alpha_max_deg=85.0, mix_hard_cases=False)
     # L = 4096: the per-sample angle concentrates around arctan(r * sigma_max) as 1/sqrt(L).
     v = spherify(torch.randn(512, 512, 8, generator=_gen()))
