@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.config import metric_names
 from orchestrator.config.sweep_spec import MODEL_URI_FORMS
-from orchestrator.data import BUILTIN_NAMES
 from orchestrator.data.cli_errors import at_least, reaching, run
+from orchestrator.data.registry import BUILTIN_NAMES, NO_DATASET
 from orchestrator.generate import SAMPLING_RENAMES, add_sampling_flags, check_registry_uri, sampling_values
 
 if TYPE_CHECKING:  # torch, mlflow and the configs load only after the CLI's flags have parsed
@@ -377,7 +377,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--dataset",
-        choices=(*BUILTIN_NAMES, "none"),
+        choices=(*BUILTIN_NAMES, NO_DATASET),
         help="built-in whose classifier scores and whose splits are the real images (default: mnist; "
         "none with --reference)",
     )

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from orchestrator.config import metric_names
 from orchestrator.data.config import DataConfig
+from orchestrator.data.registry import DatasetChoice
 from sphere_core.config import (
     RANDOM_CONV_SEED,
     AugmentConfig,
@@ -91,7 +92,7 @@ class MetricSource:
     - the real-vs-real floor: `floor` shards (training images), else the built-in's train split."""
 
     section: ClassVar[str]  # the YAML section, for error messages
-    dataset: Literal["digits", "mnist", "fashion-mnist", "none"] = "none"
+    dataset: DatasetChoice = "none"
     inception: str | None = field(
         default=None,
         metadata={"give": "a path or fsspec URL of pytorch-fid's pt_inception-2015-12-05-6726825d.pth"},

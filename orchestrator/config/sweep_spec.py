@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from orchestrator.config.schema import ExperimentConfig, MetricSource
+from orchestrator.data.registry import DatasetChoice
 from sphere_core.config import ConfigError, short_repr
 
 # A stored model: a registry alias or version (MLflow's own models:/ forms), or a checkpoint logged on a run.
@@ -79,7 +80,7 @@ class EvaluateConfig(MetricSource):
 
     section: ClassVar[str] = "evaluate"
     model: str  # one of MODEL_URI_FORMS
-    dataset: Literal["digits", "mnist", "fashion-mnist", "none"] = "mnist"
+    dataset: DatasetChoice = "mnist"
     num_images: int = 256  # samples per setting (FD/KID/P/R are biased by n: keep it fixed)
     seed: int = 0  # the same noise and labels for every setting, so settings differ only by their knobs
 

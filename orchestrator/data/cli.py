@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.verb == "list-builtins":
-        from orchestrator.data.builtin import BUILTINS
+        from orchestrator.data.registry import BUILTINS
 
         for b in BUILTINS.values():
             print(f"builtin:{b.name:<14} {b.default_size}px default  {b.summary}")

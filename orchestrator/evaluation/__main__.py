@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.data import BUILTIN_NAMES
 from orchestrator.data.cli_errors import at_least, check_scheme, reaching, run
+from orchestrator.data.registry import BUILTIN_NAMES
 
 
 def main(argv: list[str] | None = None) -> int:

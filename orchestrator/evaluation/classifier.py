@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from orchestrator.data.builtin import BUILTINS, builtin_sources
+from orchestrator.data.builtin import builtin_sources
+from orchestrator.data.registry import BUILTINS
 from sphere_core.transforms import resize
 
 IMAGE_SIZE = 32  # every metric classifier sees (1, 32, 32) images in [0, 1]
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-DATASETS = tuple(BUILTINS)
 
 
 @dataclass(frozen=True)
@@ -100,14 +100,6 @@ class ClassifierTrainConfig:
     seed: int = 0
 
 
-CLASSIFIER_TRAINING = {
-    "digits": ClassifierTrainConfig(epochs=40),  # 1,203 images: ~40 s on 2 cores
-    "mnist": ClassifierTrainConfig(epochs=15),  # 4,000 images
-    "fashion-mnist": ClassifierTrainConfig(epochs=3),  # 60,000 images: a few minutes
-}
-ACCURACY_FLOORS = {"digits": 0.95, "mnist": 0.95, "fashion-mnist": 0.85}  # held-out, tested
-
-
 @dataclass(frozen=True, kw_only=True)
 class ClassifierCard:
     """What the JSON beside a committed checkpoint records."""
@@ -168,7 +160,7 @@ def train_classifier(
     dataset: str, *, out_dir: Path = WEIGHTS_DIR, spec: ClassifierTrainConfig | None = None
 ) -> ClassifierCard:
     """Train, score on the held-out split and write `clf-<dataset>.pt` + `.json` into out_dir."""
-    spec = spec or CLASSIFIER_TRAINING[dataset]
+    spec = spec or ClassifierTrainConfig(epochs=BUILTINS[dataset].classifier_epochs)
     train, test = load_split(dataset, "train"), load_split(dataset, "test")
     torch.manual_seed(spec.seed)  # the initial weights
     model = SmallClassifier(num_classes=int(train.labels.max()) + 1)

@@ -27,6 +27,7 @@ import torch
 import torchmetrics
 
 from orchestrator.config import metric_names
+from orchestrator.data.registry import BUILTINS
 from orchestrator.evaluation.classifier import LabelledImages, load_split
 from orchestrator.evaluation.features import FeatureExtractor, load_classifier
 from orchestrator.evaluation.metrics import (
@@ -55,7 +56,6 @@ PROTOCOL_VERSION = 3
 # D(f(E(x))) with the null class and no noise. With the true labels the label alone carries the class, and
 # a poor autoencoder's reconstructions would still score near the floor.
 RECONSTRUCTION = "D(f(E(x, null)), null), no noise"
-STANDARD_N = {"digits": 594, "mnist": 1000, "fashion-mnist": 10_000}  # = each held-out split's size
 # What was scored -> its metric names (fd_clf for samples, recon_fd_clf for reconstructions).
 KINDS: dict[str, Callable[[str], str]] = {
     "samples": lambda name: name,
@@ -205,7 +205,7 @@ class Protocol:
         extractor = extractor or load_classifier(dataset)
         real = reference if reference is not None else load_split(dataset, "test", image_size)
         ref = reference_stats(real.images, extractor=extractor, cache=cache)
-        standard_n = STANDARD_N.get(dataset, ref.n)
+        standard_n = BUILTINS[dataset].test_size if dataset in BUILTINS else ref.n
         n = n or standard_n
         protocol = cls(
             dataset=dataset,

@@ -1,23 +1,29 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from orchestrator.data import BUILTIN_NAMES
-from orchestrator.data.builtin import (
-    BUILTINS,
-    FASHION_MNIST_DIR,
-    FASHION_MNIST_ENV,
-    builtin_sources,
-    fit_builtin,
-)
+from orchestrator.data.builtin import builtin_sources, fit_builtin
+from orchestrator.data.registry import BUILTINS, FASHION_MNIST_DIR, FASHION_MNIST_ENV
 from orchestrator.data.shards import DataError
 
 
-def test_the_cli_choices_name_every_builtin() -> None:
-    assert tuple(BUILTINS) == BUILTIN_NAMES
+def test_naming_the_builtins_loads_neither_torch_nor_numpy() -> None:
+    code = (
+        "import sys, orchestrator.data.registry, orchestrator.config.loader; "
+        "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist"])
+def test_each_builtin_holds_out_the_split_size_its_entry_names(name: str) -> None:
+    assert len(builtin_sources(name)["test"]) == BUILTINS[name].test_size
 
 
 def test_digits_fixed_stratified_split() -> None:

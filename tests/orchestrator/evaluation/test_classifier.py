@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from orchestrator.data.registry import BUILTINS
 from orchestrator.evaluation.classifier import (
-    ACCURACY_FLOORS,
     WEIGHTS_DIR,
     ClassifierCard,
     accuracy,
@@ -20,8 +20,8 @@ from orchestrator.evaluation.features import load_classifier
 COMMITTED = sorted(p.stem.removeprefix("clf-") for p in WEIGHTS_DIR.glob("clf-*.json"))
 
 
-def test_digits_and_mnist_classifiers_are_committed() -> None:
-    assert {"digits", "mnist"} <= set(COMMITTED)
+def test_every_builtin_has_a_committed_classifier() -> None:
+    assert set(COMMITTED) == set(BUILTINS)
 
 
 @pytest.mark.parametrize("dataset", COMMITTED)
@@ -34,7 +34,7 @@ def test_committed_classifier_matches_its_card_and_accuracy_floor(dataset: str) 
         pytest.skip(str(err))
     measured = accuracy(load_classifier(dataset).net, test)
     assert measured == pytest.approx(card.heldout_accuracy, abs=1e-4)  # the card tells the truth
-    assert measured > ACCURACY_FLOORS[dataset]
+    assert measured > BUILTINS[dataset].classifier_accuracy_floor
     assert 190_000 < card.num_params < 205_000
 
 
@@ -73,4 +73,4 @@ def test_training_command_reproduces_the_committed_digits_accuracy(tmp_path: Pat
     finally:
         torch.set_num_threads(threads)
     assert abs(card.heldout_accuracy - committed.heldout_accuracy) < 0.015
-    assert card.heldout_accuracy > ACCURACY_FLOORS["digits"]
+    assert card.heldout_accuracy > BUILTINS["digits"].classifier_accuracy_floor
