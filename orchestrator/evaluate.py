@@ -27,10 +27,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from orchestrator.cli_errors import at_least, run
 from orchestrator.config import metric_names
 from orchestrator.config.sweep_spec import MODEL_URI_FORMS
-from orchestrator.data.cli_errors import at_least, reaching, run
 from orchestrator.data.registry import BUILTIN_NAMES, NO_DATASET
+from orchestrator.data.storage import reaching
 from orchestrator.generate import SAMPLING_RENAMES, add_sampling_flags, check_registry_uri, sampling_values
 
 if TYPE_CHECKING:  # torch, mlflow and the configs load only after the CLI's flags have parsed

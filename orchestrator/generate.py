@@ -16,8 +16,8 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from orchestrator.cli_errors import UserError, at_least, run
 from orchestrator.config.sweep_spec import MODEL_URI, MODEL_URI_FORMS
-from orchestrator.data.cli_errors import UserError, at_least, run
 
 if TYPE_CHECKING:  # torch, mlflow and sphere_core load only after the flags have parsed
     import torch

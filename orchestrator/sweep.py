@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator import cli_errors
 from orchestrator.cluster.driver_node import keep_train_coordinator_on_this_node
 from orchestrator.cluster.preflight import (
     TRIAL_DRIVER_CPU,
@@ -40,7 +41,7 @@ from orchestrator.config.loader import dump_yaml, load_sweep, parse_set
 from orchestrator.config.schema import ExperimentConfig
 from orchestrator.config.search_space import MAX_TRIALS, apply_trial_params, expand_trials, to_param_space
 from orchestrator.config.sweep_spec import SweepSpec
-from orchestrator.data import cli_errors
+from orchestrator.data.storage import check_scheme
 from orchestrator.train.worker_env import keep_credentials_out_of_trial_runtime_envs, worker_env
 
 
@@ -101,7 +102,7 @@ def sweep(args: argparse.Namespace) -> int:
     try:
         sets = dict(parse_set(assignment) for assignment in args.set)
         spec = load_sweep(resolve_sweep_path(args.sweep), sets, max_trials=args.max_trials)
-        cli_errors.check_scheme(spec.experiment.data.url, "data.url")  # else each worker finds out alone
+        check_scheme(spec.experiment.data.url, "data.url")  # else each worker finds out alone
         if args.new_experiment:
             spec = dataclasses.replace(spec, digest=f"{spec.digest}-{time.strftime('%Y%m%d-%H%M%S')}")
         if args.dry_run:

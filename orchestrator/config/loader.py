@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.cli_errors import utf8
 from orchestrator.config import metric_names
 from orchestrator.config.schema import ExperimentConfig
 from orchestrator.config.search_space import (
@@ -38,7 +39,6 @@ from orchestrator.config.search_space import (
     validate_search,
 )
 from orchestrator.config.sweep_spec import EvaluateConfig, SweepFile, SweepSpec
-from orchestrator.data.cli_errors import utf8
 from sphere_core.config import ConfigError, clip, from_dict, short_repr, to_dict
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # becomes a directory and an MLflow experiment name

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.data.cli_errors import at_least, reaching, run
+from orchestrator.cli_errors import at_least, run
+from orchestrator.data.storage import reaching
 
 if TYPE_CHECKING:  # the data modules import torch: only after the flags have parsed
     from orchestrator.data.shards import Manifest

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from fsspec.core import url_to_fs
 
-from orchestrator.data.cli_errors import utf8
+from orchestrator.cli_errors import utf8
 from sphere_core.config import ConfigError, short_repr
 
 MANIFEST_NAME = "manifest.json"

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from orchestrator.data.cli_errors import utf8
+from orchestrator.cli_errors import utf8
 from orchestrator.data.shards import DataError, Manifest
 from sphere_core.config import short_repr
 from sphere_core.transforms import fit_square, hwc_to_chw

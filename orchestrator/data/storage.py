@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
+
+from orchestrator.cli_errors import UserError
 
 T = TypeVar("T")
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 8.0
 
 
-class StorageUnavailable(RuntimeError):
+KNOWN_SCHEMES = "file (or a plain path), s3, gs, memory"
+AWS_CREDENTIALS = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+REFUSED_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
+
+
+class StorageUnavailable(UserError, RuntimeError):
     """The store did not answer within the retry budget; the message names the URL."""
 
 
@@ -85,3 +93,66 @@ def retrying(
             return fn()
         except Exception as exc:
             backoff.wait(exc)
+
+
+def check_scheme(url: str, flag: str = "") -> None:
+    """UserError unless fsspec knows `url`'s scheme and its backend package is installed."""
+    import fsspec
+    from fsspec.core import split_protocol
+    from fsspec.registry import known_implementations
+
+    protocol = split_protocol(url)[0] or "file"
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        raise UserError(
+            f"{_where(url, flag)}: unknown URL scheme {protocol!r} (known: {KNOWN_SCHEMES})"
+        ) from None
+    except ImportError:
+        package = known_implementations[protocol]["class"].split(".")[0]
+        raise UserError(
+            f"{_where(url, flag)}: {protocol}:// URLs need {package}: pip install {package}"
+        ) from None
+
+
+@contextmanager
+def reaching(url: str, flag: str = "") -> Iterator[None]:
+    """Checks `url`'s scheme, then turns a failure to reach the store inside the block (unreachable,
+    no or refused credentials, no such bucket) into a UserError naming the flag and URL."""
+    check_scheme(url, flag)
+    try:
+        yield
+    except Exception as exc:
+        problem = storage_problem(exc, url)
+        if problem is None:
+            raise
+        raise UserError(f"{_where(url, flag)}: {problem}") from exc
+
+
+def storage_problem(exc: BaseException, url: str) -> str | None:
+    """What went wrong reaching `url`, for the user; None when `exc` is no storage fault (a bug, or an
+    error that already names its URL)."""
+    import botocore.exceptions
+
+    if isinstance(exc, StorageUnavailable):
+        return None
+    s3 = url.startswith(("s3://", "s3a://"))
+    for cause in exception_chain(exc):
+        if isinstance(cause, botocore.exceptions.NoCredentialsError):
+            return f"no credentials found: set {AWS_CREDENTIALS}"
+        if isinstance(cause, botocore.exceptions.ClientError):
+            code = str(cause.response.get("Error", {}).get("Code", ""))
+            if code in REFUSED_CODES:
+                return f"access refused ({code}): check {AWS_CREDENTIALS} and the bucket's policy"
+            if code == "NoSuchBucket":
+                return "no such bucket"
+    if isinstance(exc, PermissionError):
+        return f"access refused ({exc}){f': check {AWS_CREDENTIALS}' if s3 else ''}"
+    if is_transient(exc):
+        hint = ": check AWS_ENDPOINT_URL and that the store is up" if s3 else ""
+        return f"storage unreachable ({type(exc).__name__}: {exc}){hint}"
+    return None
+
+
+def _where(url: str, flag: str) -> str:
+    return f"{flag} {url}" if flag else url

@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.data.cli_errors import at_least, check_scheme, reaching, run
+from orchestrator.cli_errors import at_least, run
 from orchestrator.data.registry import BUILTIN_NAMES
+from orchestrator.data.storage import check_scheme, reaching
 
 
 def main(argv: list[str] | None = None) -> int:

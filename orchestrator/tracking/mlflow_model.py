@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchestrator.data.cli_errors import UserError
+from orchestrator.cli_errors import UserError
 from sphere_core.checkpoint import CorruptCheckpoint, load_model
 from sphere_core.config import ConfigError, SamplingConfig, SphereConfig
 from sphere_core.model import SphereEncoder
