@@ -153,18 +153,29 @@ class NoiseConfig:
         return min(self.alpha_max_deg + self.hard_case_extra_deg, 89.0)
 
 
+TERM = "term"  # a LossWeights field's metadata: which kind of loss term it weights (see `loss_term`)
+
+
+def loss_term(default: float, kind: Literal["pixel", "perceptual", "latent", "critic"]) -> Any:
+    """A LossWeights field that weights one loss term. Pixel, perceptual and latent terms are reported under
+    the field's own name whenever their weight is nonzero (a perceptual one only with a perceptual network);
+    the critic's weight reports its adv_* diagnostics instead. Everything that lists loss terms derives
+    from these fields (LossWeights.terms)."""
+    return field(default=default, metadata={TERM: kind})
+
+
 @dataclass(frozen=True, kw_only=True)
 class LossWeights:
     """The five loss weights (official CIFAR-10 values by default) and the distance function."""
 
-    recon_dist: float = 1.0  # w_rd: Dist(x_hat_small, x)
-    recon_perc: float = 1.0  # w_rp: Perc(x_hat_small, x)
-    con_dist: float = 0.5  # w_cd: Dist(x_hat_large, sg[x_hat_small])
-    con_perc: float = 0.5  # w_cp: Perc(x_hat_large, sg[x_hat_small])
-    latent_con: float = 0.1  # w_lat: 1 - cos(E(x_hat_large), sg[E(x)])
+    recon_dist: float = loss_term(1.0, "pixel")  # w_rd: Dist(x_hat_small, x)
+    recon_perc: float = loss_term(1.0, "perceptual")  # w_rp: Perc(x_hat_small, x)
+    con_dist: float = loss_term(0.5, "pixel")  # w_cd: Dist(x_hat_large, sg[x_hat_small])
+    con_perc: float = loss_term(0.5, "perceptual")  # w_cp: Perc(x_hat_large, sg[x_hat_small])
+    latent_con: float = loss_term(0.1, "latent")  # w_lat: 1 - cos(E(x_hat_large), sg[E(x)])
     distance: Literal["smooth_l1", "l2", "smooth_l1+l2"] = "smooth_l1"
     # The adversarial term (ours, off by default; sphere_core/adversarial.py): w_adv * lambda * L_G.
-    adversarial: float = 0.0  # w_adv; 0 = no critic at all
+    adversarial: float = loss_term(0.0, "critic")  # w_adv; 0 = no critic at all
     adversarial_start_step: int = 0  # neither the term nor the critic trains before this optimiser step
     adversarial_adaptive: bool = True  # lambda = VQGAN's gradient-balancing weight (else 1)
     # What the critic judges as fake: the large-noise decodes, and with "large+prior" also decodes of random
@@ -172,11 +183,22 @@ class LossWeights:
     adversarial_on: Literal["large", "large+prior"] = "large"
 
     def __post_init__(self) -> None:
-        for f in ("recon_dist", "recon_perc", "con_dist", "con_perc", "latent_con", "adversarial"):
-            if getattr(self, f) < 0:
-                raise ConfigError(f"loss.{f}: must be >= 0")
+        for name in self.terms("pixel", "perceptual", "latent", "critic"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"loss.{name}: must be >= 0")
         if self.adversarial_start_step < 0:
             raise ConfigError("loss.adversarial_start_step: must be >= 0")
+
+    @classmethod
+    def terms(cls, *kinds: str) -> tuple[str, ...]:
+        """The weight fields of the given kinds of loss term, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get(TERM) in kinds)
+
+    def reported_terms(self, *, perceptual: bool) -> tuple[str, ...]:
+        """The loss terms a training step reports under their own names: nonzero weight, and for a
+        perceptual term, a perceptual network to compute it."""
+        kinds = ("pixel", "latent", "perceptual") if perceptual else ("pixel", "latent")
+        return tuple(name for name in self.terms(*kinds) if getattr(self, name) > 0)
 
     @property
     def pixel_consistency(self) -> bool:

@@ -39,7 +39,7 @@ from orchestrator.config.search_space import (
     validate_search,
 )
 from orchestrator.config.sweep_spec import EvaluateConfig, SweepFile, SweepSpec
-from sphere_core.config import ConfigError, clip, from_dict, short_repr, to_dict
+from sphere_core.config import ConfigError, LossWeights, clip, from_dict, short_repr, to_dict
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # becomes a directory and an MLflow experiment name
 _MERGE_TAG = "tag:yaml.org,2002:merge"  # the `<<` key
@@ -351,9 +351,6 @@ def _check_kind(raw: SweepFile) -> None:
             raise ConfigError(f"search.{dotted}.{dist.kind}: kind: evaluate takes grid only")
 
 
-PERCEPTUAL = ("recon_perc", "con_perc")  # need a network in `perceptual:`
-
-
 def _searched(raw: SweepFile, experiment: ExperimentConfig, dotted: str) -> list[Any]:
     """The config's value at `dotted` and every value the search gives it (a grid's or a choice's)."""
     section, name = dotted.split(".", 1)
@@ -362,7 +359,7 @@ def _searched(raw: SweepFile, experiment: ExperimentConfig, dotted: str) -> list
 
 
 def _check_trainable(raw: SweepFile, experiment: ExperimentConfig) -> None:
-    for name in PERCEPTUAL:
+    for name in LossWeights.terms("perceptual"):  # they need a network in `perceptual:`
         values = _searched(raw, experiment, f"loss.{name}")
         if any(v > 0 for v in values) and not experiment.perceptual.given:
             raise ConfigError(
@@ -376,8 +373,12 @@ def _check_trainable(raw: SweepFile, experiment: ExperimentConfig) -> None:
             f"loss.adversarial_start_step: {max(starts)} is not below run.steps {experiment.run.steps}, so "
             f"the adversarial term would never train (allowed: 0..{experiment.run.steps - 1})"
         )
-    weights = experiment.loss
-    terms = [n for n in metric_names.LOSS_TERMS if getattr(weights, n) > 0 or f"loss.{n}" in raw.search]
+    # A searched weight is nonzero in some trial: its term counts as reported.
+    searched: dict[str, Any] = {
+        n: 1.0 for n in LossWeights.terms("pixel", "perceptual", "latent") if f"loss.{n}" in raw.search
+    }
+    weights = dataclasses.replace(experiment.loss, **searched)
+    terms = weights.reported_terms(perceptual=experiment.perceptual.given)
     # What every training report carries, the loss terms of nonzero weight and the evals: the Tune metric
     # must be one of them, or Tune stops at the first report.
     reported = (*metric_names.TRAIN_STEP, *metric_names.LOOP, *terms, *experiment.eval_metrics)

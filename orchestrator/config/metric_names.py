@@ -46,7 +46,6 @@ LOOP = (
     *map(phase_time, LOOP_PHASES),
     LOOP_WALL,
 )
-LOSS_TERMS = ("recon_dist", "con_dist", "latent_con")  # reported on their own when their weight is nonzero
 EVAL_SECONDS = "eval_s"
 EVAL_STEP = "eval_step"  # the step whose eval a report carries
 

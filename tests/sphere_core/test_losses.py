@@ -276,3 +276,16 @@ def test_without_perceptual_network_the_perceptual_weights_are_ignored() -> None
     assert torch.allclose(
         out.total, out.terms["recon_dist"] + 0.5 * out.terms["con_dist"] + 0.1 * out.terms["latent_con"]
     )
+
+
+@pytest.mark.parametrize("with_network", [True, False])
+def test_the_objective_reports_exactly_the_terms_its_weights_declare(with_network: bool) -> None:
+    # The names come from LossWeights' term fields: no list of them is kept anywhere else.
+    torch.manual_seed(0)
+    perceptual = PerceptualLoss(None, None, RandomConvFeatures(tiny_model().cfg.channels, seed=1))
+    weights = LossWeights(recon_dist=1.0, recon_perc=1.0, con_dist=0.5, con_perc=0.5, latent_con=0.1)
+    out = run(objective(weights, perceptual=perceptual if with_network else None))
+    reported = set(out.terms) & set(LossWeights.terms("pixel", "perceptual", "latent"))
+    assert reported == set(weights.reported_terms(perceptual=with_network))
+    zeroed = LossWeights(recon_dist=1.0, recon_perc=0.0, con_dist=0.0, con_perc=0.0, latent_con=0.0)
+    assert zeroed.reported_terms(perceptual=True) == ("recon_dist",)

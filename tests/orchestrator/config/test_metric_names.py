@@ -34,7 +34,8 @@ def test_a_training_step_reports_the_declared_names() -> None:
     state = make_train_state(config, device="cpu")
     images, labels = torch.rand(4, 1, 32, 32) * 2 - 1, torch.arange(4)
     out = train_step(state, images, labels, optim=config.optim, global_batch=4, generator=torch.Generator())
-    assert set(out.metrics) == {*metric_names.TRAIN_STEP, *metric_names.LOSS_TERMS}  # no perceptual weights
+    terms = config.loss.reported_terms(perceptual=False)  # no perceptual network given: no perceptual terms
+    assert set(out.metrics) == {*metric_names.TRAIN_STEP, *terms}
 
 
 def test_an_eval_reports_samples_at_each_step_count_and_reconstructions() -> None:
