@@ -200,3 +200,19 @@ def test_sample_grids_and_eval_run_the_networks_in_trainings_precision(
         assert {t.dtype for t in [*outputs.values(), *grids.values()]} == {torch.float32}
         prints.append(proxy._score_samples(outputs["samples_1step"], steps=1).fingerprint)
     assert prints[0] != prints[1]
+
+
+def test_gradients_share_their_parameters_layout_but_for_size_one_dims() -> None:
+    # The worker silences DDP's stride warning on this ground: were a gradient laid out differently in a
+    # dimension that holds data, DDP's copies would cost something and the warning would matter.
+    cfg = load_sweep(SMOKE.parent / "demo.yaml").experiment.sphere  # the grayscale recipe, critic included
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, adversarial_start_step=0))
+    state = make_train_state(cfg, device="cpu")
+    x, y = torch.rand(4, 1, 32, 32) * 2 - 1, torch.arange(4)
+    state.objective(x, y, generator=torch.Generator().manual_seed(0), adversarial=True).total.backward()
+
+    def data_strides(t: torch.Tensor) -> tuple[int, ...]:
+        return tuple(stride for stride, size in zip(t.stride(), t.shape, strict=True) if size != 1)
+
+    params = [p for p in state.model.parameters() if p.grad is not None]
+    assert params and all(data_strides(p.grad) == data_strides(p) for p in params if p.grad is not None)
