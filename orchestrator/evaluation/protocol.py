@@ -16,10 +16,14 @@ digests and the comparability check stay in one reviewable file.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import hashlib
+import inspect
 import json
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +32,7 @@ import torchmetrics
 
 from orchestrator.config import metric_names
 from orchestrator.data.registry import BUILTINS
+from orchestrator.evaluation import classifier, features, metrics, pixels, reference
 from orchestrator.evaluation.classifier import LabelledImages, load_split
 from orchestrator.evaluation.features import FeatureExtractor, load_classifier
 from orchestrator.evaluation.metrics import (
@@ -49,9 +54,35 @@ from orchestrator.evaluation.reference import (
     reference_stats,
 )
 
-# Bump whenever a change here or in metrics.py can move a value (2: spread floor measured; 3: reconstructions
-# with the null class in training evals too, named in the fingerprint).
-PROTOCOL_VERSION = 3
+
+def code_digest(sources: Iterable[str]) -> str:
+    """A digest of Python sources' code, their docstrings and comments aside: what changes it can change what
+    the code computes."""
+    digest = hashlib.sha256()
+    for source in sources:
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            first = body[0] if isinstance(body, list) and body else None
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined,index]
+        digest.update(ast.dump(tree).encode())
+    return digest.hexdigest()[:12]
+
+
+@functools.cache
+def protocol_version() -> str:
+    """The evaluator's version in every fingerprint: the digest of the code that turns images into numbers
+    (this module, the metric math, the pixel space, reference statistics, feature extraction), so a change
+    that could move a value also invalidates every cached floor and reference; nothing to bump by hand."""
+    modules = (metrics, pixels, reference, features, classifier, sys.modules[__name__])
+    return code_digest(inspect.getsource(module) for module in modules)
+
+
 # How `recon_*` images are made, by every caller (training's eval and `evaluate`): the official rFID's
 # D(f(E(x))) with the null class and no noise. With the true labels the label alone carries the class, and
 # a poor autoencoder's reconstructions would still score near the floor.
@@ -152,7 +183,7 @@ class Protocol:
     def describe(self, kind: str = "samples") -> dict[str, Any]:
         """The fingerprinted elements, JSON-able (log them as run params)."""
         return {
-            "evaluator": f"orchestrator.evaluation/{PROTOCOL_VERSION}",
+            "evaluator": f"orchestrator.evaluation/{protocol_version()}",
             "torchmetrics": torchmetrics.__version__,
             "kind": kind,
             "dataset": self.dataset,

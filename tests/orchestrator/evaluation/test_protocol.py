@@ -18,9 +18,11 @@ from orchestrator.evaluation.protocol import (
     MetricResult,
     Protocol,
     ProtocolMismatch,
+    code_digest,
     comparable,
     evaluate_reconstructions,
     evaluate_samples,
+    protocol_version,
     require_comparable,
 )
 from orchestrator.evaluation.reference import ReferenceStats
@@ -276,3 +278,12 @@ def test_inception_features_score_shards_of_rgb_images(tmp_path: Path, eval_cach
     classifier = EvalConfig(dataset="digits", reference=f"file://{tmp_path}/test")
     with pytest.raises(ConfigError, match=r"eval\.inception: the digits classifier scores 1-channel images"):
         protocol_for(classifier, n=16, image_size=12, channels=3, seed=0, floor=f"file://{tmp_path}/train")
+
+
+def test_the_protocol_version_follows_the_code_not_its_comments() -> None:
+    code = 'def fd(a):\n    """Frechet distance."""\n    return a * 2  # squared\n'
+    reworded = 'def fd(a):\n    """The Frechet distance, reworded."""\n    return a * 2  # another comment\n'
+    changed = 'def fd(a):\n    """Frechet distance."""\n    return a * 3\n'
+    assert code_digest([code]) == code_digest([reworded])
+    assert code_digest([code]) != code_digest([changed])
+    assert len(protocol_version()) == 12 and protocol_version() == protocol_version()  # cached, stable
