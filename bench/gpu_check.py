@@ -42,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from orchestrator.config.loader import load_sweep
 from orchestrator.config.schema import EvalConfig
-from orchestrator.train.worker import ProxyEval
+from orchestrator.evaluation.proxy import ProxyEval
 from sphere_core.config import OptimConfig, SamplingConfig, SphereConfig
 from sphere_core.model import SphereEncoder
 from sphere_core.presets import PRESETS, get_preset

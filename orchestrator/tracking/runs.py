@@ -20,7 +20,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,10 +29,10 @@ from PIL import Image
 from orchestrator.config.loader import dump_yaml
 from orchestrator.config.schema import ExperimentConfig
 from orchestrator.config.sweep_spec import SweepSpec
+from orchestrator.evaluation.proxy import Evaluation
 from sphere_core.config import ConfigError, short_repr
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
     from mlflow import MlflowClient
 
 # Telemetry and download progress bars off: set in the driver, the Tune trial actors and the Train workers.
@@ -46,15 +45,6 @@ PARENT_TAG = "sweep.digest"  # on the parent run: finds it again when a sweep is
 TRIAL_TAG = "sweep.trial"  # on a child run: the deterministic trial name
 MLFLOW_PARAMS_PER_BATCH = 100  # the tracking server refuses bigger log_batch calls
 DATASET_RACE_ATTEMPTS = 5
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What one evaluation leaves on a run: metrics at its step, figures, tags on how it was measured."""
-
-    metrics: dict[str, float]
-    figures: dict[str, Figure] = field(default_factory=dict)  # artifact path -> figure
-    tags: dict[str, str] = field(default_factory=dict)  # e.g. fingerprint.<metric>: overwritten each time
 
 
 class MetricSink(Protocol):

@@ -1,5 +1,5 @@
-"""The worker's Ray-free pieces: per-rank noise seeds, and what rank 0 logs at eval cadence (sample grids,
-proxy metrics, sphere diagnostics)."""
+"""The worker's Ray-free pieces: per-rank noise seeds, the sample grids rank 0 logs at eval cadence, and
+that they and the proxy eval run on the model's device and in training's precision."""
 
 from __future__ import annotations
 
@@ -10,13 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.config import metric_names
 from orchestrator.config.loader import load_sweep
 from orchestrator.config.schema import EvalConfig, ExperimentConfig
-from orchestrator.data.builtin import builtin_sources
-from orchestrator.data.writer import write_dataset
-from orchestrator.tracking.runs import Evaluation
-from orchestrator.train.worker import SAMPLE_GRID, ProxyEval, noise_angle_evaluation, noise_seed, sample_grids
+from orchestrator.evaluation.proxy import ProxyEval
+from orchestrator.train.worker import SAMPLE_GRID, noise_seed, sample_grids
 from sphere_core.train_step import make_train_state
 
 SMOKE = Path(__file__).resolve().parents[3] / "sweeps" / "smoke.yaml"
@@ -39,69 +36,6 @@ def test_sample_grids_are_one_and_multi_step_from_the_same_noise_each_time() -> 
         assert images.shape == (SAMPLE_GRID, cfg.model.channels, size, size)
         assert images.min() >= 0.0 and images.max() <= 1.0
         assert torch.equal(images, again[name])  # grids at successive evals are comparable
-
-
-# --- proxy evaluation and diagnostics (rank 0 at eval cadence) --------------------------------------
-
-
-@pytest.fixture(params=["builtin", "shards"])
-def digits_cfg(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> ExperimentConfig:
-    """The smoke config scored by the digits classifier (loads in ~1 s) at a small n, cache in tmp; the
-    real images are the package's digits splits, or the same splits read back from shards."""
-    monkeypatch.setenv("SPHERE_EVAL_CACHE", str(tmp_path / "eval-cache"))
-    cfg = load_sweep(SMOKE).experiment
-    if request.param == "builtin":
-        return dataclasses.replace(cfg, eval=EvalConfig(dataset="digits", num_images=32, seed=3))
-    for split, source in builtin_sources("digits", cfg.model.image_size).items():
-        write_dataset(source, f"file://{tmp_path}/digits/{split}", shard_size=300, progress=False)
-    eval_spec = EvalConfig(
-        dataset="digits", reference=f"file://{tmp_path}/digits/test", num_images=32, seed=3
-    )
-    data = dataclasses.replace(cfg.data, url=f"file://{tmp_path}/digits/train")  # the floor's source
-    return dataclasses.replace(cfg, data=data, eval=eval_spec)
-
-
-def test_proxy_eval_reports_the_contract_metrics_with_fingerprints(digits_cfg: ExperimentConfig) -> None:
-    torch.manual_seed(0)
-    state = make_train_state(digits_cfg.sphere, device="cpu")
-    first = ProxyEval(state, digits_cfg)()
-    scores = metric_names.sample_scores("clf", conditional=True, pixels=True)
-    assert "acc_clf" in scores  # a conditional model is also scored on the classes it was asked for
-    assert {"fd_pix", "nn_ratio_pix", "copies_pix"} <= set(scores)  # 32 px: also in pixel space
-    recon = metric_names.reconstruction_scores("clf", conditional=True, pixels=True)
-    assert digits_cfg.eval_metrics == (
-        *(f"{s}_1step" for s in scores),
-        *(f"{s}_4step" for s in scores),
-        *(f"recon_{s}" for s in recon),
-        "eval_s",
-    )
-    assert set(digits_cfg.eval_metrics) <= set(first.metrics)
-    assert {"latent_mean_resultant_length", "latent_cos_std", "uniform_cos_std"} <= set(first.metrics)
-    assert set(first.figures) == {"diagnostics/latent_cosines.png", "diagnostics/latent_projection.png"}
-    prints = {first.tags[f"fingerprint.{m}"] for m in ("fd_clf_1step", "fd_clf_4step", "recon_fd_clf")}
-    assert len(prints) == 3  # steps and kind are part of the protocol
-    assert first.tags["eval_n.fd_clf_1step"] == "32 (proxy)" and float(first.tags["floor.fd_clf_1step"]) > 0
-    again = ProxyEval(state, digits_cfg)()  # a later eval (or another trial) of the same weights
-    for name in digits_cfg.eval_metrics[:-1]:
-        assert again.metrics[name] == first.metrics[name], name  # fixed seed: comparable across evals
-    assert again.tags == first.tags
-
-
-def test_proxy_eval_is_off_without_a_classifier() -> None:
-    cfg = dataclasses.replace(load_sweep(SMOKE).experiment, eval=EvalConfig(dataset="none"))
-    state = make_train_state(cfg.sphere, device="cpu")
-    assert cfg.eval_metrics == () and ProxyEval(state, cfg)() == Evaluation({})
-
-
-def test_noise_angle_evaluation_is_the_runs_training_noise() -> None:
-    cfg = load_sweep(SMOKE).experiment
-    result = noise_angle_evaluation(cfg)
-    assert set(result.figures) == {"diagnostics/noise_angles.png"}
-    median = result.metrics["noise_angle_median_deg"]
-    assert 60.0 < median < cfg.noise.alpha_max_deg  # stratified in magnitude: most angles are large
-    assert 0.0 < result.metrics["noise_angle_frac_beyond_alpha_max"] < 0.5
 
 
 def test_perceptual_networks_load_from_s3_and_local_files(

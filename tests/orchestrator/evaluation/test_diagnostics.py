@@ -8,7 +8,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from orchestrator.train.diagnostics import (
+from orchestrator.evaluation.diagnostics import (
     Coverage,
     conditioning_strength,
     cosine_histogram_figure,
