@@ -30,6 +30,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -79,8 +80,8 @@ def recipes(names: list[str], budget_images: int) -> list[Recipe]:
     random_conv = PerceptualConfig().seed
     old_optim = OptimConfig(lr=1e-3, min_lr=1e-5, warmup_steps=100, ema_decay=0.999, encoder_lr_scale=0.1)
 
-    def recipe(name: str, loss: LossWeights, *, features: bool) -> Recipe:
-        config = dataclasses.replace(preset, loss=loss)
+    def recipe(name: str, loss: LossWeights, *, features: bool, **noise: Any) -> Recipe:
+        config = dataclasses.replace(preset, loss=loss, noise=dataclasses.replace(preset.noise, **noise))
         return Recipe(name, config, NEW_BATCH, random_conv_seed=random_conv if features else None)
 
     every = {
@@ -105,21 +106,11 @@ def recipes(names: list[str], budget_images: int) -> list[Recipe]:
             dataclasses.replace(loss, recon_perc=0.0, con_perc=0.0),
             features=False,
         ),
-        "hard-cases-official": Recipe(
-            "preset, the official code's hard-case draw",
-            dataclasses.replace(
-                preset, loss=loss, noise=dataclasses.replace(preset.noise, hard_case_mode="official")
-            ),
-            NEW_BATCH,
-            random_conv_seed=random_conv,
+        "hard-cases-official": recipe(
+            "preset, the official code's hard-case draw", loss, features=True, hard_case_mode="official"
         ),
-        "alpha-80": Recipe(
-            "preset at alpha_max 80 deg (the paper's CIFAR angle)",
-            dataclasses.replace(
-                preset, loss=loss, noise=dataclasses.replace(preset.noise, alpha_max_deg=80.0)
-            ),
-            NEW_BATCH,
-            random_conv_seed=random_conv,
+        "alpha-80": recipe(
+            "preset at alpha_max 80 deg (the paper's CIFAR angle)", loss, features=True, alpha_max_deg=80.0
         ),
         "before": Recipe(
             "before (lr 1e-3@256, enc x0.1, alpha 80, batch 64)",

@@ -13,7 +13,7 @@ from orchestrator.config import metric_names
 from orchestrator.config.schema import RunConfig
 from orchestrator.evaluation.proxy import Evaluation
 from orchestrator.tracking.runs import NullSink
-from orchestrator.train.loop import EvalFn, SampleFn, run_loop
+from orchestrator.train.loop import EvalFn, SampleFn, StepFn, run_loop
 
 
 class FakeReporter:
@@ -162,6 +162,24 @@ def test_a_rank_that_logs_nothing_never_samples_nor_evaluates_but_checkpoints_in
     assert "fd_clf_1step" not in checkpointer.saved[10]  # Ray Train hands Tune rank 0's metrics
 
 
+def run_with_fakes(step_fn: StepFn, eval_fn: EvalFn, run: RunConfig, **kwargs: float) -> FakeReporter:
+    """A fresh run of `run.steps` steps of batch 4 into fakes; returns what it reported."""
+    reporter = FakeReporter()
+    run_loop(
+        step_fn,
+        batches(),
+        run=run,
+        start_step=0,
+        reporter=reporter,
+        checkpointer=FakeCheckpointer(),
+        sample_fn=sample,
+        eval_fn=eval_fn,
+        global_batch=4,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return reporter
+
+
 def test_images_per_s_excludes_the_eval() -> None:
     import time
 
@@ -169,18 +187,8 @@ def test_images_per_s_excludes_the_eval() -> None:
         time.sleep(0.2)
         return Evaluation({"eval_s": 0.2})
 
-    run = RunConfig(steps=4, log_every=2, eval_every=2, checkpoint_every=4)
-    reporter = FakeReporter()
-    run_loop(
-        Counter(),
-        batches(),
-        run=run,
-        start_step=0,
-        reporter=reporter,
-        checkpointer=FakeCheckpointer(),
-        sample_fn=sample,
-        eval_fn=slow_eval,
-        global_batch=4,
+    reporter = run_with_fakes(
+        Counter(), slow_eval, RunConfig(steps=4, log_every=2, eval_every=2, checkpoint_every=4)
     )
     assert reporter.logged[4]["images_per_s"] > 8 / 0.2  # 8 images, not slowed by step 2's 0.2 s eval
 
@@ -197,20 +205,8 @@ def test_the_loop_accounts_for_its_wall_time_phase_by_phase() -> None:
         return Evaluation({"eval_s": 0.1})
 
     run = RunConfig(steps=4, log_every=2, eval_every=4, checkpoint_every=4)
-    reporter = FakeReporter()
     started = time.perf_counter() - 0.3  # as if the worker spent 0.3 s building its model
-    run_loop(
-        slow_step,
-        batches(),
-        run=run,
-        start_step=0,
-        reporter=reporter,
-        checkpointer=FakeCheckpointer(),
-        sample_fn=sample,
-        eval_fn=slow_eval,
-        global_batch=4,
-        started=started,
-    )
+    reporter = run_with_fakes(slow_step, slow_eval, run, started=started)
     seconds = {
         phase: reporter.logged[4][metric_names.phase_time(phase)] for phase in metric_names.LOOP_PHASES
     }
