@@ -23,7 +23,6 @@ import os
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -226,7 +225,7 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
         fd_key = protocol.key(metric_names.fd(protocol.extractor.tag))
         reports.log_summary(client, parent_id, rows, fd_key, "min")
         reports.log_evaluation_plots(client, parent_id, rows, fd_key=fd_key)
-    print(format_table(rows, fd_key))
+    print(reports.format_table(rows, fd_key))
     return rows
 
 
@@ -294,32 +293,6 @@ def _evaluate_child(
         "curve_start": setting_name(canonical(frozen.model, dataclasses.replace(sampling, steps=1))),
         "run": run_name,
     }
-
-
-def format_table(rows: Sequence[Mapping[str, Any]], fd_key: str) -> str:
-    """setting, passes/image, images/s, fd, kid, precision, recall (e.g. *_clf), fd_pix and memorisation
-    where scored, the floor at that n, fingerprint. fd_key: the FD metric's full name (e.g. proxy/fd_clf)."""
-    fd_name, proxy = metric_names.parse_protocol(fd_key)
-    scores = metric_names.sample_scores(metric_names.space_of(fd_name), conditional=True, pixels=True)
-    logged = {m: metric_names.under_protocol(m, proxy=proxy) for m in scores}  # column -> the row's key
-    table_metrics = [m for m, key in logged.items() if any(key in row for row in rows)]
-    columns = ["setting", "passes", "images/s", *table_metrics, "fd floor", "fingerprint"]
-    lines = [columns]
-    for row in rows:
-        floor = f"{row[metric_names.floor(fd_key)]:.4g}±{row.get(metric_names.floor_std(fd_key), 0.0):.2g}"
-        values = [f"{row.get(logged[m], float('nan')):.4g}" for m in table_metrics]
-        lines.append(
-            [
-                row["setting"],
-                f"{row['network_passes']:g}",
-                f"{row['images_per_s']:.0f}",
-                *values,
-                floor,
-                row["fingerprint"],
-            ]
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
 
 
 # --- the one-off CLI ----------------------------------------------------------------------------

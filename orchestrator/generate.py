@@ -184,8 +184,9 @@ def _generate(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from orchestrator.config.schema import ExperimentConfig
+    from orchestrator.tracking.images import grid_image
     from orchestrator.tracking.mlflow_model import load_local, load_registered
-    from orchestrator.tracking.runs import grid_image, resolve_tracking_uri
+    from orchestrator.tracking.runs import resolve_tracking_uri
     from sphere_core.config import ConfigError, SamplingConfig
     from sphere_core.sampling import generate
 

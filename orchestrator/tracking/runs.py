@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from PIL import Image
 
 from orchestrator.config.loader import dump_yaml
 from orchestrator.config.schema import ExperimentConfig
 from orchestrator.config.sweep_spec import SweepSpec
 from orchestrator.evaluation.proxy import Evaluation
+from orchestrator.tracking.images import grid_image
 from sphere_core.config import ConfigError, short_repr
 
 if TYPE_CHECKING:
@@ -192,23 +192,6 @@ def make_sink(rank: int, tracking_uri: str, run_id: str) -> MetricSink:
     from mlflow import MlflowClient
 
     return MLflowSink(MlflowClient(tracking_uri), run_id)
-
-
-# --- images -------------------------------------------------------------------------------------
-
-
-def grid_image(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> Image.Image:
-    """images [B, C, H, W] in [0, 1] (C = 1 or 3) -> one PIL image, nrow per row (default ~square)."""
-    images = images.detach().cpu()  # samples come from the model's device
-    b, c, h, w = images.shape
-    nrow = nrow or math.ceil(math.sqrt(b))
-    rows = math.ceil(b / nrow)
-    canvas = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
-    for i, image in enumerate(images.clamp(0, 1)):
-        top, left = pad + (i // nrow) * (h + pad), pad + (i % nrow) * (w + pad)
-        canvas[:, top : top + h, left : left + w] = image
-    pixels = (canvas * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (H, W, C)
-    return Image.fromarray(pixels[..., 0] if c == 1 else pixels)
 
 
 # --- server, tags ---------------------------------------------------------------------------------

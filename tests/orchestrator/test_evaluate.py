@@ -13,7 +13,6 @@ import torch
 from orchestrator.evaluate import (
     FrozenModel,
     canonical,
-    format_table,
     main,
     one_off_spec,
     parse_args,
@@ -23,6 +22,7 @@ from orchestrator.evaluate import (
 )
 from orchestrator.evaluation.protocol import Protocol
 from orchestrator.tracking.pareto import steps_curve
+from orchestrator.tracking.reports import format_table
 from sphere_core.config import ConfigError, SamplingConfig, SphereConfig
 from sphere_core.sampling import generate, passes_for
 from tests.sphere_core.tiny import tiny_model

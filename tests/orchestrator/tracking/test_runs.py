@@ -66,15 +66,6 @@ def test_rank_zero_logs_metrics_and_sample_grids(client: MlflowClient, run_id: s
     assert pngs == ["samples/four_step_step000010.png", "samples/one_step_step000010.png"]
 
 
-def test_grid_image_tiles_images_row_major() -> None:
-    images = torch.zeros(5, 1, 4, 4)
-    images[4] = 1.0  # the fifth image is white: second row, second column of a 3-wide grid
-    grid = runs.grid_image(images, pad=1)
-    assert grid.size == (3 * 5 + 1, 2 * 5 + 1) and grid.mode == "L"
-    assert grid.getpixel((1 + 5 + 1, 1 + 5 + 1)) == 255 and grid.getpixel((1, 1)) == 0
-    assert runs.grid_image(torch.rand(4, 3, 4, 4)).mode == "RGB"
-
-
 def test_open_run_reuses_the_tagged_run(client: MlflowClient, tmp_path: Path) -> None:
     exp = runs.experiment_id(client, "reuse")
     assert runs.experiment_id(client, "reuse") == exp
