@@ -56,9 +56,16 @@ class FrozenModel:
 def load_frozen(client: MlflowClient, uri: str, tracking_uri: str) -> FrozenModel:
     """The model and its lineage: a registered version's `source.run_id` tag, or the run in runs:/RUN_ID."""
     from orchestrator.tracking.mlflow_model import load_registered
-    from sphere_core.config import ConfigError
 
     model, config = load_registered(uri, tracking_uri)
+    source, version = lineage(client, uri)
+    return FrozenModel(uri, model, config, source, client.get_run(source).info.experiment_id, version)
+
+
+def lineage(client: MlflowClient, uri: str) -> tuple[str, str]:
+    """(the run that trained the model at `uri`, its registry version or "" for a runs:/ URI)."""
+    from sphere_core.config import ConfigError
+
     version = ""
     if uri.startswith("models:/"):
         name, alias_or_version = re.split("[@/]", uri.removeprefix("models:/"), maxsplit=1)
@@ -72,7 +79,7 @@ def load_frozen(client: MlflowClient, uri: str, tracking_uri: str) -> FrozenMode
         source = uri.removeprefix("runs:/").split("/", 1)[0]
     if not source:
         raise ConfigError(f"evaluate.model: {uri} names no run that trained it (tag source.run_id)")
-    return FrozenModel(uri, model, config, source, client.get_run(source).info.experiment_id, version)
+    return source, version
 
 
 # --- one setting ---------------------------------------------------------------------------------
@@ -352,8 +359,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dataset",
         choices=(*BUILTIN_NAMES, NO_DATASET),
-        help="built-in whose classifier scores and whose splits are the real images (default: mnist; "
-        "none with --reference)",
+        help="built-in whose classifier scores and whose splits are the real images (default: the one that "
+        "scored the model in training, else mnist; none with --reference)",
     )
     parser.add_argument(
         "--inception", help="FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth): path/URL"
@@ -377,6 +384,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from orchestrator.tracking.runs import QUIET_ENV
 
     os.environ.update(QUIET_ENV)  # before mlflow is imported
+    if args.dataset is None and args.reference is None:
+        args.dataset = trained_dataset(args.model)
     spec = one_off_spec(args)
     for flag in ("--reference", "--floor"):
         url = getattr(args, flag.removeprefix("--"))
@@ -384,6 +393,17 @@ def _evaluate(args: argparse.Namespace) -> int:
             probe(url, flag)
     run_evaluate_sweep(spec)
     return 0
+
+
+def trained_dataset(uri: str) -> str:
+    """The built-in whose classifier scored the model during training (its run's eval.dataset), so a
+    Fashion-MNIST model is not scored by the MNIST classifier; mnist for a model trained without one."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    params = client.get_run(lineage(client, uri)[0]).data.params
+    dataset = params.get("eval.dataset", "mnist")
+    return dataset if dataset in BUILTIN_NAMES else "mnist"
 
 
 def probe(url: str, flag: str) -> None:
