@@ -9,11 +9,10 @@ toward images it cannot tell from real ones.
     D(x)            PatchDiscriminator: (B, C, H, W) in [-1, 1] -> (B, 1, h, w) patch logits
     L_D             0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(sg[x_fake])))   (hinge, critic step)
     L_G             -mean D(x_fake)                                         (generator, critic frozen)
-    lambda          ||grad_W L_pix|| / (||grad_W L_G|| + 1e-4), clamped to [0, 1e4], at the decoder's
+    lambda          ||grad_W L_rest|| / (||grad_W L_G|| + 1e-4), clamped to [0, 1e4], at the decoder's
                     last layer W (VQGAN's adaptive weight; 1 when loss.adversarial_adaptive is false).
-                    L_pix: the reconstruction and pixel-consistency terms, as VQGAN balances against its
-                    reconstruction + perceptual "nll"; leaving the latent term out also spares its second
-                    encoder pass a backward
+                    L_rest: every other term (loss.adversarial_balance: total), or the reconstruction and
+                    pixel-consistency terms only (pixel: VQGAN's reconstruction + perceptual "nll")
     total           L_rest + loss.adversarial * lambda * L_G, from loss.adversarial_start_step on
 
 The critic trains in its own step after the generator's (`train_step`), with its own Adam and the
@@ -93,11 +92,11 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.float().mean()
 
 
-def adaptive_weight(pixel: torch.Tensor, adversarial: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+def adaptive_weight(rest: torch.Tensor, adversarial: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
     """VQGAN's lambda: balances the two gradients at the decoder's last layer; detached, in [0, 1e4]."""
-    pixel_grad = torch.autograd.grad(pixel, last_layer, retain_graph=True)[0]
+    rest_grad = torch.autograd.grad(rest, last_layer, retain_graph=True)[0]
     adv_grad = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
-    weight = pixel_grad.float().norm() / (adv_grad.float().norm() + ADAPTIVE_EPS)
+    weight = rest_grad.float().norm() / (adv_grad.float().norm() + ADAPTIVE_EPS)
     return weight.clamp(0.0, ADAPTIVE_MAX).detach()
 
 

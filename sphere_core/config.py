@@ -181,6 +181,10 @@ class LossWeights:
     # What the critic judges as fake: the large-noise decodes, and with "large+prior" also decodes of random
     # sphere points (the one-step samples; one more batch through the decoder pass).
     adversarial_on: Literal["large", "large+prior"] = "large"
+    # What the adaptive weight balances the critic against: "total", every other term (the recipe the CPU
+    # presets were measured with), or "pixel", the reconstruction and pixel-consistency terms only (VQGAN's
+    # reconstruction + perceptual loss; measured on MNIST it trades class accuracy for variety early on).
+    adversarial_balance: Literal["total", "pixel"] = "total"
 
     def __post_init__(self) -> None:
         for name in self.terms("pixel", "perceptual", "latent", "critic"):

@@ -139,7 +139,7 @@ class SphereObjective(nn.Module):
             # sg[x_hat_small]: the large-noise decode is pulled toward the small-noise one ("bootstrap").
             con, con_terms = self._pixel_term("con", large01, small01.detach(), w.con_dist, w.con_perc)
             total, terms = total + con, terms | con_terms
-        pixel_total = total  # VQGAN balances its critic against the image terms (its "nll") only
+        pixel_total = total  # what VQGAN balances its critic against: its reconstruction + perceptual loss
         if w.latent_con > 0:
             # x_hat_large is NOT detached: this term trains the decoder through the second encoder pass.
             z_re = model.encode(x_hat_large, drop(y))  # (B, N, d)
@@ -153,7 +153,9 @@ class SphereObjective(nn.Module):
             fakes = torch.cat([x_hat_large, *x_hat_prior])
             adv = generator_loss(frozen_logits(critic, fakes))
             weight = (
-                adaptive_weight(pixel_total, adv, model.decoder.last_layer)
+                adaptive_weight(
+                    pixel_total if w.adversarial_balance == "pixel" else total, adv, model.decoder.last_layer
+                )
                 if w.adversarial_adaptive
                 else adv.new_ones(())
             )
