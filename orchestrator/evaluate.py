@@ -384,9 +384,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from orchestrator.tracking.runs import QUIET_ENV
 
     os.environ.update(QUIET_ENV)  # before mlflow is imported
+    spec = one_off_spec(args)  # validates the grid and the metric source before any server is reached
     if args.dataset is None and args.reference is None:
-        args.dataset = trained_dataset(args.model)
-    spec = one_off_spec(args)
+        import mlflow
+
+        args.dataset = trained_dataset(mlflow.MlflowClient(), args.model)
+        spec = one_off_spec(args)
     for flag in ("--reference", "--floor"):
         url = getattr(args, flag.removeprefix("--"))
         if url is not None:
@@ -395,12 +398,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def trained_dataset(uri: str) -> str:
+def trained_dataset(client: MlflowClient, uri: str) -> str:
     """The built-in whose classifier scored the model during training (its run's eval.dataset), so a
     Fashion-MNIST model is not scored by the MNIST classifier; mnist for a model trained without one."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
     params = client.get_run(lineage(client, uri)[0]).data.params
     dataset = params.get("eval.dataset", "mnist")
     return dataset if dataset in BUILTIN_NAMES else "mnist"

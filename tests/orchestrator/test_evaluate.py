@@ -192,19 +192,18 @@ def test_two_steps_give_the_same_samples_with_shared_or_independent_noise(frozen
 
 @pytest.mark.parametrize(("logged", "scored_with"), [("fashion-mnist", "fashion-mnist"), (None, "mnist")])
 def test_a_model_is_scored_in_the_classifier_that_scored_it_in_training(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logged: str | None, scored_with: str
+    tmp_path: Path, logged: str | None, scored_with: str
 ) -> None:
     from orchestrator.config.schema import TrackingConfig
     from orchestrator.evaluate import lineage, trained_dataset
     from orchestrator.tracking.registry import register_checkpoint
     from tests.orchestrator.tracking.test_registry import sqlite_registry, tiny_checkpoint
 
-    uri, client, parent = sqlite_registry(tmp_path)
+    _, client, parent = sqlite_registry(tmp_path)
     settings = TrackingConfig(registered_model="clothes", alias="champion")
     register_checkpoint(
         client, settings, parent_run_id=parent, checkpoint_dir=tiny_checkpoint(tmp_path), key={}, tags={}
     )
     if logged is not None:
         client.log_param(lineage(client, "models:/clothes@champion")[0], "eval.dataset", logged)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    assert trained_dataset("models:/clothes@champion") == scored_with
+    assert trained_dataset(client, "models:/clothes@champion") == scored_with
