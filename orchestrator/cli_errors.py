@@ -1,9 +1,10 @@
 """User errors of the command-line tools: one line on stderr and exit status 2, never a traceback.
 
-Each CLI (orchestrator.sweep, .data, .generate, .evaluate, .evaluation) parses its flags first, with the
+Each CLI (orchestrator.sweep, .data, .generate, .evaluation) parses its flags first, with the
 argparse types below, so a bad number is argparse's own one-line usage error before torch or mlflow is
 imported. Its work then runs under `run`, which prints a user error (a UserError, or a config's
-ConfigError) as `error: <what>` and returns 2. Storage URLs are checked by orchestrator.data.storage's
+ConfigError) as `error: <what>` and returns 2, and work that ran and failed (`Failed`) as one line with
+its own exit status. Storage URLs are checked by orchestrator.data.storage's
 `reaching`, whose errors are UserErrors too.
 
 The bottom of orchestrator's layers: every layer may import it, and it imports nothing heavy.
@@ -22,6 +23,13 @@ USER_ERROR_EXIT = 2
 
 class UserError(Exception):
     """A mistake in the invocation or its environment, phrased as one line that names the flag or URL."""
+
+
+class Failed(Exception):
+    """Work that ran and cannot finish, for a reason one line states (a sweep with nothing sound to
+    register, the same sweep running elsewhere); `run` prints it and exits with `exit_status`."""
+
+    exit_status = 1
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
@@ -46,6 +54,9 @@ def run(work: Callable[[], int], renames: Sequence[tuple[str, str]] = ()) -> int
     user typed flags."""
     try:
         return work()
+    except Failed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_status
     except Exception as exc:
         if not isinstance(exc, (UserError, ConfigError)):
             raise

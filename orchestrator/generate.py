@@ -3,7 +3,7 @@
 A registered version is a plain sphere_core checkpoint directory (see orchestrator/tracking/registry.py):
 it is downloaded over the tracking server and loaded with sphere_core alone (EMA weights by default). A local
 checkpoint directory is loaded as it is, without a tracking server.
-The inference-time evaluation of a frozen model (metrics per sampling setting) is orchestrator.evaluate.
+Scoring a stored model's samples per sampling setting is `python -m orchestrator.evaluation score`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,10 @@ import math
 import sys
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from orchestrator.cli_errors import UserError, at_least, run
 from orchestrator.config.sweep_spec import MODEL_URI, MODEL_URI_FORMS
-
-if TYPE_CHECKING:  # torch, mlflow and sphere_core load only after the flags have parsed
-    import torch
-
+from sphere_core.config import ConfigError, SamplingConfig
 
 # The sampling knobs as flags, derived from SamplingConfig's fields (cfg_position -> --cfg-position) by both
 # generate and evaluate; shared_noise reads as --noise shared|independent.
@@ -49,8 +45,6 @@ def add_sampling_flags(
     """A flag per SamplingConfig field, its choices and default from the field; with `several`, each flag
     takes a list (evaluate scores every combination). `steps` is the step counts' default (always a list:
     generate draws several side by side)."""
-    from sphere_core.config import SamplingConfig  # dataclasses only: no torch
-
     defaults, hints = SamplingConfig(), typing.get_type_hints(SamplingConfig)
     for field in dataclasses.fields(SamplingConfig):
         name, default = field.name, getattr(defaults, field.name)
@@ -80,8 +74,6 @@ def add_sampling_flags(
 
 def sampling_values(args: argparse.Namespace) -> dict[str, list[typing.Any]]:
     """SamplingConfig field -> the values given for it (a list even for a single-valued flag)."""
-    from sphere_core.config import SamplingConfig
-
     values = {}
     for field in dataclasses.fields(SamplingConfig):
         given = getattr(args, field.name)
@@ -110,12 +102,8 @@ def check_registry_uri(uri: str, *, local_allowed: bool) -> None:
     raise UserError(f"--model {uri}: {what} (accepted: {forms})")
 
 
-def sample_labels(labels: list[int] | None, num: int, num_classes: int) -> torch.Tensor | int:
+def sample_labels(labels: list[int] | None, num: int, num_classes: int) -> list[int] | int:
     """--labels cycled to `num` images; without labels, `num` (random classes, or unconditional)."""
-    import torch
-
-    from sphere_core.config import ConfigError
-
     if not labels:
         return num
     if num_classes == 0:
@@ -125,17 +113,7 @@ def sample_labels(labels: list[int] | None, num: int, num_classes: int) -> torch
         raise ConfigError(
             f"--labels: {bad[0]} is outside the model's classes (allowed: 0..{num_classes - 1})"
         )
-    return torch.tensor(labels).repeat(math.ceil(num / len(labels)))[:num]
-
-
-def side_by_side(blocks: list[torch.Tensor], columns: int) -> torch.Tensor:
-    """Equal-length image sets (B, C, H, W), each laid out `columns` wide, joined left to right: row r of
-    the result holds row r of every set. Returns images in grid order for `grid_image(nrow=columns * k)`."""
-    import torch
-
-    rows = math.ceil(blocks[0].shape[0] / columns)
-    padded = [torch.cat([b, b.new_ones(rows * columns - b.shape[0], *b.shape[1:])]) for b in blocks]
-    return torch.cat([b.unflatten(0, (rows, columns)) for b in padded], dim=1).flatten(0, 1)
+    return (labels * math.ceil(num / len(labels)))[:num]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,21 +151,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import os
-
-    check_registry_uri(args.model, local_allowed=True)  # before seconds of imports
-
-    from orchestrator.tracking.runs import QUIET_ENV
-
-    os.environ.update(QUIET_ENV)  # before mlflow is imported
+    check_registry_uri(args.model, local_allowed=True)
+    # torch, mlflow and PIL take ~3 s to import on 2 cores: only once the flags have been checked.
     import torch
     from PIL import Image
 
     from orchestrator.config.schema import ExperimentConfig
-    from orchestrator.tracking.images import grid_image
+    from orchestrator.tracking.images import grid_image, side_by_side
     from orchestrator.tracking.mlflow_model import load_local, load_registered
     from orchestrator.tracking.runs import resolve_tracking_uri
-    from sphere_core.config import ConfigError, SamplingConfig
     from sphere_core.sampling import generate
 
     knobs = {name: values[0] for name, values in sampling_values(args).items() if name != "steps"}
@@ -205,7 +177,8 @@ def _generate(args: argparse.Namespace) -> int:
         labels: torch.Tensor | int = torch.arange(classes).repeat_interleave(args.per_class)
         columns = args.per_class
     else:
-        labels = sample_labels(args.labels, args.num, classes)
+        given = sample_labels(args.labels, args.num, classes)
+        labels = torch.tensor(given) if isinstance(given, list) else given
         columns = math.ceil(math.sqrt(args.num))
     num = labels.shape[0] if isinstance(labels, torch.Tensor) else labels
     if classes and not isinstance(labels, torch.Tensor):  # random classes, the same for every --steps

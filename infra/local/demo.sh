@@ -28,7 +28,7 @@ mkdir -p "$(dirname "$grid")"
 "$bin/python" -m orchestrator.generate --model "$model_uri" --per-class 8 --steps 1 4 --out "$grid"
 
 echo "== scoring $model_uri: 1,000 samples per setting (MNIST's standard n) in the committed classifier"
-"$bin/python" -m orchestrator.evaluate --model "$model_uri" --steps 1 4 --num 1000
+"$bin/python" -m orchestrator.evaluation score --model "$model_uri" --steps 1 4 --num 1000
 
 echo
 echo "MLflow UI:   $MLFLOW_TRACKING_URI  (experiments, the sweep's parent run and its trials, Models > ${model_uri#models:/})"

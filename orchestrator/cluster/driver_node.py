@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import ray
+from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+    get_or_create_autoscaling_coordinator,
+)
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
 
 def on_this_node() -> Any:
     """A hard affinity to the calling process's node."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
 
 
@@ -21,8 +24,4 @@ def keep_train_coordinator_on_this_node() -> None:
     merged): if that worker node dies, the actor can never be placed again, every later resource request
     fails and the GCS spins on the restarts (measured: the multi-node test's surviving trials stalled for
     10 min after a node loss). A coordinator that already exists is left where it is."""
-    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
-        get_or_create_autoscaling_coordinator,
-    )
-
     get_or_create_autoscaling_coordinator()  # named: registered with the GCS before this returns

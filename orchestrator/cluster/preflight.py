@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
+import ray._private.state
+import yaml
+from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+from ray.autoscaler._private.kuberay.node_provider import KubernetesHttpApiClient
+
 from orchestrator.config.schema import ExperimentConfig, ScalingConfig
+from orchestrator.data.shards import read_manifest
 from sphere_core.config import ConfigError, short_repr
 
 HEAD_MARKER = "node:__internal_head__"  # ray._common.constants.HEAD_NODE_RESOURCE_NAME
@@ -150,9 +157,6 @@ def autoscaler_node_types() -> list[NodeType]:
     there, so the config it reads is read here as well: the file the head's autoscaler monitor was started
     with (`ray up` gives it ~/ray_bootstrap_config.yaml; `ray start --head --autoscaling-config`), or on
     KubeRay the RayCluster resource, through Ray's own KubeRay reader. The sweep driver runs on the head."""
-    import ray
-    import ray._private.state
-
     reported = ray._private.state.state.get_cluster_config()
     if reported is not None and reported.node_group_configs:
         return [
@@ -183,8 +187,6 @@ def node_types_from_autoscaling_config(config: Mapping[str, Any]) -> list[NodeTy
 
 def monitor_autoscaling_config(gcs_port: str) -> dict[str, Any] | None:
     """The config file of the autoscaler monitor serving the GCS on `gcs_port`, if it runs on this node."""
-    import yaml
-
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             argv = [arg.decode(errors="replace") for arg in cmdline.read_bytes().split(b"\0") if arg]
@@ -214,8 +216,6 @@ def kuberay_autoscaling_config() -> dict[str, Any] | None:
     namespace_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
     if not name or not namespace_file.exists():
         return None
-    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
-    from ray.autoscaler._private.kuberay.node_provider import KubernetesHttpApiClient
 
     try:  # once, not with the autoscaler's five 5-s retries: a preflight answers at once
         cluster = KubernetesHttpApiClient(namespace=namespace_file.read_text().strip()).get(
@@ -232,8 +232,6 @@ def kuberay_autoscaling_config() -> dict[str, Any] | None:
 
 def connect_ray(scaling: ScalingConfig, storage_path: str) -> None:
     """Joins the cluster in RAY_ADDRESS (set by `ray job submit`) or starts a local one, then checks it."""
-    import ray
-
     address = os.environ.get("RAY_ADDRESS")
     # A local ray.init() would otherwise write ~/.ray/auth_token, and every later `ray start` on this machine
     # would require it; a mode set explicitly (the local cluster's env file says token) is kept.
@@ -246,8 +244,6 @@ def connect_ray(scaling: ScalingConfig, storage_path: str) -> None:
 def cluster_preflight(scaling: ScalingConfig, storage_path: str, where: str) -> str:
     """Checks a trial against the connected cluster (what it can grow to) and its storage; says where
     trials go."""
-    import ray
-
     node_types = autoscaler_node_types()
     alive = [node for node in ray.nodes() if node["Alive"]]
     # Ray marks its head with this resource; the trial drivers may use what it offers
@@ -262,7 +258,6 @@ def cluster_report(cfg: ExperimentConfig) -> str:
     address = os.environ.get("RAY_ADDRESS")
     if not address:
         return "  no RAY_ADDRESS: checked against this machine only (set it to check a cluster)"
-    import ray
 
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
@@ -286,8 +281,6 @@ def check_storage(storage_path: str, multi_node: bool, where: str) -> None:
 
 def dataset_input(cfg: ExperimentConfig) -> dict[str, Any]:
     """The manifest as logged with every trial; fails if the model cannot read this dataset."""
-    from orchestrator.data.shards import read_manifest
-
     manifest = read_manifest(cfg.data.url)
     model, url = cfg.model, cfg.data.url
     if model.channels != manifest.channels:

@@ -10,14 +10,19 @@ import socket
 import time
 from collections.abc import Iterator
 
+import ray
+
+from orchestrator.cli_errors import Failed
 from orchestrator.cluster.driver_node import on_this_node
 from orchestrator.config.sweep_spec import SweepSpec
 
 LOCK_NAMESPACE = "sphere-sweeps"  # the lock actors' namespace: a job's own namespace is anonymous
 
 
-class SweepBusy(RuntimeError):
+class SweepBusy(Failed):
     """The same sweep (same Tune experiment) is running in another driver; one line, exit 3."""
+
+    exit_status = 3
 
 
 def this_driver() -> str:
@@ -34,7 +39,6 @@ def sweep_lock(spec: SweepSpec) -> Iterator[None]:
     """A named actor per Tune experiment, owned by this driver, so Ray removes it when the driver ends, even
     by kill -9: a second driver of the same sweep is refused while this one lives (both would otherwise
     train the same trials into the same runs)."""
-    import ray
 
     @ray.remote(num_cpus=0)
     class SweepLock:

@@ -96,20 +96,6 @@ def extreme_values(dist: SearchDist) -> list[Any]:
     return [low, high - 1] if dist.kind == "randint" else [low, high]
 
 
-def to_param_space(search: Mapping[str, SearchDist]) -> dict[str, Any]:
-    """Tune's param_space over flat dotted keys."""
-    from ray import tune  # only the sweep run needs Ray; dry runs and loading stay light
-
-    make = {
-        "grid": lambda s: tune.grid_search(list(s)),
-        "choice": lambda s: tune.choice(list(s)),
-        "uniform": lambda s: tune.uniform(*s),
-        "loguniform": lambda s: tune.loguniform(*s),
-        "randint": lambda s: tune.randint(*s),
-    }
-    return {path: make[dist.kind](dist.spec) for path, dist in search.items()}
-
-
 MAX_TRIALS = 10_000  # per sweep unless raised (--max-trials): a grid typo can otherwise ask for millions
 
 

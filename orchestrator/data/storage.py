@@ -14,6 +14,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+import aiohttp
+import botocore.exceptions
+import fsspec
+from fsspec.core import split_protocol
+from fsspec.registry import known_implementations
+
 from orchestrator.cli_errors import UserError
 
 T = TypeVar("T")
@@ -32,9 +38,6 @@ class StorageUnavailable(UserError, RuntimeError):
 
 def is_transient(exc: BaseException) -> bool:
     """A refused, dropped or timed-out connection anywhere in the exception's chain."""
-    import aiohttp
-    import botocore.exceptions
-
     transient = (
         ConnectionError,
         TimeoutError,
@@ -97,10 +100,6 @@ def retrying(
 
 def check_scheme(url: str, flag: str = "") -> None:
     """UserError unless fsspec knows `url`'s scheme and its backend package is installed."""
-    import fsspec
-    from fsspec.core import split_protocol
-    from fsspec.registry import known_implementations
-
     protocol = split_protocol(url)[0] or "file"
     try:
         fsspec.get_filesystem_class(protocol)
@@ -132,8 +131,6 @@ def reaching(url: str, flag: str = "") -> Iterator[None]:
 def storage_problem(exc: BaseException, url: str) -> str | None:
     """What went wrong reaching `url`, for the user; None when `exc` is no storage fault (a bug, or an
     error that already names its URL)."""
-    import botocore.exceptions
-
     if isinstance(exc, StorageUnavailable):
         return None
     s3 = url.startswith(("s3://", "s3a://"))

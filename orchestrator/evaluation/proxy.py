@@ -9,10 +9,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from dataclasses import dataclass, field
 
 import torch
-from matplotlib.figure import Figure
 
 from orchestrator.config import metric_names
 from orchestrator.config.schema import ExperimentConfig
@@ -24,6 +22,7 @@ from orchestrator.evaluation.protocol import (
     evaluate_reconstructions,
     evaluate_samples,
 )
+from orchestrator.tracking.runs import Evaluation
 from sphere_core.editing import reconstruct
 from sphere_core.model import SphereEncoder
 from sphere_core.precision import bf16_autocast
@@ -32,15 +31,6 @@ from sphere_core.spherify import spherify
 from sphere_core.train_step import TrainState
 
 NOISE_ANGLE_BATCHES = 64  # training-noise draws for the angle histogram (x the per-rank batch)
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What one evaluation leaves on a run: metrics at its step, figures, tags on how it was measured."""
-
-    metrics: dict[str, float]
-    figures: dict[str, Figure] = field(default_factory=dict)  # artifact path -> figure
-    tags: dict[str, str] = field(default_factory=dict)  # e.g. fingerprint.<metric>: overwritten each time
 
 
 def noise_angle_evaluation(cfg: ExperimentConfig) -> Evaluation:

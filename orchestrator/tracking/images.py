@@ -20,3 +20,11 @@ def grid_image(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> I
         canvas[:, top : top + h, left : left + w] = image
     pixels = (canvas * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (H, W, C)
     return Image.fromarray(pixels[..., 0] if c == 1 else pixels)
+
+
+def side_by_side(blocks: list[torch.Tensor], columns: int) -> torch.Tensor:
+    """Equal-length image sets (B, C, H, W), each laid out `columns` wide, joined left to right: row r of
+    the result holds row r of every set. Returns images in grid order for `grid_image(nrow=columns * k)`."""
+    rows = math.ceil(blocks[0].shape[0] / columns)
+    padded = [torch.cat([b, b.new_ones(rows * columns - b.shape[0], *b.shape[1:])]) for b in blocks]
+    return torch.cat([b.unflatten(0, (rows, columns)) for b in padded], dim=1).flatten(0, 1)

@@ -19,8 +19,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 
 from orchestrator.cli_errors import UserError
 from sphere_core.checkpoint import CorruptCheckpoint, load_model
@@ -71,8 +74,6 @@ def _load_pyfunc(data_path: str) -> SphereSampler:
 
 def save_pyfunc(checkpoint: Path, dest: Path) -> None:
     """Writes the pyfunc model directory (MLmodel + the checkpoint under data/) at `dest`."""
-    import mlflow
-
     torch_version = torch.__version__.split("+")[0]
     mlflow.pyfunc.save_model(
         str(dest),
@@ -90,7 +91,6 @@ def checkpoint_dir(local: Path) -> Path:
     """The sphere_core checkpoint inside a downloaded model directory (pyfunc or a bare checkpoint)."""
     if not (local / "MLmodel").exists():
         return local
-    from mlflow.models import Model
 
     return local / Model.load(str(local / "MLmodel")).flavors["python_function"]["data"]
 
@@ -99,9 +99,6 @@ def load_registered(
     uri: str, tracking_uri: str, *, use_ema: bool = True
 ) -> tuple[SphereEncoder, SphereConfig]:
     """models:/NAME@ALIAS (or any artifact URI of a checkpoint directory) -> (model in eval mode, config)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     with tempfile.TemporaryDirectory(prefix="sphere-model-") as tmp:
         try:
             local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp, tracking_uri=tracking_uri))

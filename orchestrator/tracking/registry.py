@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlflow.exceptions import MlflowException
+from ray.train import Checkpoint
+
 from orchestrator.config.schema import TrackingConfig
 from orchestrator.config.sweep_spec import SweepSpec
 from orchestrator.tracking.mlflow_model import save_pyfunc
@@ -153,7 +156,6 @@ def _walk_artifacts(client: MlflowClient, run_id: str, path: str) -> list[FileIn
 
 
 def _alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(name, alias)
@@ -172,8 +174,6 @@ def register_best(
     data_digest: str,
 ) -> ModelVersion | None:
     """The best trial's last checkpoint (fetched from Ray storage) registered with lineage tags, or None."""
-    from ray.train import Checkpoint
-
     metric = spec.tune.metric
     best = best_row(rows, metric, spec.tune.mode)
     if best is None:

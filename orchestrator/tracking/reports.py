@@ -1,6 +1,6 @@
 """What a sweep's parent run shows: the trials' summary table (CSV and Markdown), the Pareto tables and plots
 of quality against cost (inference settings, or training images seen), and the rows they are built from;
-and the table `python -m orchestrator.evaluate` prints.
+and the table `python -m orchestrator.evaluation score` prints.
 """
 
 from __future__ import annotations

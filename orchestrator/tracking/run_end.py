@@ -25,10 +25,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
+from mlflow import MlflowClient
 
 END_REASON_TAG = "end.reason"
 DRIVER_TAG = "driver.id"  # host:pid:start time of the driver that holds the parent run
@@ -140,7 +138,6 @@ def watch(pid: int, since: int, parent_run_id: str, tracking_uri: str) -> None:
     parent run is still its own."""
     while process_start(pid) == since:
         time.sleep(WATCH_POLL_S)
-    from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
     if client.get_run(parent_run_id).data.tags.get(DRIVER_TAG) != driver_id(pid, since):

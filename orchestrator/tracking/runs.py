@@ -20,31 +20,37 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
 from orchestrator.config.loader import dump_yaml
 from orchestrator.config.schema import ExperimentConfig
 from orchestrator.config.sweep_spec import SweepSpec
-from orchestrator.evaluation.proxy import Evaluation
 from orchestrator.tracking.images import grid_image
 from sphere_core.config import ConfigError, short_repr
 
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
-
-# Telemetry and download progress bars off: set in the driver, the Tune trial actors and the Train workers.
-QUIET_ENV = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
 PARENT_TAG = "sweep.digest"  # on the parent run: finds it again when a sweep is resubmitted
 TRIAL_TAG = "sweep.trial"  # on a child run: the deterministic trial name
 MLFLOW_PARAMS_PER_BATCH = 100  # the tracking server refuses bigger log_batch calls
 DATASET_RACE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What one evaluation leaves on a run: metrics at its step, figures, tags on how it was measured."""
+
+    metrics: dict[str, float]
+    figures: dict[str, Figure] = field(default_factory=dict)  # artifact path -> figure
+    tags: dict[str, str] = field(default_factory=dict)  # e.g. fingerprint.<metric>: overwritten each time
 
 
 class MetricSink(Protocol):
@@ -112,8 +118,6 @@ class MLflowSink:
         self.sent_through: float | None = None
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         self.pending += [Metric(key, float(v), now, step) for key, v in metrics.items() if math.isfinite(v)]
 
@@ -149,14 +153,10 @@ class MLflowSink:
         ]
 
     def restore(self, unflushed: list[dict[str, Any]]) -> None:
-        from mlflow.entities import Metric
-
         self.pending = [Metric(**record) for record in unflushed] + self.pending
         self.flush(final=False)
 
     def tag(self, tags: Mapping[str, str]) -> None:
-        from mlflow.entities import RunTag
-
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def _send(self, what: str, send: Callable[..., object], *args: Any, **kwargs: Any) -> None:
@@ -175,8 +175,6 @@ class MLflowSink:
 
     def log_eval(self, evaluate: Callable[[], Evaluation], step: int) -> dict[str, float]:
         """Runs `evaluate`, logs its metrics at `step`, its tags and figures (PNG); returns the metrics."""
-        from mlflow.entities import RunTag
-
         result = evaluate()
         self.log(result.metrics, step)
         tags = [RunTag(k, v) for k, v in result.tags.items()]
@@ -189,7 +187,6 @@ class MLflowSink:
 def make_sink(rank: int, tracking_uri: str, run_id: str) -> MetricSink:
     if rank != 0:
         return NullSink()
-    from mlflow import MlflowClient
 
     return MLflowSink(MlflowClient(tracking_uri), run_id)
 
@@ -347,8 +344,6 @@ def log_config(
 ) -> None:
     """Every field of the resolved config as a param (once per run), so any two runs, of any sweeps,
     compare field by field in the MLflow UI; `extra` params beside them; the config as config.yaml."""
-    from mlflow.entities import Param
-
     fields = {k: v for k, v in flat_params(cfg.to_dict()).items() if k not in omit}
     params = sorted(({k: str(v) for k, v in (extra or {}).items()} | fields).items())
     for start in range(0, len(params), MLFLOW_PARAMS_PER_BATCH):
@@ -365,11 +360,6 @@ def log_dataset(
     left alone. Runs that log one new dataset at the same moment race on the server's UNIQUE(experiment,
     name, digest) row and all but one get IntegrityError (measured: 6 of 40 runs left without their input
     in 10 rounds of 4 at once); the row exists by then, so the loser's retry links it."""
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-    from mlflow.exceptions import MlflowException
-
     short_digest = digest[:32]
     if has_dataset(client, run_id, short_digest):
         return

@@ -8,7 +8,11 @@ credentials from their node (the local cluster's `ray start` env, an instance/po
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 
+from ray.tune.execution import class_cache
+
+from orchestrator import QUIET_ENV
 from sphere_core.config import ConfigError
 
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "SPHERE_GIT_COMMIT")
@@ -22,10 +26,6 @@ KEPT_OUT_OF_RUNTIME_ENVS = (
 
 
 def worker_env(tracking_uri: str) -> dict[str, str]:
-    from urllib.parse import urlsplit
-
-    from orchestrator.tracking.runs import QUIET_ENV
-
     if urlsplit(tracking_uri).password is not None:
         raise ConfigError(
             "tracking.uri: holds a password, which would reach Ray's logs with the workers' env (allowed: a "
@@ -40,6 +40,4 @@ def keep_credentials_out_of_trial_runtime_envs() -> None:
     """Ray Tune copies the driver's AWS credentials into every trial actor's runtime env
     (ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE), and Ray writes runtime envs in plain text to
     runtime_env_agent.log. Trial actors take them from their node instead, like every other Ray worker."""
-    from ray.tune.execution import class_cache
-
     class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - set(KEPT_OUT_OF_RUNTIME_ENVS)

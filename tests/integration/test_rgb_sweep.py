@@ -3,7 +3,7 @@ build` into the cluster's bucket -> a sweep on the shipped CIFAR-10 base (shrunk
 shapes, its data and weight files given with --set as a user would) submitted as a Ray job, training with
 the LPIPS-VGG16 loss and scored in Inception-v3 features (random weights in the published layouts: nothing
 can be downloaded) -> the registered model drawn with `orchestrator.generate` and scored with
-`orchestrator.evaluate` against the held-out shards. ~1.5 min on 2 quiet cores, most of it Inception."""
+`orchestrator.evaluation` against the held-out shards. ~1.5 min on 2 quiet cores, most of it Inception."""
 
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def test_registered_rgb_model_generates_colour_rows_and_evaluates_against_held_o
     assert image.mode == "RGB" and (pixels[..., 0] != pixels[..., 2]).any()  # colour, not grey saved as RGB
     # One setting: Inception features of its samples and the reconstructions are most of the test's time.
     result = run(
-        "-m", "orchestrator.evaluate", "--model", model, "--steps", "2", "--num", "16",
+        "-m", "orchestrator.evaluation", "score", "--model", model, "--steps", "2", "--num", "16",
         "--inception", given["eval.inception"], "--reference", given["eval.reference"],
         "--floor", given["data.url"],
     )  # fmt: skip

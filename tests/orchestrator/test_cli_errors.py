@@ -19,7 +19,6 @@ import pytest
 
 from orchestrator.data.cli import main as data_main
 from orchestrator.data.shards import read_manifest, write_manifest
-from orchestrator.evaluate import main as evaluate_main
 from orchestrator.evaluation.__main__ import main as evaluation_main
 from orchestrator.generate import main as generate_main
 from orchestrator.sweep import main as sweep_main
@@ -251,25 +250,28 @@ def test_registry_models_need_a_tracking_server_said_in_one_line(
     assert ("MLFLOW_TRACKING_URI is not exported" if server == "unset" else "does not answer /health") in line
 
 
-# --- python -m orchestrator.evaluate --------------------------------------------------------------
+# --- python -m orchestrator.evaluation score ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--model", "models:/m@a", "--num", "8"], "argument --num: must be >= 16, got 8"),
-        (["--model", "models:/m@a", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
-        (["--model", "models:/m@a", "--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),
-        (["--model", "models:/m@a", "--cfg", "0.5"], "error: --cfg: must be >= 1"),
-        (["--steps", "1"], "the following arguments are required: --model"),
-        (["--model", "s3://b/m"], f"error: --model s3://b/m: not a model URI {ACCEPTED_MODELS})"),
-        (["--model", "."], f"error: --model .: not a model URI {ACCEPTED_MODELS})"),
+        (["score", "--model", "models:/m@a", "--num", "8"], "argument --num: must be >= 16, got 8"),
+        (["score", "--model", "models:/m@a", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
         (
-            [*EVALUATE_REFERENCE, "--reference", "xyz://b/val"],
+            ["score", "--model", "models:/m@a", "--dataset", "cifar"],
+            "argument --dataset: invalid choice: 'cifar'",
+        ),
+        (["score", "--model", "models:/m@a", "--cfg", "0.5"], "error: --cfg: must be >= 1"),
+        (["score", "--steps", "1"], "the following arguments are required: --model"),
+        (["score", "--model", "s3://b/m"], f"error: --model s3://b/m: not a model URI {ACCEPTED_MODELS})"),
+        (["score", "--model", "."], f"error: --model .: not a model URI {ACCEPTED_MODELS})"),
+        (
+            ["score", *EVALUATE_REFERENCE, "--reference", "xyz://b/val"],
             "error: --reference xyz://b/val: unknown URL scheme 'xyz'",
         ),
         pytest.param(
-            [*EVALUATE_REFERENCE, "--reference", "gs://b/val"],
+            ["score", *EVALUATE_REFERENCE, "--reference", "gs://b/val"],
             "error: --reference gs://b/val: gs:// URLs need gcsfs: pip install gcsfs",
             marks=NEEDS_NO_GCSFS,
         ),
@@ -278,14 +280,14 @@ def test_registry_models_need_a_tracking_server_said_in_one_line(
 def test_evaluate_cli_bad_invocation(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert message in call(evaluate_main, argv, capsys)
+    assert message in call(evaluation_main, argv, capsys)
 
 
 def test_evaluate_cli_unreachable_reference_fails_before_the_tracking_server(
     unreachable_s3: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    line = call(evaluate_main, [*EVALUATE_REFERENCE, "--reference", "s3://b/val"], capsys)
+    line = call(evaluation_main, ["score", *EVALUATE_REFERENCE, "--reference", "s3://b/val"], capsys)
     assert line.startswith("error: --reference s3://b/val: storage unreachable (EndpointConnectionError")
 
 
@@ -350,7 +352,11 @@ def test_sweep_cli_bad_invocation(argv: list[str], message: str, capsys: pytest.
         ("orchestrator.sweep", ["sweeps/noise.yaml", "--set", "run.steps=[&a [1], *a]"], "alias *a is not"),
         ("orchestrator.data", [*BUILD, "xyz://b/d"], "error: --out xyz://b/d: unknown URL scheme 'xyz'"),
         ("orchestrator.generate", ["--model", "s3://b/m", "--out", "g.png"], "error: --model s3://b/m: not"),
-        ("orchestrator.evaluate", ["--model", "s3://b/m"], "error: --model s3://b/m: not a model URI"),
+        (
+            "orchestrator.evaluation",
+            ["score", "--model", "s3://b/m"],
+            "error: --model s3://b/m: not a model URI",
+        ),
         ("orchestrator.evaluation", ["floor", "--dataset", "digits", "--n", "-5"], "argument --n: must be"),
     ],
 )
@@ -367,7 +373,7 @@ class Parsing(Exception):
         self.parser = parser
 
 
-@pytest.mark.parametrize("main", [sweep_main, data_main, generate_main, evaluate_main, evaluation_main])
+@pytest.mark.parametrize("main", [sweep_main, data_main, generate_main, evaluation_main])
 def test_every_flag_has_help(main: Callable[[list[str]], int], monkeypatch: pytest.MonkeyPatch) -> None:
     def stop(parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
         raise Parsing(parser)
@@ -386,7 +392,7 @@ def test_every_flag_has_help(main: Callable[[list[str]], int], monkeypatch: pyte
     assert missing == []
 
 
-@pytest.mark.parametrize("module", ["sweep", "data", "generate", "evaluate", "evaluation"])
+@pytest.mark.parametrize("module", ["sweep", "data", "generate", "evaluation"])
 def test_bad_flags_answer_before_torch_is_imported(module: str) -> None:
     probe = (
         "import sys, runpy\n"

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from orchestrator.generate import main, side_by_side
+from orchestrator.generate import main
+from orchestrator.tracking.images import side_by_side
 from sphere_core.checkpoint import save_checkpoint
 from tests.sphere_core.tiny import CONFIG, fresh_state
 

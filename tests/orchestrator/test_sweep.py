@@ -1,4 +1,4 @@
-"""Sweep driver pieces that need no cluster: trial names, resource checks, worker env, Tune settings."""
+"""The sweep CLI's pieces that need no cluster: trial names, dry runs, shipped sweep paths."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator.config.schema import ExperimentConfig
 from orchestrator.config.sweep_spec import SearchDist, SweepSpec, TuneConfig
-from orchestrator.sweep import tune_config
 from orchestrator.tracking.runs import trial_name
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,43 +28,6 @@ def test_trial_names_are_deterministic_and_distinct() -> None:
     assert trial_name("noise-abc", "f00d1_00004", params) != name
 
 
-def train_spec(search: dict[str, SearchDist], tune: TuneConfig) -> SweepSpec:
-    return SweepSpec(
-        name="x",
-        kind="train",
-        experiment=ExperimentConfig(),
-        evaluate=None,
-        digest="d",
-        search=search,
-        tune=tune,
-    )
-
-
-def test_tune_config_uses_the_reported_step_for_asha() -> None:
-    spec = train_spec(
-        {"noise.alpha_max_deg": SearchDist(grid=[80.0])},
-        TuneConfig(scheduler="asha", grace_period=20, max_concurrent_trials=3),
-    )
-    config = tune_config(spec)
-    assert isinstance(config.scheduler, ASHAScheduler) and config.scheduler._time_attr == "step"
-    assert config.scheduler._max_t == spec.experiment.run.steps
-    assert (config.metric, config.mode, config.max_concurrent_trials) == ("loss", "min", 3)
-
-
-def test_optuna_search_samples_the_sweeps_distributions_with_the_run_seed() -> None:
-    from ray.tune.search.optuna import OptunaSearch
-
-    from orchestrator.config.search_space import to_param_space
-
-    search = {"noise.alpha_max_deg": SearchDist(uniform=(70.0, 85.0))}
-    spec = train_spec(search, TuneConfig(search_alg="optuna", metric="loss", num_samples=4))
-    config = tune_config(spec)
-    assert isinstance(config.search_alg, OptunaSearch) and config.num_samples == 4
-    config.search_alg.set_search_properties("loss", "min", to_param_space(search))
-    suggested = config.search_alg.suggest("trial-1")
-    assert suggested is not None and 70.0 <= suggested["noise.alpha_max_deg"] <= 85.0
-
-
 def test_evaluate_dry_run_lists_every_setting_and_starts_nothing(tmp_path: Path) -> None:
     """No tracking server, no Ray, no model download: the settings and the resolved config only."""
     path = tmp_path / "steps.yaml"
@@ -77,7 +38,8 @@ def test_evaluate_dry_run_lists_every_setting_and_starts_nothing(tmp_path: Path)
     )
     probe = (
         "import sys; from orchestrator.sweep import main; code = main([sys.argv[1], '--dry-run']); "
-        "print('loaded:', sorted(m for m in ('ray', 'mlflow') if m in sys.modules)); sys.exit(code)"
+        "print('loaded:', sorted(m for m in ('mlflow', 'torch') if m in sys.modules)); "
+        "print('ray started:', 'ray' in sys.modules and sys.modules['ray'].is_initialized()); sys.exit(code)"
     )
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no MLFLOW_TRACKING_URI, no RAY_ADDRESS
     result = subprocess.run(
@@ -93,7 +55,7 @@ def test_evaluate_dry_run_lists_every_setting_and_starts_nothing(tmp_path: Path)
     assert "4 trials" in out and "runs:/0123abcd/checkpoint, 32 samples per setting" in out
     settings = [line for line in out.splitlines() if line.startswith("  trial ")]
     assert settings[-1] == '  trial 3: {"sampling.steps": 4, "sampling.schedule": "decay"}'
-    assert "loaded: []" in out
+    assert "loaded: []" in out and "ray started: False" in out
 
 
 def test_training_pareto_plots_fd_against_images_seen(tmp_path: Path) -> None:

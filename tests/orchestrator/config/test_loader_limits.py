@@ -195,7 +195,7 @@ def test_a_million_trial_grid_is_refused_before_any_cluster_work(
     def no_cluster(*args: object) -> None:
         raise AssertionError("the sweep reached cluster work")
 
-    monkeypatch.setattr("orchestrator.sweep.run_train_sweep", no_cluster)
+    monkeypatch.setattr("orchestrator.tuning.run_train_sweep", no_cluster)
     path = grids(tmp_path, (100, 100, 100))
     start = time.perf_counter()
     line = one_line([str(path)], capsys)

@@ -7,14 +7,12 @@ import re
 from typing import Any
 
 import pytest
-from ray import tune
 
 from orchestrator.config.schema import ExperimentConfig
 from orchestrator.config.search_space import (
     apply_trial_params,
     check_path,
     expand_trials,
-    to_param_space,
     trial_count,
 )
 from orchestrator.config.sweep_spec import SearchDist
@@ -27,27 +25,6 @@ def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         path = f"{prefix}{key}"
         out.update(leaves(value, f"{path}.") if isinstance(value, dict) else {path: value})
     return out
-
-
-def test_param_space_maps_each_kind_to_its_tune_domain() -> None:
-    space = to_param_space(
-        {
-            "noise.alpha_max_deg": SearchDist(grid=[75.0, 85.0]),
-            "loss.recon_dist": SearchDist(choice=[0.5, 1.0]),
-            "loss.con_dist": SearchDist(uniform=(0.1, 1.0)),
-            "optim.lr": SearchDist(loguniform=(1e-4, 1e-2)),
-            "run.seed": SearchDist(randint=(0, 5)),
-        }
-    )
-    assert space["noise.alpha_max_deg"] == tune.grid_search([75.0, 85.0])
-    assert isinstance(space["loss.recon_dist"], tune.search.sample.Categorical)
-    assert space["loss.recon_dist"].categories == [0.5, 1.0]
-    uniform, loguniform, randint = space["loss.con_dist"], space["optim.lr"], space["run.seed"]
-    assert isinstance(uniform, tune.search.sample.Float) and (uniform.lower, uniform.upper) == (0.1, 1.0)
-    assert isinstance(loguniform.get_sampler(), tune.search.sample.LogUniform)
-    assert isinstance(randint, tune.search.sample.Integer) and (randint.lower, randint.upper) == (0, 5)
-    samples = [randint.sample() for _ in range(50)]
-    assert min(samples) >= 0 and max(samples) <= 4  # high is exclusive, as the loader validates
 
 
 def test_apply_trial_params_touches_only_the_named_fields() -> None:

@@ -12,10 +12,10 @@ from orchestrator.data.registry import BUILTINS, FASHION_MNIST_DIR, FASHION_MNIS
 from orchestrator.data.shards import DataError
 
 
-def test_naming_the_builtins_loads_neither_torch_nor_numpy() -> None:
+def test_naming_the_builtins_loads_neither_torch_nor_sklearn() -> None:
     code = (
         "import sys, orchestrator.data.registry, orchestrator.config.loader; "
-        "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import mlflow
@@ -10,14 +9,13 @@ import numpy as np
 import pytest
 
 from orchestrator.config.schema import TrackingConfig
-from orchestrator.tracking import registry, runs
-from orchestrator.tracking.mlflow_model import checkpoint_dir
+from orchestrator.evaluation.frozen import load_frozen
+from orchestrator.tracking import registry
+from orchestrator.tracking.mlflow_model import checkpoint_dir, load_registered
 from orchestrator.tracking.registry import Score, promotion
 from sphere_core.checkpoint import CorruptCheckpoint, save_checkpoint
 from sphere_core.config import ConfigError
 from tests.sphere_core.tiny import CONFIG, fresh_state
-
-os.environ.update(runs.QUIET_ENV)
 
 
 def sqlite_registry(tmp_path: Path) -> tuple[str, mlflow.MlflowClient, str]:
@@ -193,9 +191,6 @@ def test_an_upload_that_arrives_short_is_never_registered(
 
 
 def test_a_version_number_names_the_model_as_the_alias_does(tmp_path: Path) -> None:
-    from orchestrator.evaluate import load_frozen
-    from orchestrator.tracking.mlflow_model import load_registered
-
     uri, client, parent = sqlite_registry(tmp_path)
     mlflow.set_tracking_uri(uri)  # as on the cluster: one server is tracking and registry
     mlflow.set_registry_uri(uri)

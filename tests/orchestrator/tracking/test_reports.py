@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from orchestrator.tracking import reports, runs
-
-os.environ.update(runs.QUIET_ENV)
-
+from orchestrator.tracking import reports
 
 ROWS = [
     {"trial": "t0", "status": "ok", "noise.alpha_max_deg": 75.0, "loss": 0.30, "checkpoint_path": "/c/0"},

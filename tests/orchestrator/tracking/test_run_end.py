@@ -12,11 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
-from orchestrator.tracking import run_end, runs
-
-os.environ.update(runs.QUIET_ENV)
-from mlflow import MlflowClient  # after QUIET_ENV: telemetry off before mlflow is imported
+from orchestrator.tracking import run_end
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from mlflow import MlflowClient
 
 from orchestrator.config.loader import load_sweep
 from orchestrator.config.schema import ExperimentConfig, TrackingConfig
@@ -16,9 +16,6 @@ from orchestrator.config.search_space import apply_trial_params
 from orchestrator.config.sweep_spec import SearchDist
 from orchestrator.tracking import runs
 from sphere_core.config import ConfigError
-
-os.environ.update(runs.QUIET_ENV)
-from mlflow import MlflowClient  # after QUIET_ENV: telemetry off before mlflow is imported
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.tracking.runs import QUIET_ENV
+from orchestrator import QUIET_ENV
 from orchestrator.train.worker_env import keep_credentials_out_of_trial_runtime_envs, worker_env
 from sphere_core.config import ConfigError
 

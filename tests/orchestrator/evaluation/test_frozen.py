@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.evaluate import (
+from orchestrator.evaluation.__main__ import main, one_off_spec, parse_args
+from orchestrator.evaluation.frozen import (
     FrozenModel,
     canonical,
-    main,
-    one_off_spec,
-    parse_args,
+    lineage,
     score_reconstructions,
     score_setting,
     setting_name,
+    trained_dataset,
 )
 from orchestrator.evaluation.protocol import Protocol
 from orchestrator.tracking.pareto import steps_curve
@@ -111,8 +111,8 @@ def test_table_and_steps_curve(tmp_path: Path) -> None:
 
 def test_the_cli_grid_is_validated_before_anything_loads() -> None:
     args = parse_args(
-        ["--model", "models:/m@a", "--steps", "1", "4", "--cfg", "1", "1.5", "--schedule", "fixed", "decay",
-         "--num", "64", "--dataset", "mnist"]
+        ["score", "--model", "models:/m@a", "--steps", "1", "4", "--cfg", "1", "1.5", "--schedule", "fixed",
+         "decay", "--num", "64", "--dataset", "mnist"]
     )  # fmt: skip
     spec = one_off_spec(args)
     assert spec.kind == "evaluate" and spec.evaluate is not None and spec.evaluate.num_images == 64
@@ -139,14 +139,14 @@ def test_the_cli_grid_is_validated_before_anything_loads() -> None:
 def test_cli_metric_source_errors_are_one_line_before_any_tracking_server(
     flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["--model", "models:/m@a", *flags]) == 2
+    assert main(["score", "--model", "models:/m@a", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message), err
 
 
 def test_cli_reference_shards_default_to_no_builtin_dataset() -> None:
     args = parse_args(
-        ["--model", "models:/m@a", "--steps", "1", "--num", "64", "--inception", "w.pth",
+        ["score", "--model", "models:/m@a", "--steps", "1", "--num", "64", "--inception", "w.pth",
          "--reference", "s3://b/val", "--floor", "s3://b/train"]
     )  # fmt: skip
     spec = one_off_spec(args)
@@ -195,7 +195,6 @@ def test_a_model_is_scored_in_the_classifier_that_scored_it_in_training(
     tmp_path: Path, logged: str | None, scored_with: str
 ) -> None:
     from orchestrator.config.schema import TrackingConfig
-    from orchestrator.evaluate import lineage, trained_dataset
     from orchestrator.tracking.registry import register_checkpoint
     from tests.orchestrator.tracking.test_registry import sqlite_registry, tiny_checkpoint
 

@@ -1,46 +1,42 @@
-"""Inference-time evaluation of a frozen model: `python -m orchestrator.evaluate --model URI ...` and the
-`kind: evaluate` sweep (sweeps/steps.yaml) share every line below.
+"""Inference-time evaluation of a frozen model: `python -m orchestrator.evaluation score --model URI ...` and
+the `kind: evaluate` sweep (sweeps/steps.yaml) share every line below.
 
 The model is a registry alias or version (`models:/NAME@ALIAS`, `models:/NAME/VERSION`) or a run's
 checkpoint (`runs:/RUN_ID/PATH`). Its evaluation belongs to the run that trained it: the parent run goes into
 that run's experiment, nested under it, so the MLflow UI shows the inference-time settings under the
-training run. The parent holds
-the reconstruction metrics (rFID-proxy, once per model), the summary and Pareto tables and plots; each
-sampling setting is a child run with its proxy metrics, their protocol fingerprint, network passes per
-image, measured images/s and a sample grid.
-
-Over 300 lines because the CLI and the `kind: evaluate` sweep share every line (one code path, so the
-two cannot drift); the metrics themselves are in orchestrator/evaluation/.
+training run. The parent holds the reconstruction metrics (rFID-proxy, once per model), the summary and
+Pareto tables and plots; each sampling setting is a child run with its proxy metrics, their protocol
+fingerprint, network passes per image, measured images/s and a sample grid.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
-import json
-import os
 import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-from orchestrator.cli_errors import at_least, run
+import torch
+from mlflow import MlflowClient
+from tqdm import tqdm
+
 from orchestrator.config import metric_names
-from orchestrator.config.sweep_spec import MODEL_URI_FORMS
-from orchestrator.data.registry import BUILTIN_NAMES, NO_DATASET
-from orchestrator.data.storage import reaching
-from orchestrator.generate import SAMPLING_RENAMES, add_sampling_flags, check_registry_uri, sampling_values
-
-if TYPE_CHECKING:  # torch, mlflow and the configs load only after the CLI's flags have parsed
-    import torch
-    from mlflow import MlflowClient
-
-    from orchestrator.config.sweep_spec import SweepSpec
-    from orchestrator.evaluation.protocol import Protocol
-    from sphere_core.config import SamplingConfig, SphereConfig
-    from sphere_core.model import SphereEncoder
+from orchestrator.config.search_space import apply_trial_params, expand_trials
+from orchestrator.config.sweep_spec import SweepSpec
+from orchestrator.data.registry import BUILTIN_NAMES
+from orchestrator.evaluation.from_config import protocol_for
+from orchestrator.evaluation.protocol import Protocol, evaluate_reconstructions, evaluate_samples
+from orchestrator.tracking import reports, runs
+from orchestrator.tracking.mlflow_model import load_registered
+from orchestrator.tracking.registry import FINGERPRINT_TAG
+from orchestrator.tracking.run_end import ended_with_the_sweep
+from sphere_core.config import ConfigError, SamplingConfig, SphereConfig
+from sphere_core.editing import reconstruct
+from sphere_core.model import SphereEncoder
+from sphere_core.sampling import generate, guidance_weights, passes_for
 
 
 @dataclass(frozen=True)
@@ -55,8 +51,6 @@ class FrozenModel:
 
 def load_frozen(client: MlflowClient, uri: str, tracking_uri: str) -> FrozenModel:
     """The model and its lineage: a registered version's `source.run_id` tag, or the run in runs:/RUN_ID."""
-    from orchestrator.tracking.mlflow_model import load_registered
-
     model, config = load_registered(uri, tracking_uri)
     source, version = lineage(client, uri)
     return FrozenModel(uri, model, config, source, client.get_run(source).info.experiment_id, version)
@@ -64,8 +58,6 @@ def load_frozen(client: MlflowClient, uri: str, tracking_uri: str) -> FrozenMode
 
 def lineage(client: MlflowClient, uri: str) -> tuple[str, str]:
     """(the run that trained the model at `uri`, its registry version or "" for a runs:/ URI)."""
-    from sphere_core.config import ConfigError
-
     version = ""
     if uri.startswith("models:/"):
         name, alias_or_version = re.split("[@/]", uri.removeprefix("models:/"), maxsplit=1)
@@ -97,11 +89,6 @@ def score_setting(
 ) -> SettingScore:
     """Proxy metrics of n samples (balanced classes, the same noise for every setting), and their speed.
     `sampling` is resolved against the model (`sampling.resolved(frozen.config.noise)`)."""
-    import torch
-
-    from orchestrator.evaluation.protocol import evaluate_samples
-    from sphere_core.sampling import generate, passes_for
-
     n, classes = protocol.n, frozen.config.model.num_classes
     labels: torch.Tensor | int = torch.arange(n) % classes if classes else n
     started = time.perf_counter()
@@ -129,9 +116,6 @@ def score_setting(
 
 def score_reconstructions(frozen: FrozenModel, protocol: Protocol) -> tuple[dict[str, float], str]:
     """rFID-proxy: D(f(E(x))) of the first n held-out images, in the same features; (metrics, fingerprint)."""
-    from orchestrator.evaluation.protocol import evaluate_reconstructions
-    from sphere_core.editing import reconstruct
-
     real, labels = protocol.real.images[: protocol.n], protocol.real.labels[: protocol.n]
     result = evaluate_reconstructions(
         reconstruct(frozen.model, real.float() / 127.5 - 1.0), protocol=protocol, labels=labels
@@ -144,8 +128,6 @@ def canonical(model: SphereEncoder, sampling: SamplingConfig) -> SamplingConfig:
     are scored once: a 1-step sample has no refinement (schedule and noise sharing unused) and never
     meets the encoder (enc guidance unused); 2 steps draw refinement noise once, shared or not;
     unguided sampling has no position."""
-    from sphere_core.sampling import guidance_weights
-
     if sampling.steps == 1:
         sampling = dataclasses.replace(sampling, schedule="fixed", shared_noise=True)
     if sampling.steps == 2:
@@ -157,10 +139,6 @@ def canonical(model: SphereEncoder, sampling: SamplingConfig) -> SamplingConfig:
 
 
 def sample_grid(frozen: FrozenModel, sampling: SamplingConfig) -> dict[str, torch.Tensor]:
-    import torch
-
-    from sphere_core.sampling import generate
-
     classes = frozen.config.model.num_classes
     labels: torch.Tensor | int = torch.arange(16) % classes if classes else 16
     images = generate(
@@ -183,13 +161,6 @@ def setting_name(sampling: SamplingConfig) -> str:
 def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
     """Every setting of the grid on one frozen model; returns the table rows. A resubmission against the
     same model version skips the settings already finished."""
-    from mlflow import MlflowClient
-
-    from orchestrator.config.search_space import apply_trial_params, expand_trials
-    from orchestrator.evaluation.from_config import protocol_for
-    from orchestrator.tracking import reports, runs
-    from orchestrator.tracking.run_end import ended_with_the_sweep
-
     assert spec.evaluate is not None  # the loader requires it for kind: evaluate
     evaluate = spec.evaluate
     uri = runs.resolve_tracking_uri(spec.experiment)
@@ -198,12 +169,12 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
     # The same sweep file against a newly promoted version is a new evaluation, not a resumed one.
     identity = f"{spec.digest}:{frozen.source_run_id}:{frozen.version}"
     spec = dataclasses.replace(spec, digest=hashlib.sha256(identity.encode()).hexdigest()[:10])
-    lineage = {
+    nested_under_training = {
         "mlflow.parentRunId": frozen.source_run_id,
         "model.uri": frozen.uri,
         "model.version": frozen.version,
     }
-    exp_id, parent_id = runs.open_sweep_run(client, spec, lineage, exp_id=frozen.experiment_id)
+    exp_id, parent_id = runs.open_sweep_run(client, spec, nested_under_training, exp_id=frozen.experiment_id)
     print(f"{frozen.uri} (version {frozen.version or '-'}, trained in run {frozen.source_run_id})")
     model = frozen.config.model
     protocol = protocol_for(
@@ -222,8 +193,6 @@ def run_evaluate_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
         resolved = (sampling.resolved(frozen.config.noise) for sampling in grid)
         distinct = list(dict.fromkeys(canonical(frozen.model, sampling) for sampling in resolved))
         print(f"{len(grid)} settings, {len(distinct)} with distinct samples (each scored once)")
-        from tqdm import tqdm
-
         # 43 settings of sweeps/steps.yaml took ~5 min in silence: a bar on a terminal, none in a job log
         bar = tqdm(distinct, desc="settings", unit="setting", file=sys.stderr, disable=None)
         rows = [
@@ -242,11 +211,8 @@ def _log_reconstructions(
     recon_fd = protocol.key(metric_names.of_reconstructions(metric_names.fd(protocol.extractor.tag)))
     if recon_fd in client.get_run(parent_id).data.metrics:
         return  # once per model
-    from orchestrator.tracking.registry import FINGERPRINT_TAG
-    from orchestrator.tracking.runs import MLflowSink
-
     metrics, fingerprint = score_reconstructions(frozen, protocol)
-    sink = MLflowSink(client, parent_id)
+    sink = runs.MLflowSink(client, parent_id)
     sink.log(metrics, step=0)
     sink.flush(final=True)
     client.set_tag(parent_id, FINGERPRINT_TAG.format(recon_fd), fingerprint)
@@ -263,10 +229,6 @@ def _evaluate_child(
     protocol: Protocol,
     sampling: SamplingConfig,
 ) -> dict[str, Any]:
-    from orchestrator.config.search_space import apply_trial_params
-    from orchestrator.tracking import runs
-    from orchestrator.tracking.registry import FINGERPRINT_TAG
-
     assert spec.evaluate is not None
     params = {path: getattr(sampling, path.removeprefix("sampling.")) for path in spec.search}
     cfg = apply_trial_params(spec.experiment, params)
@@ -302,119 +264,9 @@ def _evaluate_child(
     }
 
 
-# --- the one-off CLI ----------------------------------------------------------------------------
-
-
-def one_off_spec(args: argparse.Namespace) -> SweepSpec:
-    """The CLI's grid as an evaluate sweep of its own (named by its arguments, so a rerun reuses results)."""
-    from orchestrator.config.schema import ExperimentConfig
-    from orchestrator.config.search_space import apply_trial_params
-    from orchestrator.config.sweep_spec import EvaluateConfig, SearchDist, SweepSpec, TuneConfig
-
-    search = {f"sampling.{name}": SearchDist(grid=values) for name, values in sampling_values(args).items()}
-    base = ExperimentConfig()
-    for path, dist in search.items():  # every value must build a valid SamplingConfig
-        for value in dist.spec:
-            apply_trial_params(base, {path: value})
-    default: Literal["none", "mnist"] = "none" if args.reference else "mnist"
-    evaluate = EvaluateConfig(
-        model=args.model,
-        dataset=args.dataset or default,
-        inception=args.inception,
-        reference=args.reference,
-        floor=args.floor,
-        num_images=args.num,
-        seed=args.seed,
-    )
-    content = json.dumps(
-        {"evaluate": dataclasses.asdict(evaluate), "search": {k: v.spec for k, v in search.items()}}
-    )
-    digest = hashlib.sha256(content.encode()).hexdigest()[:10]
-    return SweepSpec(
-        name="evaluate",
-        kind="evaluate",
-        experiment=base,
-        search=search,
-        tune=TuneConfig(),
-        evaluate=evaluate,
-        digest=digest,
-    )
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.evaluate",
-        description="Score a stored model's samples at every combination of the sampling flags (fd_clf "
-        "or FID, KID, precision/recall, beside the real-vs-real floor), each a child run of the run that "
-        "trained it. The metric classifiers and floors themselves: python -m orchestrator.evaluation.",
-    )
-    parser.add_argument("--model", required=True, help=MODEL_URI_FORMS)
-    add_sampling_flags(parser, several=True, steps=[1, 2, 4])  # every combination is a setting
-    parser.add_argument(
-        "--num",
-        type=at_least(16),
-        default=256,
-        help="samples per setting (default 256; fixed: FD is biased by n)",
-    )
-    parser.add_argument(
-        "--dataset",
-        choices=(*BUILTIN_NAMES, NO_DATASET),
-        help="built-in whose classifier scores and whose splits are the real images (default: the one that "
-        "scored the model in training, else mnist; none with --reference)",
-    )
-    parser.add_argument(
-        "--inception", help="FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth): path/URL"
-    )
-    parser.add_argument(
-        "--reference", help="held-out shards (fsspec URL) to compare with, e.g. s3://b/data/val"
-    )
-    parser.add_argument("--floor", help="training shards (fsspec URL) for the real-vs-real floor")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    renames = (("evaluate.num_images", "--num"), ("evaluate.", "--"), *SAMPLING_RENAMES)
-    return run(lambda: _evaluate(args), renames)  # the dataclasses name their fields; the user typed flags
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    check_registry_uri(args.model, local_allowed=False)  # before seconds of imports
-    from orchestrator.tracking.runs import QUIET_ENV
-
-    os.environ.update(QUIET_ENV)  # before mlflow is imported
-    spec = one_off_spec(args)  # validates the grid and the metric source before any server is reached
-    if args.dataset is None and args.reference is None:
-        import mlflow
-
-        args.dataset = trained_dataset(mlflow.MlflowClient(), args.model)
-        spec = one_off_spec(args)
-    for flag in ("--reference", "--floor"):
-        url = getattr(args, flag.removeprefix("--"))
-        if url is not None:
-            probe(url, flag)
-    run_evaluate_sweep(spec)
-    return 0
-
-
 def trained_dataset(client: MlflowClient, uri: str) -> str:
     """The built-in whose classifier scored the model during training (its run's eval.dataset), so a
     Fashion-MNIST model is not scored by the MNIST classifier; mnist for a model trained without one."""
     params = client.get_run(lineage(client, uri)[0]).data.params
     dataset = params.get("eval.dataset", "mnist")
     return dataset if dataset in BUILTIN_NAMES else "mnist"
-
-
-def probe(url: str, flag: str) -> None:
-    """One look at `url`, so a wrong scheme, an unreachable store or refused credentials fail in one line
-    before the tracking server and the model are reached."""
-    from fsspec.core import url_to_fs
-
-    with reaching(url, flag):
-        filesystem, path = url_to_fs(url)
-        filesystem.exists(path)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
