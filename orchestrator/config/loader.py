@@ -386,6 +386,13 @@ def _check_trainable(raw: SweepFile, experiment: ExperimentConfig) -> None:
         raise ConfigError(
             f"tune.metric: {short_repr(raw.tune.metric)} is never reported (allowed: {', '.join(reported)})"
         )
+    score = metric_names.score_of(raw.tune.metric)
+    if score is not None and score.better is not None and raw.tune.mode != score.better:
+        better = "lower" if score.better == "min" else "higher"
+        raise ConfigError(
+            f"tune.mode: {raw.tune.mode} would rank the worst trial of {raw.tune.metric} first: it is better "
+            f"{better} (allowed: {score.better})"
+        )
     run = experiment.run
     if raw.tune.metric in experiment.eval_metrics and run.eval_every > run.checkpoint_every:
         # Each checkpoint report carries the latest eval: one must have run by the first checkpoint.

@@ -2,7 +2,8 @@
 eval scores, and the keys of the image sets it scores. The config checks a sweep's `tune.metric` against these
 names before any cluster work, so they sit beside the config, below everything that reports them.
 
-    scores("clf")                        -> ("fd_clf", "kid_clf", "precision_clf", "recall_clf")
+    SCORE_REGISTRY                       every score an evaluated image set can report, declared once
+    scores("clf")                        -> ("fd_clf", "kid_clf", "is_clf", "precision_clf", "recall_clf")
     of_samples("fd_clf", 4)              -> "fd_clf_4step"   (scores of 4-step samples)
     of_reconstructions("fd_clf")         -> "recon_fd_clf"   (held-out images reconstructed with the null
                                                             class, as the official rFID: its proxy)
@@ -12,15 +13,44 @@ names before any cluster work, so they sit beside the config, below everything t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
 
-SCORES = ("fd", "kid", "precision", "recall")  # what each evaluated image set reports, per feature space
-CLASS_SCORES = ("acc", "spread")  # a conditional model scored by a dataset classifier also reports these
-# Images of at most this many values are also scored in pixel space (orchestrator/evaluation/pixels.py): an
-# FD no loss or network touches, and how close samples sit to the training images (memorisation).
+
+@dataclass(frozen=True)
+class Score:
+    """One score an evaluated image set reports, declared once: orchestrator/evaluation/protocol.py computes
+    exactly the declared scores (tested), and every list of names below derives from SCORE_REGISTRY."""
+
+    name: str  # per feature space ("fd" -> "fd_clf", "fd_inception"), or whole when `needs` is "pixels"
+    needs: Literal["features", "labels", "pixels"]  # labels: a classifier of the dataset and the drawn class
+    better: Literal["min", "max"] | None  # which way a sweep should rank it; None: neither (a ratio to real)
+    deviation: bool = False  # also reports <name>_std, its spread over draws (KID's subsets, IS's splits)
+    samples_only: bool = False  # not of reconstructions, which copy their inputs by design
+
+    def named(self, tag: str) -> str:
+        return self.name if self.needs == "pixels" else in_space(self.name, tag)
+
+
+SCORE_REGISTRY = (
+    Score("fd", "features", "min"),
+    Score("kid", "features", "min", deviation=True),
+    Score("is", "features", "max", deviation=True),
+    Score("precision", "features", "max"),
+    Score("recall", "features", "max"),
+    # The share of images the dataset's classifier assigns to the class they were drawn for, and how much
+    # the images of one class vary relative to real ones (Inception's ImageNet classes cannot say either).
+    Score("acc", "labels", "max"),
+    Score("spread", "labels", None),
+    # Images of at most PIXEL_SPACE_MAX_VALUES values are also scored in pixel space (evaluation/pixels.py):
+    # an FD no loss or network touches, and how close samples sit to the training images (memorisation).
+    Score("fd_pix", "pixels", "min"),
+    Score("nn_ratio_pix", "pixels", None, samples_only=True),
+    Score("copies_pix", "pixels", "min", samples_only=True),
+)
 PIXEL_SPACE_MAX_VALUES = 64 * 64 * 3
-PIXEL_FD = "fd_pix"
-MEMORISATION = ("nn_ratio_pix", "copies_pix")  # samples only: reconstructions copy their inputs by design
 # What sphere_core.train_step returns for every step.
 TRAIN_STEP = ("loss", "grad_norm", "lr", "angle_large_deg", "angle_small_deg", "z_rms")
 STEP = "step"  # the training step a report belongs to: Tune's and ASHA's clock
@@ -60,13 +90,36 @@ def deviation(name: str) -> str:
     return f"{name}_std"
 
 
+def declared(tag: str, *, conditional: bool, pixels: bool = False, samples: bool = True) -> tuple[Score, ...]:
+    """The registry's scores of one image set: in feature space `tag`; the class scores when the model is
+    conditional and the features are the dataset classifier's ("clf"); the pixel-space scores when the
+    images have a pixel space; the memorisation scores only for samples."""
+    needs = {
+        "features",
+        *(("labels",) if conditional and tag == "clf" else ()),
+        *(("pixels",) if pixels else ()),
+    }
+    return tuple(s for s in SCORE_REGISTRY if s.needs in needs and (samples or not s.samples_only))
+
+
 def scores(tag: str, *, conditional: bool = False) -> tuple[str, ...]:
-    """Metric names in one feature space: ("fd_clf", "kid_clf", ...) or ("fd_inception", ...). A
-    conditional model scored by a dataset classifier also reports acc_clf, the fraction of images the
-    classifier assigns to the class they were drawn for, and spread_clf, how much the images of one class
-    vary relative to real ones (Inception's ImageNet classes cannot say either)."""
-    names = (*SCORES, *CLASS_SCORES) if conditional and tag == "clf" else SCORES
-    return tuple(in_space(score, tag) for score in names)
+    """The names in one feature space: ("fd_clf", "kid_clf", ...) or ("fd_inception", ...)."""
+    return tuple(s.named(tag) for s in declared(tag, conditional=conditional))
+
+
+def with_deviations(tag: str, chosen: tuple[Score, ...]) -> tuple[str, ...]:
+    """The names `chosen` report, each followed by its _std where it has one: what an evaluation returns."""
+    return tuple(
+        name for s in chosen for name in (s.named(tag), *((deviation(s.named(tag)),) if s.deviation else ()))
+    )
+
+
+def score_of(logged: str) -> Score | None:
+    """The registry entry behind any logged score name ("proxy/recon_fd_clf_4step" -> fd), else None."""
+    name = re.sub(r"_\d+step$", "", parse_protocol(logged)[0]).removeprefix("recon_")
+    whole = next((s for s in SCORE_REGISTRY if s.needs == "pixels" and s.name == name), None)
+    in_a_space = (s for s in SCORE_REGISTRY if s.needs != "pixels" and s.name == name.rsplit("_", 1)[0])
+    return whole or next(in_a_space, None)
 
 
 def fd(tag: str) -> str:
@@ -118,13 +171,14 @@ def has_pixel_space(image_shape: tuple[int, int, int]) -> bool:
 
 
 def sample_scores(tag: str, *, conditional: bool, pixels: bool) -> tuple[str, ...]:
-    """What an evaluated set of samples reports: `scores`, and with a pixel space fd_pix and memorisation."""
-    return (*scores(tag, conditional=conditional), *((PIXEL_FD, *MEMORISATION) if pixels else ()))
+    """What an evaluated set of samples reports (without the deviations)."""
+    return tuple(s.named(tag) for s in declared(tag, conditional=conditional, pixels=pixels))
 
 
 def reconstruction_scores(tag: str, *, conditional: bool, pixels: bool) -> tuple[str, ...]:
     """What evaluated reconstructions report, before `of_reconstructions` names them."""
-    return (*scores(tag, conditional=conditional), *((PIXEL_FD,) if pixels else ()))
+    chosen = declared(tag, conditional=conditional, pixels=pixels, samples=False)
+    return tuple(s.named(tag) for s in chosen)
 
 
 def eval_metrics(tag: str, *, conditional: bool, steps: Iterable[int], pixels: bool) -> tuple[str, ...]:

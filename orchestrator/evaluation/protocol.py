@@ -77,9 +77,10 @@ def code_digest(sources: Iterable[str]) -> str:
 @functools.cache
 def protocol_version() -> str:
     """The evaluator's version in every fingerprint: the digest of the code that turns images into numbers
-    (this module, the metric math, the pixel space, reference statistics, feature extraction), so a change
-    that could move a value also invalidates every cached floor and reference; nothing to bump by hand."""
-    modules = (metrics, pixels, reference, features, classifier, sys.modules[__name__])
+    (this module, the metric math, the pixel space, reference statistics, feature extraction, the declared
+    scores), so a change that could move a value also invalidates every cached floor and reference; nothing
+    to bump by hand."""
+    modules = (metrics, pixels, reference, features, classifier, metric_names, sys.modules[__name__])
     return code_digest(inspect.getsource(module) for module in modules)
 
 
@@ -300,9 +301,8 @@ def _floor(
     mean = {k: float(v.mean()) for k, v in values.items()}
     std = {k: float(v.std()) if len(v) > 1 else 0.0 for k, v in values.items()}
     if protocol.pixels is not None:  # unseen real images score these by definition (pixels.py)
-        ratio, copies = metric_names.MEMORISATION
-        mean |= {ratio: 1.0, copies: COPY_QUANTILE}
-        std |= {ratio: 0.0, copies: 0.0}
+        mean |= {"nn_ratio_pix": 1.0, "copies_pix": COPY_QUANTILE}
+        std |= {"nn_ratio_pix": 0.0, "copies_pix": 0.0}
     cache_write(cache, name, json.dumps({"mean": mean, "std": std}, sort_keys=True).encode())
     return mean, std
 
@@ -329,25 +329,34 @@ def _score(
     )
     is_mean, is_std = inception_score(logits, splits=protocol.is_splits, seed=protocol.seed)
     precision, recall = precision_recall(ref.features, features, k=protocol.pr_k)
-    name, deviation = metric_names.in_space, metric_names.deviation
-    values = {
-        name("fd", tag): frechet_distance(ref.stats, GaussianStats.of(features)),
-        name("kid", tag): kid_mean,
-        deviation(name("kid", tag)): kid_std,
-        name("is", tag): is_mean,
-        deviation(name("is", tag)): is_std,
-        name("precision", tag): precision,
-        name("recall", tag): recall,
+    computed = {
+        "fd": frechet_distance(ref.stats, GaussianStats.of(features)),
+        "kid": kid_mean,
+        "is": is_mean,
+        "precision": precision,
+        "recall": recall,
     }
-    if labels is not None and protocol.extractor.classifies_dataset:
-        values[name("acc", tag)] = class_accuracy(logits, labels)
-        real_spread = class_spread(ref.features, protocol.real.labels)
-        values[name("spread", tag)] = class_spread(features, labels) / real_spread
+    deviations = {"kid": kid_std, "is": is_std}
+    conditional = labels is not None and protocol.extractor.classifies_dataset
+    if labels is not None and conditional:
+        computed["acc"] = class_accuracy(logits, labels)
+        computed["spread"] = class_spread(features, labels) / class_spread(ref.features, protocol.real.labels)
+    pixels = protocol.pixels is not None and images is not None
     if protocol.pixels is not None and images is not None:
-        values[metric_names.PIXEL_FD] = protocol.pixels.fd(images)
+        computed["fd_pix"] = protocol.pixels.fd(images)
         if memorisation:
-            ratio, copies = metric_names.MEMORISATION
-            values[ratio], values[copies] = protocol.pixels.memorisation(images)
+            computed["nn_ratio_pix"], computed["copies_pix"] = protocol.pixels.memorisation(images)
+    chosen = metric_names.declared(tag, conditional=conditional, pixels=pixels, samples=memorisation)
+    if computed.keys() != {score.name for score in chosen}:
+        raise RuntimeError(
+            f"the protocol computes {sorted(computed)}; metric_names.SCORE_REGISTRY declares "
+            f"{sorted(score.name for score in chosen)} for this image set: declare each score there"
+        )
+    values = {}
+    for score in chosen:
+        values[score.named(tag)] = computed[score.name]
+        if score.deviation:
+            values[metric_names.deviation(score.named(tag))] = deviations[score.name]
     return {named(k): v for k, v in values.items()}
 
 

@@ -84,6 +84,10 @@ MALFORMED = {
         "search:\n  model.encoder_size: {grid: [nano, enormous]}\n",
         "model.encoder_size: 'enormous' is not allowed (allowed: 'nano'",
     ),
+    "tune mode that ranks the worst trial first": (
+        GOOD_SEARCH + "tune: {metric: fd_clf_1step, mode: max}\n",
+        "tune.mode: max would rank the worst trial of fd_clf_1step first: it is better lower (allowed: min)",
+    ),
     "tune metric never reported": (
         GOOD_SEARCH + "tune: {metric: los}\n",
         "tune.metric: 'los' is never reported (allowed: loss",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from orchestrator.config import metric_names
@@ -15,18 +16,29 @@ BASE = Path(__file__).resolve().parents[3] / "sweeps" / "base" / "mnist.yaml"
 
 
 def test_names_and_their_inverses() -> None:
-    assert metric_names.scores("clf", conditional=True) == (
-        "fd_clf", "kid_clf", "precision_clf", "recall_clf", "acc_clf", "spread_clf",
-    )  # fmt: skip
-    # Inception's ImageNet classes say nothing about a dataset's classes: no acc/spread there.
-    assert metric_names.scores("inception", conditional=True) == tuple(
-        f"{s}_inception" for s in metric_names.SCORES
-    )
     logged = metric_names.under_protocol(metric_names.of_samples(metric_names.fd("clf"), 4), proxy=True)
     assert logged == "proxy/fd_clf_4step"
     assert metric_names.parse_protocol(logged) == ("fd_clf_4step", True)
     assert metric_names.space_of("fd_inception") == "inception"
     assert metric_names.floor_std("recon_fd_clf") == "recon_fd_clf_floor_std"
+
+
+@pytest.mark.parametrize("tag", ["clf", "inception"])
+def test_every_declared_score_is_found_again_from_any_name_it_is_logged_under(tag: str) -> None:
+    for score in metric_names.SCORE_REGISTRY:
+        name = score.named(tag)
+        for logged in (name, metric_names.of_samples(name, 4), metric_names.of_reconstructions(name)):
+            assert metric_names.score_of(metric_names.under_protocol(logged, proxy=True)) == score
+    assert metric_names.score_of("loss") is None and metric_names.score_of("time_step_s") is None
+
+
+def test_class_scores_need_the_dataset_classifier_and_memorisation_needs_samples() -> None:
+    with_classes = set(metric_names.scores("clf", conditional=True)) - set(metric_names.scores("clf"))
+    assert with_classes == {s.named("clf") for s in metric_names.SCORE_REGISTRY if s.needs == "labels"}
+    assert metric_names.scores("inception", conditional=True) == metric_names.scores("inception")
+    samples = metric_names.sample_scores("clf", conditional=False, pixels=True)
+    recon = metric_names.reconstruction_scores("clf", conditional=False, pixels=True)
+    assert set(samples) - set(recon) == {s.name for s in metric_names.SCORE_REGISTRY if s.samples_only}
 
 
 def test_a_training_step_reports_the_declared_names() -> None:

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from orchestrator.config import metric_names
 from orchestrator.config.schema import EvalConfig, ExperimentConfig
 from orchestrator.data.config import DataConfig
 from sphere_core.config import ConfigError, ModelConfig, OptimConfig, SamplingConfig
@@ -17,15 +18,15 @@ GRAY = ModelConfig(channels=1, num_classes=10)
 def test_eval_metrics_name_each_step_count_and_the_reconstructions() -> None:
     cfg = ExperimentConfig(model=GRAY, sampling=SamplingConfig(steps=2), eval=EvalConfig(dataset="digits"))
     assert cfg.eval_steps == (1, 2)
-    # A conditional model is also scored on the classes its samples were drawn for (acc, spread).
-    # Images this small are also scored in pixel space: an FD no network touches, and memorisation (samples).
-    per_set = ("fd_clf", "kid_clf", "precision_clf", "recall_clf", "acc_clf", "spread_clf", "fd_pix")
-    memorisation = ("nn_ratio_pix", "copies_pix")
+    # A conditional model is also scored on the classes its samples were drawn for; images this small are
+    # also scored in pixel space, with memorisation for samples only.
+    samples = metric_names.sample_scores("clf", conditional=True, pixels=True)
+    recon = metric_names.reconstruction_scores("clf", conditional=True, pixels=True)
     assert cfg.eval_metrics == (
-        *(f"{m}_1step" for m in (*per_set, *memorisation)),
-        *(f"{m}_2step" for m in (*per_set, *memorisation)),
-        *(f"recon_{m}" for m in per_set),
-        "eval_s",
+        *(metric_names.of_samples(m, 1) for m in samples),
+        *(metric_names.of_samples(m, 2) for m in samples),
+        *map(metric_names.of_reconstructions, recon),
+        metric_names.EVAL_SECONDS,
     )
     large = dataclasses.replace(cfg, model=ModelConfig(channels=1, num_classes=10, image_size=256))
     assert "fd_clf_1step" in large.eval_metrics and "fd_pix_1step" not in large.eval_metrics

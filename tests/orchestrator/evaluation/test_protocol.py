@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from orchestrator.config import metric_names
 from orchestrator.config.schema import EvalConfig
 from orchestrator.data.builtin import ArraySource, builtin_sources
 from orchestrator.data.writer import write_dataset
@@ -32,6 +33,21 @@ from sphere_core.config import ConfigError
 def noisy(images: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return (images + sigma * torch.randn(images.shape, generator=g)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_an_image_set_reports_exactly_the_declared_scores(
+    digits_protocol: Protocol, digits_test: LabelledImages, labelled: bool
+) -> None:
+    images, labels = digits_test.images.float() / 255, digits_test.labels if labelled else None
+    pixels = digits_protocol.pixels is not None
+    for result, samples in (
+        (evaluate_samples(images, protocol=digits_protocol, labels=labels), True),
+        (evaluate_reconstructions(images, protocol=digits_protocol, labels=labels), False),
+    ):
+        chosen = metric_names.declared("clf", conditional=labelled, pixels=pixels, samples=samples)
+        named = (lambda n: n) if samples else metric_names.of_reconstructions
+        assert set(result.values) == set(map(named, metric_names.with_deviations("clf", chosen)))
 
 
 def test_fd_of_the_reference_with_itself_is_zero_and_grows_with_noise(
