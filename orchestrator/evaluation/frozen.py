@@ -29,7 +29,7 @@ from orchestrator.config.sweep_spec import SweepSpec
 from orchestrator.data.registry import BUILTIN_NAMES
 from orchestrator.evaluation.from_config import protocol_for
 from orchestrator.evaluation.protocol import Protocol, evaluate_reconstructions, evaluate_samples
-from orchestrator.tracking import reports, runs
+from orchestrator.tracking import reports, runs, sinks
 from orchestrator.tracking.mlflow_model import load_registered
 from orchestrator.tracking.registry import FINGERPRINT_TAG
 from orchestrator.tracking.run_end import ended_with_the_sweep
@@ -212,7 +212,7 @@ def _log_reconstructions(
     if recon_fd in client.get_run(parent_id).data.metrics:
         return  # once per model
     metrics, fingerprint = score_reconstructions(frozen, protocol)
-    sink = runs.MLflowSink(client, parent_id)
+    sink = sinks.MLflowSink(client, parent_id)
     sink.log(metrics, step=0)
     sink.flush(final=True)
     client.set_tag(parent_id, FINGERPRINT_TAG.format(recon_fd), fingerprint)
@@ -245,7 +245,7 @@ def _evaluate_child(
         score = score_setting(frozen, sampling, protocol, spec.evaluate.seed)
         runs.log_config(client, run_id, cfg)
         client.set_tag(run_id, FINGERPRINT_TAG.format(score.fd_key), score.fingerprint)
-        sink = runs.MLflowSink(client, run_id)
+        sink = sinks.MLflowSink(client, run_id)
         sink.log(score.metrics, step=0)
         sink.flush(final=True)
         sink.log_images(lambda: sample_grid(frozen, sampling), step=0)

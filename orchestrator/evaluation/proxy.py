@@ -22,7 +22,7 @@ from orchestrator.evaluation.protocol import (
     evaluate_reconstructions,
     evaluate_samples,
 )
-from orchestrator.tracking.runs import Evaluation
+from orchestrator.tracking.sinks import Evaluation
 from sphere_core.editing import reconstruct
 from sphere_core.model import SphereEncoder
 from sphere_core.precision import bf16_autocast

@@ -26,7 +26,7 @@ from orchestrator.config import metric_names
 from orchestrator.config.schema import RunConfig
 
 if TYPE_CHECKING:
-    from orchestrator.tracking.runs import Evaluation
+    from orchestrator.tracking.sinks import Evaluation
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], Mapping[str, float]]  # (images, labels) -> metrics
 SampleFn = Callable[[], Mapping[str, torch.Tensor]]  # name -> images [B, C, H, W] in [0, 1]

@@ -35,7 +35,7 @@ from orchestrator.config.schema import ExperimentConfig, PerceptualConfig
 from orchestrator.data.pipeline import ShardStream
 from orchestrator.data.shards import merge_cursors
 from orchestrator.evaluation.proxy import ProxyEval, noise_angle_evaluation
-from orchestrator.tracking.runs import make_sink
+from orchestrator.tracking.sinks import make_sink
 from orchestrator.train.loop import run_loop
 from sphere_core.checkpoint import CorruptCheckpoint, load_checkpoint, restore, save_checkpoint
 from sphere_core.perceptual import PerceptualLoss, build_perceptual, perceptual_status

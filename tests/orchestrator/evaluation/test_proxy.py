@@ -12,7 +12,7 @@ from orchestrator.config import metric_names
 from orchestrator.config.loader import load_sweep
 from orchestrator.config.schema import EvalConfig, ExperimentConfig
 from orchestrator.evaluation.proxy import ProxyEval, noise_angle_evaluation
-from orchestrator.tracking.runs import Evaluation
+from orchestrator.tracking.sinks import Evaluation
 from sphere_core.train_step import make_train_state
 
 SMOKE = Path(__file__).resolve().parents[3] / "sweeps" / "smoke.yaml"

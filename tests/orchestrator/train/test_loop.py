@@ -11,7 +11,7 @@ import torch
 
 from orchestrator.config import metric_names
 from orchestrator.config.schema import RunConfig
-from orchestrator.tracking.runs import Evaluation, NullSink
+from orchestrator.tracking.sinks import Evaluation, NullSink
 from orchestrator.train.loop import EvalFn, SampleFn, StepFn, run_loop
 
 
