@@ -1,4 +1,4 @@
-"""Named, typed SphereConfig presets and `build_model` (spec sections 1.4, 2, 4, 9).
+"""Named, typed SphereConfig presets and `build_model` (method §1.4, method §2, method §4).
 
 Paper presets reproduce the official scripts' settings with the released model sizes (the scripts say
 base/base; MODEL.md's models are large/xlarge), random horizontal flips included. Their schedules

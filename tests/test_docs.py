@@ -36,6 +36,19 @@ def test_method_citations_name_sections_of_docs_method() -> None:
     assert [(str(path), number) for path, number in cited if number not in headings] == []
 
 
+def test_no_reference_points_at_a_spec_outside_the_repository() -> None:
+    """The method is cited as docs/method.md's sections; "spec 1.4" or "spec section 2" named a file that
+    only the project's authors had."""
+    outside = re.compile(r"\bspec(?:'s)? (?:sections?|§|\d)|spec\.md|sphere-encoder-paper")
+    found = [
+        f"{path.relative_to(ROOT)}: {match.group(0)}"
+        for path, text in texts().items()
+        if path != Path(__file__).resolve()
+        for match in outside.finditer(text)
+    ]
+    assert found == []
+
+
 def test_relative_links_in_the_readme_and_docs_point_at_files() -> None:
     broken = []
     for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
