@@ -3,6 +3,7 @@ real-vs-real floor, and until their class accuracy first reaches 0.85, for MNIST
 side in one run:
 - `preset`: mnist-32-nano as shipped (pixel, latent and random-conv perceptual terms, PatchGAN 0.5 on the
   large-noise decodes and random sphere points' decodes from a quarter of the run on);
+- `narrow-features`: the preset with a random-conv perceptual net a quarter as wide (a cheaper step);
 - `pixel`: the preset's pixel and latent terms only (the preset before issue #19);
 - `random-conv`: `pixel` plus the project's own perceptual distance (no weight file) at the paper's 1 / 0.5;
 - `adversarial-large`: the preset with the critic judging the large-noise decodes only;
@@ -37,7 +38,14 @@ import torch
 from orchestrator.config.schema import PerceptualConfig
 from orchestrator.evaluation.classifier import load_split
 from orchestrator.evaluation.protocol import Protocol, evaluate_samples
-from sphere_core.config import LossWeights, NoiseConfig, OptimConfig, SamplingConfig, SphereConfig
+from sphere_core.config import (
+    RANDOM_CONV_WIDTH,
+    LossWeights,
+    NoiseConfig,
+    OptimConfig,
+    SamplingConfig,
+    SphereConfig,
+)
 from sphere_core.perceptual import build_perceptual
 from sphere_core.presets import get_preset
 from sphere_core.sampling import generate
@@ -49,6 +57,7 @@ SCORED = ("fd_clf", "acc_clf", "recall_clf", "spread_clf", "fd_pix", "copies_pix
 TARGET_FLOOR_MULTIPLE = 3.0
 TARGET_ACCURACY = 0.85  # what make demo asks of its registered model
 NEW_BATCH = 16  # sweeps/base/mnist.yaml's batch for the preset (one worker)
+NARROW_WIDTH = 8  # a random-conv net a quarter as wide: 1/16 of its MACs
 
 
 @dataclass(frozen=True)
@@ -57,10 +66,12 @@ class Recipe:
     config: SphereConfig
     batch: int
     random_conv_seed: int | None = None  # the perceptual network, when the recipe has one
+    random_conv_width: int = RANDOM_CONV_WIDTH  # its first conv's width
 
 
 RECIPES = (
     "preset",
+    "narrow-features",
     "pixel",
     "random-conv",
     "adversarial-large",
@@ -80,15 +91,24 @@ def recipes(names: list[str], budget_images: int) -> list[Recipe]:
     random_conv = PerceptualConfig().seed
     old_optim = OptimConfig(lr=1e-3, min_lr=1e-5, warmup_steps=100, ema_decay=0.999, encoder_lr_scale=0.1)
 
-    def recipe(name: str, loss: LossWeights, *, features: bool, **noise: Any) -> Recipe:
+    def recipe(
+        name: str, loss: LossWeights, *, features: bool, width: int = RANDOM_CONV_WIDTH, **noise: Any
+    ) -> Recipe:
         config = dataclasses.replace(preset, loss=loss, noise=dataclasses.replace(preset.noise, **noise))
-        return Recipe(name, config, NEW_BATCH, random_conv_seed=random_conv if features else None)
+        seed = random_conv if features else None
+        return Recipe(name, config, NEW_BATCH, random_conv_seed=seed, random_conv_width=width)
 
     every = {
         "preset": recipe(
             f"preset (random-conv + PatchGAN on large+prior from step {loss.adversarial_start_step})",
             loss,
             features=True,
+        ),
+        "narrow-features": recipe(
+            f"preset with the random-conv net {NARROW_WIDTH} wide (8-16-16-32-32)",
+            loss,
+            features=True,
+            width=NARROW_WIDTH,
         ),
         "pixel": recipe("pixel + latent terms (the preset before #19)", pixel, features=False),
         "random-conv": recipe(
@@ -195,7 +215,11 @@ def main() -> None:
         torch.manual_seed(args.seed)
         channels = recipe.config.model.channels
         seed = recipe.random_conv_seed
-        perceptual = build_perceptual(random_conv=(channels, seed)) if seed is not None else None
+        perceptual = (
+            build_perceptual(random_conv=(channels, seed), random_conv_width=recipe.random_conv_width)
+            if seed is not None
+            else None
+        )
         state = make_train_state(recipe.config, device="cpu", perceptual=perceptual)
         runs.append(Progress(recipe, state, torch.Generator().manual_seed(args.seed)))
     targets = {

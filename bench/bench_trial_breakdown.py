@@ -79,7 +79,9 @@ def plain_images_per_s(cfg: ExperimentConfig, steps: int, threads: int) -> float
     torch.manual_seed(cfg.run.seed)
     perceptual = None
     if cfg.perceptual.network == "random-conv" and (cfg.loss.recon_perc or cfg.loss.con_perc):
-        perceptual = build_perceptual(random_conv=(cfg.model.channels, cfg.perceptual.seed))
+        perceptual = build_perceptual(
+            random_conv=(cfg.model.channels, cfg.perceptual.seed), random_conv_width=cfg.perceptual.width
+        )
     sphere = cfg.sphere
     state = make_train_state(sphere, device="cpu", perceptual=perceptual)
     state.adversarial_start_step = 0  # the critic's cost is part of the step a trial pays for most of its run

@@ -30,6 +30,9 @@ VIT_SIZES: dict[str, tuple[int, int, int]] = {
 }
 # The seed of the random-conv perceptual network (sphere_core/perceptual.py) the CPU presets train with.
 RANDOM_CONV_SEED = 20260215
+RANDOM_CONV_WIDTH = (
+    32  # its first conv's width; the later ones double at each stride (sphere_core/perceptual.py)
+)
 ViTSize = Literal["nano", "micro", "mini", "small", "base", "large", "xlarge", "huge", "giant"]
 
 

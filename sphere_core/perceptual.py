@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sphere_core.config import LossWeights
+from sphere_core.config import RANDOM_CONV_WIDTH, LossWeights
 
 # torchvision vgg16 `features`: conv widths per stage, a 2x2 max-pool between stages. LPIPS taps the
 # last ReLU of each stage (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3).
@@ -183,10 +183,11 @@ def load_convnext(convnext_path: str | Path) -> ConvNeXt:
 
 # --- the project's own features: a random conv net ------------------------------------------------
 
-# Five 3x3 convs (ReLU after each), stride 2 at the second and fourth; the distance taps the second, fourth
-# and fifth. The architecture and seed are kept apart from every metric network (orchestrator/evaluation):
-# a loss must not train the model toward the features it is scored in.
-RANDOM_CONV_WIDTHS = (32, 64, 64, 128, 128)
+# Five 3x3 convs (ReLU after each), stride 2 at the second and fourth, the width doubling at each stride
+# (32, 64, 64, 128, 128 from the default first width); the distance taps the second, fourth and fifth. The
+# architecture and seed are kept apart from every metric network (orchestrator/evaluation): a loss must not
+# train the model toward the features it is scored in.
+RANDOM_CONV_WIDENING = (1, 2, 2, 4, 4)
 RANDOM_CONV_STRIDES = (1, 2, 1, 2, 1)
 RANDOM_CONV_TAPS = (1, 3, 4)
 
@@ -196,23 +197,24 @@ class RandomConvFeatures(nn.Module):
     activations at each tap, squared differences summed over channels (LPIPS with unit heads), averaged over
     space, then over taps."""
 
-    def __init__(self, channels: int, seed: int) -> None:
+    def __init__(self, channels: int, seed: int, width: int = RANDOM_CONV_WIDTH) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         layers: list[nn.Module] = []
         in_ch = channels
-        for width, stride in zip(RANDOM_CONV_WIDTHS, RANDOM_CONV_STRIDES, strict=True):
-            conv = nn.Conv2d(in_ch, width, kernel_size=3, stride=stride, padding=1, bias=False)
+        widths = [width * factor for factor in RANDOM_CONV_WIDENING]
+        for out_ch, stride in zip(widths, RANDOM_CONV_STRIDES, strict=True):
+            conv = nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
             with torch.no_grad():  # Kaiming-normal for ReLU, drawn from the seed alone
                 conv.weight.normal_(0.0, (2.0 / (in_ch * 9)) ** 0.5, generator=generator)
             layers += [conv, nn.ReLU()]
-            in_ch = width
+            in_ch = out_ch
         self.layers = nn.Sequential(*layers)
-        self.channels, self.seed = channels, seed
+        self.channels, self.seed, self.width = channels, seed, widths[0]
 
     def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
         h, out = x * 2 - 1, []
-        for index in range(len(RANDOM_CONV_WIDTHS)):
+        for index in range(len(RANDOM_CONV_WIDENING)):
             h = self.layers[2 * index + 1](self.layers[2 * index](h))
             if index in RANDOM_CONV_TAPS:
                 out.append(h / (h.square().sum(dim=1, keepdim=True).sqrt() + 1e-10))
@@ -255,7 +257,8 @@ class PerceptualLoss(nn.Module):
 
     def describe(self) -> str:
         if self.random_conv is not None:
-            return f"random conv features, seed {self.random_conv.seed}, LPIPS-style distance"
+            features = self.random_conv
+            return f"random conv features, seed {features.seed}, width {features.width}, LPIPS-style distance"
         parts = [f"LPIPS-VGG16 x{LPIPS_WEIGHT}"] if self.lpips is not None else []
         parts += [f"ConvNeXt-S logits MSE x{CONVNEXT_WEIGHT}"] if self.convnext is not None else []
         return " + ".join(parts)
@@ -287,17 +290,19 @@ def build_perceptual(
     convnext_path: str | Path | None = None,
     *,
     random_conv: tuple[int, int] | None = None,
+    random_conv_width: int = RANDOM_CONV_WIDTH,
     device: torch.device | str = "cpu",
 ) -> PerceptualLoss | None:
-    """The frozen perceptual loss from local weight files, or from `random_conv` = (image channels, seed),
-    or None when neither is given. LPIPS needs both `vgg_path` and `lpips_path`; either network alone is
-    allowed (renormalised weight)."""
+    """The frozen perceptual loss from local weight files, or from `random_conv` = (image channels, seed)
+    with its first conv `random_conv_width` wide, or None when neither is given. LPIPS needs both
+    `vgg_path` and `lpips_path`; either network alone is allowed (renormalised weight)."""
     if (vgg_path is None) != (lpips_path is None):
         raise ValueError("LPIPS needs both vgg_path (torchvision vgg16) and lpips_path (LPIPS vgg.pth)")
     if random_conv is not None:
         if vgg_path is not None or convnext_path is not None:
             raise ValueError("random conv features replace the weight files: give one or the other")
-        return PerceptualLoss(None, None, RandomConvFeatures(*random_conv)).to(device)
+        features = RandomConvFeatures(*random_conv, width=random_conv_width)
+        return PerceptualLoss(None, None, features).to(device)
     lpips = load_lpips(vgg_path, lpips_path) if vgg_path is not None and lpips_path is not None else None
     convnext = load_convnext(convnext_path) if convnext_path is not None else None
     if lpips is None and convnext is None:

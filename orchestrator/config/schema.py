@@ -23,6 +23,7 @@ from orchestrator.data.config import DataConfig
 from orchestrator.data.registry import DatasetChoice
 from sphere_core.config import (
     RANDOM_CONV_SEED,
+    RANDOM_CONV_WIDTH,
     AugmentConfig,
     ConfigError,
     DiscriminatorConfig,
@@ -162,6 +163,7 @@ class PerceptualConfig:
 
     network: Literal["files", "random-conv"] = "files"
     seed: int = RANDOM_CONV_SEED  # the random-conv weights; apart from every metric network's
+    width: int = RANDOM_CONV_WIDTH  # the random-conv net's first width (32: 32-64-64-128-128 channels)
     vgg16: str | None = field(
         default=None, metadata={"give": "a path or fsspec URL of torchvision's vgg16-397923af.pth"}
     )
@@ -178,6 +180,8 @@ class PerceptualConfig:
     def __post_init__(self) -> None:
         if (self.vgg16 is None) != (self.lpips is None):
             raise ConfigError("perceptual.lpips: LPIPS needs both perceptual.vgg16 and perceptual.lpips")
+        if not 1 <= self.width <= 1024:
+            raise ConfigError(f"perceptual.width: {self.width} (allowed: 1..1024)")
         files = self.vgg16 is not None or self.convnext_small is not None
         if self.network == "random-conv" and files:
             raise ConfigError(

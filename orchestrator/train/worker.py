@@ -141,7 +141,9 @@ def load_perceptual(weights: PerceptualConfig, channels: int, device: torch.devi
     """The frozen perceptual network: the project's random conv features, the published networks from the
     configured files (local or any fsspec URL), or None."""
     if weights.network == "random-conv":
-        return build_perceptual(random_conv=(channels, weights.seed), device=device)
+        return build_perceptual(
+            random_conv=(channels, weights.seed), random_conv_width=weights.width, device=device
+        )
     if not weights.given:
         return None
     with tempfile.TemporaryDirectory(prefix="sphere-perceptual-") as tmp:

@@ -172,6 +172,17 @@ def test_random_conv_features_are_a_function_of_their_seed_alone() -> None:
     assert not any(torch.equal(first[k], other[k]) for k in first)
 
 
+def test_the_random_conv_width_sets_every_layer_and_keeps_the_distance_usable() -> None:
+    narrow, default = RandomConvFeatures(1, seed=7, width=8), RandomConvFeatures(1, seed=7)
+    widths = [m.out_channels for m in narrow.layers if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [8, 16, 16, 32, 32] and default.width == 32
+    assert sum(p.numel() for p in default.parameters()) > 10 * sum(p.numel() for p in narrow.parameters())
+    perceptual = build_perceptual(random_conv=(1, 7), random_conv_width=8)
+    assert perceptual is not None and "width 8" in perceptual.describe()
+    a, b = pair(0, channels=1, size=32)
+    assert perceptual(a, a).abs().max() < 1e-6 and bool((perceptual(a, b) > perceptual(a, a)).all())
+
+
 def test_random_conv_distance_is_zero_on_equal_images_and_grows_with_the_difference() -> None:
     perceptual = build_perceptual(random_conv=(1, 7))
     assert perceptual is not None and "random conv features, seed 7" in perceptual.describe()

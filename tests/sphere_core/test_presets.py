@@ -9,7 +9,8 @@ from sphere_core.config import ModelConfig, SphereConfig
 from sphere_core.presets import PRESETS, build_model, count_parameters, get_preset
 
 # The official release's model card: sphere-l-af 642M, sphere-l-of 948M, sphere-l-imagenet 950M; counting
-# the architecture of method §2 gives one more digit. Exact counts pin the architecture (any change to a layer moves them).
+# the architecture of method §2 gives one more digit. Exact counts pin the architecture (any change to a
+# layer moves them).
 MODEL_CARD = {
     "animal-faces-256-l": (642.1e6, 642_148_324),
     "oxford-flowers-256-l": (948.8e6, 948_844_516),

@@ -84,6 +84,10 @@ MALFORMED = {
         "search:\n  model.encoder_size: {grid: [nano, enormous]}\n",
         "model.encoder_size: 'enormous' is not allowed (allowed: 'nano'",
     ),
+    "perceptual width out of range": (
+        GOOD_SEARCH + "overrides: {perceptual.width: 0}\n",
+        "perceptual.width: 0 (allowed: 1..1024)",
+    ),
     "tune mode that ranks the worst trial first": (
         GOOD_SEARCH + "tune: {metric: fd_clf_1step, mode: max}\n",
         "tune.mode: max would rank the worst trial of fd_clf_1step first: it is better lower (allowed: min)",
