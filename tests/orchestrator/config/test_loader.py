@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config.loader import load_experiment, load_sweep, parse_set
+from orchestrator.data.registry import BUILTIN_NAMES, NO_DATASET
 from orchestrator.sweep import main as sweep_main
 from sphere_core.config import ConfigError
 
@@ -172,8 +173,9 @@ def test_malformed_sweep_fails_with_one_line(
                 (
                     "evaluate: {model: 'models:/m@a', dataset: cifar}",
                     "sampling.steps: {grid: [1]}",
-                    "evaluate.dataset: 'cifar' is not allowed (allowed: 'digits', 'mnist', 'fashion-mnist', "
-                    "'none')",
+                    "evaluate.dataset: 'cifar' is not allowed (allowed: "
+                    + ", ".join(map(repr, (*BUILTIN_NAMES, NO_DATASET)))
+                    + ")",
                 ),
                 (
                     "evaluate: {model: 'models:/m@a', num_images: 4}",
