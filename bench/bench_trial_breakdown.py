@@ -5,7 +5,8 @@ alone and then two side by side, each beside the plain loop at the same threads 
     .venv/bin/python bench/bench_trial_breakdown.py [--sweep sweeps/demo.yaml] [--steps 400] [--set K=V ...]
 
 Each case runs `python -m orchestrator.sweep` on the sweep with its search replaced by run.seed 0 (one trial)
-or 0 and 1 (two trials), `--steps` steps each (eval and checkpoint once, at the end), in its own MLflow
+or 0 and 1 (two trials), `--steps` steps each (eval and checkpoint once, at the end; the critic on from the
+first step, so trial and plain loop time the same step), in its own MLflow
 experiment. A trial's wall time (its MLflow run, created before Ray starts its workers) splits into Ray's
 start and stop of its workers (the run's wall less the worker's), and the worker's phases as the training loop
 reports them (orchestrator/train/loop.py): setup (model build, resume, step-0 eval), train steps, data waits,
@@ -33,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import torch
 import yaml
 from bench_data import cpu_pressure
@@ -84,7 +86,6 @@ def plain_images_per_s(cfg: ExperimentConfig, steps: int, threads: int) -> float
         )
     sphere = cfg.sphere
     state = make_train_state(sphere, device="cpu", perceptual=perceptual)
-    state.adversarial_start_step = 0  # the critic's cost is part of the step a trial pays for most of its run
     split = load_split("mnist", "train")
     x, y = split.images.float() / 127.5 - 1.0, split.labels
     generator, batch = torch.Generator().manual_seed(0), cfg.data.batch_size
@@ -162,30 +163,34 @@ def _role(pid: int, parents: Mapping[int, int], roots: Mapping[int, str]) -> str
 
 
 class CpuSampler:
-    """Samples every process's CPU time once a second; CPU-seconds per role between start() and stop()."""
+    """Samples every process's CPU time once a second; CPU-seconds per role between start() and stop(). Each
+    second's CPU goes to the role the process has then: Ray starts its workers idle and renames them when
+    they take an actor (ray::IDLE becomes ray::RayTrainWorker)."""
 
     def __init__(self) -> None:
         self.roots = _cluster_roots()
-        self.first: dict[int, float] = {}
-        self.last: dict[int, tuple[str, float]] = {}
+        self.cpu: dict[int, float] = {}  # pid -> CPU seconds at the last sample
+        self.seconds = dict.fromkeys(ROLES, 0.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> None:
+    def _sample(self, count: bool = True) -> None:
         stats = {pid: s for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if (s := _stat(pid))}
         parents = {pid: parent for pid, (parent, _) in stats.items()}
         for pid, (_, cpu) in stats.items():
-            role = self.last[pid][0] if pid in self.last else _role(pid, parents, self.roots)
-            if role is not None:
-                self.first.setdefault(pid, cpu)
-                self.last[pid] = (role, cpu)
+            role = _role(pid, parents, self.roots)
+            if role is None:
+                continue
+            if count:  # a process born since the last sample counts from its birth
+                self.seconds[role] += cpu - self.cpu.get(pid, 0.0)
+            self.cpu[pid] = cpu
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
             self._sample()
 
     def start(self) -> CpuSampler:
-        self._sample()
+        self._sample(count=False)
         self.started = time.perf_counter()
         self._thread.start()
         return self
@@ -194,11 +199,7 @@ class CpuSampler:
         self._stop.set()
         self._thread.join()
         self._sample()
-        wall = time.perf_counter() - self.started
-        seconds = dict.fromkeys(ROLES, 0.0)
-        for pid, (role, cpu) in self.last.items():
-            seconds[role] += cpu - self.first[pid]
-        return seconds, wall
+        return self.seconds, time.perf_counter() - self.started
 
 
 # -- one case: trials on the cluster ---------------------------------------------------------------------
@@ -222,8 +223,6 @@ def trials_sweep(sweep: Path, seeds: int, folder: Path) -> Path:
 
 def run_sweep(sweep: Path, sets: list[str], experiment: str) -> tuple[list[Trial], dict[str, float], float]:
     """Runs the sweep with `sets`; its trials' breakdowns, and the CPU-seconds per role over the wall time."""
-    import mlflow
-
     command = [sys.executable, "infra/local/cluster.py", "submit", "--"]  # a Ray job, as users run sweeps
     command += ["python", "-m", "orchestrator.sweep", str(sweep), "--new-experiment"]
     for item in [*sets, f"tracking.experiment={experiment}", f"tracking.registered_model={experiment}"]:
@@ -288,7 +287,7 @@ def main() -> None:
         f"optim.total_steps={args.steps}",
         f"run.eval_every={args.steps}",
         f"run.checkpoint_every={args.steps}",
-        f"loss.adversarial_start_step={args.steps // 4}",
+        "loss.adversarial_start_step=0",  # the plain loop's step too: the critic's cost from the first step
         *args.set,
     ]
     sweep = (ROOT / args.sweep).resolve()

@@ -16,6 +16,7 @@ import typing
 from pathlib import Path
 
 from orchestrator.cli_errors import UserError, at_least, run
+from orchestrator.config.schema import ExperimentConfig
 from orchestrator.config.sweep_spec import MODEL_URI, MODEL_URI_FORMS
 from sphere_core.config import ConfigError, SamplingConfig
 
@@ -156,7 +157,6 @@ def _generate(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from orchestrator.config.schema import ExperimentConfig
     from orchestrator.tracking.images import grid_image, side_by_side
     from orchestrator.tracking.mlflow_model import load_local, load_registered
     from orchestrator.tracking.runs import resolve_tracking_uri
