@@ -107,13 +107,6 @@ def scores(tag: str, *, conditional: bool = False) -> tuple[str, ...]:
     return tuple(s.named(tag) for s in declared(tag, conditional=conditional))
 
 
-def with_deviations(tag: str, chosen: tuple[Score, ...]) -> tuple[str, ...]:
-    """The names `chosen` report, each followed by its _std where it has one: what an evaluation returns."""
-    return tuple(
-        name for s in chosen for name in (s.named(tag), *((deviation(s.named(tag)),) if s.deviation else ()))
-    )
-
-
 def score_of(logged: str) -> Score | None:
     """The registry entry behind any logged score name ("proxy/recon_fd_clf_4step" -> fd), else None."""
     name = re.sub(r"_\d+step$", "", parse_protocol(logged)[0]).removeprefix("recon_")
