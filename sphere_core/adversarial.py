@@ -92,11 +92,9 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.float().mean()
 
 
-def adaptive_weight(rest: torch.Tensor, adversarial: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
-    """VQGAN's lambda: balances the two gradients at the decoder's last layer; detached, in [0, 1e4]."""
-    rest_grad = torch.autograd.grad(rest, last_layer, retain_graph=True)[0]
-    adv_grad = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
-    weight = rest_grad.float().norm() / (adv_grad.float().norm() + ADAPTIVE_EPS)
+def adaptive_weight(rest_grad: torch.Tensor, adversarial_grad: torch.Tensor) -> torch.Tensor:
+    """VQGAN's lambda from the two terms' gradients at the decoder's last layer; detached, in [0, 1e4]."""
+    weight = rest_grad.float().norm() / (adversarial_grad.float().norm() + ADAPTIVE_EPS)
     return weight.clamp(0.0, ADAPTIVE_MAX).detach()
 
 

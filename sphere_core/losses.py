@@ -128,7 +128,13 @@ class SphereObjective(nn.Module):
             )
         y_all = None if y is None else torch.cat([y] * len(latents))
         x_hat = model.decode(torch.cat(latents), drop(y_all))  # (2B or 3B, C, H, W)
-        x_hat_large, x_hat_small, *x_hat_prior = x_hat.chunk(len(latents))
+        # With the adaptive weight the pixel terms and the critic read the decodes through `cut`, a leaf with
+        # their values: their gradients at the decodes are taken once, balanced, and sent on through the
+        # decoder by the step's one backward (`_balanced`), instead of twice through the feature network and
+        # the critic (for the weight, then for the step).
+        balanced = critic is not None and w.adversarial_adaptive
+        cut = x_hat.detach().requires_grad_() if balanced else x_hat
+        x_hat_large, x_hat_small, *x_hat_prior = cut.chunk(len(latents))
         x01, large01, small01 = x * 0.5 + 0.5, x_hat_large * 0.5 + 0.5, x_hat_small * 0.5 + 0.5
 
         # Reconstruction pairs with the small-noise decode; without pixel consistency the official
@@ -140,26 +146,24 @@ class SphereObjective(nn.Module):
             con, con_terms = self._pixel_term("con", large01, small01.detach(), w.con_dist, w.con_perc)
             total, terms = total + con, terms | con_terms
         pixel_total = total  # what VQGAN balances its critic against: its reconstruction + perceptual loss
+        latent_total = total.new_zeros(())
         if w.latent_con > 0:
-            # x_hat_large is NOT detached: this term trains the decoder through the second encoder pass.
-            z_re = model.encode(x_hat_large, drop(y))  # (B, N, d)
+            # The decode itself, not the cut: this term trains the decoder through the second encoder pass.
+            z_re = model.encode(x_hat.chunk(len(latents))[0], drop(y))  # (B, N, d)
             # sg[E(x)]: the clean latent is the target; cosine ignores scale, so raw z equals f(z) here.
             cos = F.cosine_similarity(z_re.flatten(1).float(), z.detach().flatten(1).float(), dim=1)
             latent = (1.0 - cos).mean()
-            total, terms["latent_con"] = total + w.latent_con * latent, latent
+            latent_total, terms["latent_con"] = w.latent_con * latent, latent
+            total = total + latent_total
 
         fakes = None
         if critic is not None:
             fakes = torch.cat([x_hat_large, *x_hat_prior])
             adv = generator_loss(frozen_logits(critic, fakes))
-            weight = (
-                adaptive_weight(
-                    pixel_total if w.adversarial_balance == "pixel" else total, adv, model.decoder.last_layer
-                )
-                if w.adversarial_adaptive
-                else adv.new_ones(())
-            )
-            total = total + w.adversarial * weight * adv
+            if balanced:
+                total, weight = self._balanced(x_hat, cut, pixel_total, latent_total, adv)
+            else:
+                total, weight = total + w.adversarial * adv, adv.new_ones(())
             terms["adv_g"], terms["adv_lambda"] = adv, weight
             fakes = fakes.detach()
 
@@ -168,3 +172,35 @@ class SphereObjective(nn.Module):
             terms["angle_small_deg"] = angle_deg(noise.v_small, v).mean()
             terms["z_rms"] = z.float().square().mean().sqrt()
         return LossOutput(total=total, terms={k: t.detach() for k, t in terms.items()}, fakes=fakes)
+
+    def _balanced(
+        self,
+        x_hat: torch.Tensor,
+        cut: torch.Tensor,
+        pixel_total: torch.Tensor,
+        latent_total: torch.Tensor,
+        adv: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total, lambda): the loss with VQGAN's adaptive weight on the critic's term, as a tensor whose
+        value is pixel + latent + w_adv * lambda * L_G and whose gradient is that loss's. The pixel terms
+        and L_G reach the decodes `x_hat` through the leaf `cut`: their gradients there are taken once, and
+        the layer-W gradients lambda compares follow from them through the last layer alone."""
+        w, last_layer = self.weights, self.model.decoder.last_layer
+
+        def at_decodes(loss: torch.Tensor) -> torch.Tensor:
+            if not loss.requires_grad:  # every pixel term off
+                return torch.zeros_like(cut)
+            return torch.autograd.grad(loss, cut)[0]
+
+        def at_last_layer(grad: torch.Tensor) -> torch.Tensor:
+            return torch.autograd.grad(x_hat, last_layer, grad_outputs=grad, retain_graph=True)[0]
+
+        pixel_grad, adv_grad = at_decodes(pixel_total), at_decodes(adv)
+        rest_at_layer = at_last_layer(pixel_grad)
+        if w.adversarial_balance == "total" and latent_total.requires_grad:
+            latent_at_layer = torch.autograd.grad(latent_total, last_layer, retain_graph=True)[0]
+            rest_at_layer = rest_at_layer + latent_at_layer
+        weight = adaptive_weight(rest_at_layer, at_last_layer(adv_grad))
+        surrogate = (x_hat * (pixel_grad + w.adversarial * weight * adv_grad)).sum() + latent_total
+        value = pixel_total.detach() + latent_total.detach() + w.adversarial * weight * adv.detach()
+        return surrogate + (value - surrogate.detach()), weight

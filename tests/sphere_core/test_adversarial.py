@@ -20,7 +20,9 @@ from sphere_core.adversarial import (
 )
 from sphere_core.checkpoint import CorruptCheckpoint, load_checkpoint, restore, save_checkpoint
 from sphere_core.config import DiscriminatorConfig, LossWeights, SphereConfig
-from tests.sphere_core.tiny import CONFIG, fresh_state, step
+from sphere_core.losses import LossOutput, SphereObjective
+from sphere_core.perceptual import PerceptualLoss, RandomConvFeatures
+from tests.sphere_core.tiny import CONFIG, batch, fresh_state, step, tiny_model
 
 
 def adversarial_config(start: int = 0, on: str = "large", **loss: object) -> SphereConfig:
@@ -53,10 +55,47 @@ def test_hinge_loss_is_zero_beyond_the_margins_and_one_at_zero() -> None:
 
 
 def test_adaptive_weight_is_the_ratio_of_the_two_gradient_norms_at_the_layer() -> None:
-    w = torch.randn(5, requires_grad=True)
-    rest, adv = (3 * w).sum(), (0.5 * w).sum()  # gradients 3 and 0.5 in every entry
-    assert adaptive_weight(rest, adv, w).item() == pytest.approx(3 / (0.5 + 1e-4 / math.sqrt(5)), rel=1e-3)
-    assert w.grad is None  # measured with autograd.grad: nothing accumulates
+    rest, adv = torch.full((5,), 3.0), torch.full((5,), 0.5)
+    assert adaptive_weight(rest, adv).item() == pytest.approx(3 / (0.5 + 1e-4 / math.sqrt(5)), rel=1e-3)
+    assert adaptive_weight(rest, torch.zeros(5)).item() == 1e4  # clamped while the critic has no gradient
+
+
+@pytest.mark.parametrize(("balance", "on"), [("total", "large+prior"), ("pixel", "large")])
+def test_the_balanced_step_has_the_gradient_of_the_weighted_sum(balance: str, on: str) -> None:
+    """The adaptive path takes the pixel and critic gradients once, at the decodes: the same draws through a
+    plain sum with the critic weighted w_adv * lambda must give the same loss and the same gradient in
+    every parameter, and lambda must be VQGAN's ratio of the two parts' gradients at the last layer."""
+    perceptual = PerceptualLoss(None, None, RandomConvFeatures(CONFIG.model.channels, seed=1, width=4))
+    config = adversarial_config(on=on, adversarial_balance=balance, recon_perc=1.0, con_perc=0.5)
+    model = tiny_model()
+    critic = PatchDiscriminator(CONFIG.model.channels, config.discriminator)
+    x, y = batch()
+
+    def run(weights: LossWeights) -> tuple[LossOutput, list[torch.Tensor]]:
+        objective = SphereObjective(model, weights, config.noise, perceptual, critic)
+        model.zero_grad(set_to_none=True)
+        out = objective(x, y, generator=torch.Generator().manual_seed(3), adversarial=True)
+        out.total.backward()
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()]
+        return out, grads
+
+    balanced, balanced_grads = run(config.loss)
+    weight = float(balanced.terms["adv_lambda"])
+    plain = dataclasses.replace(config.loss, adversarial_adaptive=False)
+    summed, summed_grads = run(dataclasses.replace(plain, adversarial=0.5 * weight))
+    assert balanced.total.item() == pytest.approx(summed.total.item(), rel=1e-5)
+    for a, b in zip(balanced_grads, summed_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+    rest_only, rest_grads = run(dataclasses.replace(plain, adversarial=0.0))
+    _, adv_grads = run(dataclasses.replace(plain, adversarial=1.0))
+    index = next(i for i, p in enumerate(model.parameters()) if p is model.decoder.last_layer)
+    rest_at_layer = rest_grads[index]
+    if balance == "pixel":  # the latent term left out: the same draws without it
+        rest_at_layer = run(dataclasses.replace(plain, adversarial=0.0, latent_con=0.0))[1][index]
+    expected = rest_at_layer.norm() / ((adv_grads[index] - rest_grads[index]).norm() + 1e-4)
+    assert weight == pytest.approx(min(expected.item(), 1e4), rel=1e-4)
+    assert rest_only.terms.keys() == balanced.terms.keys()
 
 
 def test_the_term_and_the_critic_wait_for_the_start_step() -> None:
