@@ -162,19 +162,29 @@ class Progress:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def score(state: TrainState, protocol: Protocol, noise: NoiseConfig) -> dict[str, float]:
+def score(
+    state: TrainState, protocol: Protocol, noise: NoiseConfig, cfg: float = 1.0, position: str = "combo"
+) -> dict[str, float]:
     labels = torch.arange(protocol.n) % 10
     out: dict[str, float] = {}
     for steps in (1, 4):
+        sampling = SamplingConfig(steps=steps, cfg=cfg, cfg_position=position)  # type: ignore[arg-type]
         images = generate(
             state.ema.eval(),
             labels,
-            sampling=SamplingConfig(steps=steps).resolved(noise),
+            sampling=sampling.resolved(noise),
             generator=torch.Generator().manual_seed(0),
         )
         values = evaluate_samples(images, protocol=protocol, labels=labels).values
         out |= {f"{key}_{steps}step": values[key] for key in SCORED}
     return out
+
+
+def parse_guidance(text: str) -> tuple[float, str]:
+    cfg, _, position = text.partition("@")
+    if position not in ("enc", "dec", "combo"):
+        raise SystemExit(f"--guidance {text}: expected CFG@POSITION, POSITION one of enc, dec, combo")
+    return float(cfg), position
 
 
 def train_chunk(p: Progress, x: torch.Tensor, y: torch.Tensor, images: int) -> None:
@@ -197,7 +207,15 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=8_000, help="images between evaluations")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--guidance",
+        nargs="*",
+        default=[],
+        metavar="CFG@POSITION",
+        help="also score each recipe's final model under these guidances, e.g. 1.4@combo 2@dec",
+    )
     args = parser.parse_args()
+    guidances = [parse_guidance(g) for g in args.guidance]
     torch.set_num_threads(args.threads)
     train = load_split("mnist", "train")
     x, y = train.images.float() / 127.5 - 1.0, train.labels
@@ -238,6 +256,14 @@ def main() -> None:
             p.history.append({"images": p.images, "cpu_s": p.cpu_s, **metrics})
             print(
                 f"{p.recipe.name:<60} images {p.images:>7} cpu {p.cpu_s:7.0f} s | "
+                + " ".join(f"{k} {v:.3g}" for k, v in metrics.items()),
+                flush=True,
+            )
+    for p in runs:
+        for cfg, position in guidances:
+            metrics = score(p.state, protocol, p.recipe.config.noise, cfg, position)
+            print(
+                f"{p.recipe.name:<60} images {p.images:>7} cfg {cfg:g} {position:<5} | "
                 + " ".join(f"{k} {v:.3g}" for k, v in metrics.items()),
                 flush=True,
             )
