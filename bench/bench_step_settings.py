@@ -1,8 +1,9 @@
-"""The training step under the settings a CPU user could turn on, side by side in one run: eager (as shipped),
-channels-last memory for the conv networks (pixel head, random-conv perceptual net, PatchGAN), and
-`torch.compile` of the model, the perceptual net and the critic; at 1 and 2 torch threads; for the nano and
-micro presets with their full CPU recipe (perceptual and adversarial terms on). Also the step's FLOP/s as a
-fraction of this CPU's measured fp32 matmul peak at the same threads.
+"""The training step under the settings a CPU user could turn on, side by side in one run: eager (all fp32),
+the random-conv perceptual net under bf16 autocast (`perceptual.precision`: what `auto` picks on a CPU with
+AVX512-BF16 or AMX), channels-last memory for the conv networks (pixel head, random-conv perceptual net,
+PatchGAN), and `torch.compile` of the model, the perceptual net and the critic; at 1 and 2 torch threads; for
+the nano and micro presets with their full CPU recipe (perceptual and adversarial terms on). Also the step's
+FLOP/s as a fraction of this CPU's measured fp32 matmul peak at the same threads.
 
     .venv/bin/python bench/bench_step_settings.py [--presets mnist-32-nano mnist-32-micro] [--batch 16]
         [--steps 8] [--rounds 3] [--threads 1 2]
@@ -29,7 +30,7 @@ from sphere_core.perceptual import build_perceptual
 from sphere_core.presets import get_preset
 from sphere_core.train_step import TrainState, make_train_state, train_step
 
-SETTINGS = ("eager", "channels-last", "compile")
+SETTINGS = ("eager", "bf16-features", "channels-last", "compile")
 
 
 def recipe(preset: str) -> SphereConfig:
@@ -40,7 +41,8 @@ def recipe(preset: str) -> SphereConfig:
 
 def make_state(config: SphereConfig, setting: str) -> TrainState:
     torch.manual_seed(0)
-    perceptual = build_perceptual(random_conv=(config.model.channels, RANDOM_CONV_SEED))
+    bf16 = setting == "bf16-features"
+    perceptual = build_perceptual(random_conv=(config.model.channels, RANDOM_CONV_SEED), bf16=bf16)
     state = make_train_state(config, device="cpu", perceptual=perceptual)
     assert perceptual is not None and perceptual.random_conv is not None and state.critic is not None
     convs = (state.model, state.ema, perceptual.random_conv, state.critic.raw)

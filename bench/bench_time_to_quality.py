@@ -4,6 +4,8 @@ side in one run:
 - `preset`: mnist-32-nano as shipped (pixel, latent and random-conv perceptual terms, PatchGAN 0.5 on the
   large-noise decodes and random sphere points' decodes from a quarter of the run on);
 - `narrow-features`: the preset with a random-conv perceptual net a quarter as wide (a cheaper step);
+- `bf16-features`: the preset with its random-conv perceptual net under bf16 autocast (a cheaper step where
+  the CPU has AVX512-BF16 or AMX);
 - `pixel`: the preset's pixel and latent terms only (the preset before issue #19);
 - `random-conv`: `pixel` plus the project's own perceptual distance (no weight file) at the paper's 1 / 0.5;
 - `adversarial-large`: the preset with the critic judging the large-noise decodes only;
@@ -67,11 +69,13 @@ class Recipe:
     batch: int
     random_conv_seed: int | None = None  # the perceptual network, when the recipe has one
     random_conv_width: int = RANDOM_CONV_WIDTH  # its first conv's width
+    features_bf16: bool = False  # the perceptual network under bf16 autocast
 
 
 RECIPES = (
     "preset",
     "narrow-features",
+    "bf16-features",
     "pixel",
     "random-conv",
     "adversarial-large",
@@ -92,11 +96,19 @@ def recipes(names: list[str], budget_images: int) -> list[Recipe]:
     old_optim = OptimConfig(lr=1e-3, min_lr=1e-5, warmup_steps=100, ema_decay=0.999, encoder_lr_scale=0.1)
 
     def recipe(
-        name: str, loss: LossWeights, *, features: bool, width: int = RANDOM_CONV_WIDTH, **noise: Any
+        name: str,
+        loss: LossWeights,
+        *,
+        features: bool,
+        width: int = RANDOM_CONV_WIDTH,
+        bf16: bool = False,
+        **noise: Any,
     ) -> Recipe:
         config = dataclasses.replace(preset, loss=loss, noise=dataclasses.replace(preset.noise, **noise))
         seed = random_conv if features else None
-        return Recipe(name, config, NEW_BATCH, random_conv_seed=seed, random_conv_width=width)
+        return Recipe(
+            name, config, NEW_BATCH, random_conv_seed=seed, random_conv_width=width, features_bf16=bf16
+        )
 
     every = {
         "preset": recipe(
@@ -109,6 +121,9 @@ def recipes(names: list[str], budget_images: int) -> list[Recipe]:
             loss,
             features=True,
             width=NARROW_WIDTH,
+        ),
+        "bf16-features": recipe(
+            "preset with the random-conv net under bf16 autocast", loss, features=True, bf16=True
         ),
         "pixel": recipe("pixel + latent terms (the preset before #19)", pixel, features=False),
         "random-conv": recipe(
@@ -234,7 +249,11 @@ def main() -> None:
         channels = recipe.config.model.channels
         seed = recipe.random_conv_seed
         perceptual = (
-            build_perceptual(random_conv=(channels, seed), random_conv_width=recipe.random_conv_width)
+            build_perceptual(
+                random_conv=(channels, seed),
+                random_conv_width=recipe.random_conv_width,
+                bf16=recipe.features_bf16,
+            )
             if seed is not None
             else None
         )

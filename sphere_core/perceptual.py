@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sphere_core.config import RANDOM_CONV_WIDTH, LossWeights
+from sphere_core.precision import bf16_autocast
 
 # torchvision vgg16 `features`: conv widths per stage, a 2x2 max-pool between stages. LPIPS taps the
 # last ReLU of each stage (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3).
@@ -237,9 +238,15 @@ class PerceptualLoss(nn.Module):
     std: torch.Tensor
 
     def __init__(
-        self, lpips: LPIPS | None, convnext: ConvNeXt | None, random_conv: RandomConvFeatures | None = None
+        self,
+        lpips: LPIPS | None,
+        convnext: ConvNeXt | None,
+        random_conv: RandomConvFeatures | None = None,
+        *,
+        bf16: bool = False,
     ) -> None:
         super().__init__()
+        self.bf16 = bf16  # run the networks under bf16 autocast; the distance is returned in fp32
         if (lpips is None and convnext is None) == (random_conv is None):
             raise ValueError(
                 "PerceptualLoss needs LPIPS and/or ConvNeXt weights, or else random conv features"
@@ -256,12 +263,16 @@ class PerceptualLoss(nn.Module):
         return super().train(False)  # frozen: stays in eval mode inside a training objective
 
     def describe(self) -> str:
+        precision = "bf16" if self.bf16 else "fp32"
         if self.random_conv is not None:
             features = self.random_conv
-            return f"random conv features, seed {features.seed}, width {features.width}, LPIPS-style distance"
+            return (
+                f"random conv features, seed {features.seed}, width {features.width}, LPIPS-style distance, "
+                f"{precision}"
+            )
         parts = [f"LPIPS-VGG16 x{LPIPS_WEIGHT}"] if self.lpips is not None else []
         parts += [f"ConvNeXt-S logits MSE x{CONVNEXT_WEIGHT}"] if self.convnext is not None else []
-        return " + ".join(parts)
+        return " + ".join(parts) + f", {precision}"
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         assert self.convnext is not None
@@ -269,7 +280,11 @@ class PerceptualLoss(nn.Module):
         return self.convnext((x - self.mean) / self.std)  # (B, 1000)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """a, b: (B, C, H, W) in [0, 1], C in {1, 3} -> (B,)."""
+        """a, b: (B, C, H, W) in [0, 1], C in {1, 3} -> (B,) in fp32."""
+        with bf16_autocast(a.device, self.bf16):
+            return self._distance(a, b).float()
+
+    def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.random_conv is not None:
             return self.random_conv(a, b)
         if a.shape[1] == 1:
@@ -292,22 +307,24 @@ def build_perceptual(
     random_conv: tuple[int, int] | None = None,
     random_conv_width: int = RANDOM_CONV_WIDTH,
     device: torch.device | str = "cpu",
+    bf16: bool = False,
 ) -> PerceptualLoss | None:
     """The frozen perceptual loss from local weight files, or from `random_conv` = (image channels, seed)
     with its first conv `random_conv_width` wide, or None when neither is given. LPIPS needs both
-    `vgg_path` and `lpips_path`; either network alone is allowed (renormalised weight)."""
+    `vgg_path` and `lpips_path`; either network alone is allowed (renormalised weight). `bf16`: its
+    networks run under bf16 autocast."""
     if (vgg_path is None) != (lpips_path is None):
         raise ValueError("LPIPS needs both vgg_path (torchvision vgg16) and lpips_path (LPIPS vgg.pth)")
     if random_conv is not None:
         if vgg_path is not None or convnext_path is not None:
             raise ValueError("random conv features replace the weight files: give one or the other")
         features = RandomConvFeatures(*random_conv, width=random_conv_width)
-        return PerceptualLoss(None, None, features).to(device)
+        return PerceptualLoss(None, None, features, bf16=bf16).to(device)
     lpips = load_lpips(vgg_path, lpips_path) if vgg_path is not None and lpips_path is not None else None
     convnext = load_convnext(convnext_path) if convnext_path is not None else None
     if lpips is None and convnext is None:
         return None
-    return PerceptualLoss(lpips, convnext).to(device)
+    return PerceptualLoss(lpips, convnext, bf16=bf16).to(device)
 
 
 def perceptual_status(perceptual: PerceptualLoss | None, weights: LossWeights | None = None) -> str:

@@ -164,6 +164,9 @@ class PerceptualConfig:
     network: Literal["files", "random-conv"] = "files"
     seed: int = RANDOM_CONV_SEED  # the random-conv weights; apart from every metric network's
     width: int = RANDOM_CONV_WIDTH  # the random-conv net's first width (32: 32-64-64-128-128 channels)
+    # The frozen network's arithmetic: bf16 autocast where the device does bf16 in hardware (a GPU that
+    # supports it; a CPU with AVX512-BF16 or AMX), else fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     vgg16: str | None = field(
         default=None, metadata={"give": "a path or fsspec URL of torchvision's vgg16-397923af.pth"}
     )

@@ -39,6 +39,7 @@ from orchestrator.tracking.sinks import make_sink
 from orchestrator.train.loop import run_loop
 from sphere_core.checkpoint import CorruptCheckpoint, load_checkpoint, restore, save_checkpoint
 from sphere_core.perceptual import PerceptualLoss, build_perceptual, perceptual_status
+from sphere_core.precision import native_bf16
 from sphere_core.sampling import generate
 from sphere_core.train_step import TrainState, make_train_state, train_step
 
@@ -140,9 +141,10 @@ def read_tags(manifest_digest: str, skipped: Mapping[str, int]) -> dict[str, str
 def load_perceptual(weights: PerceptualConfig, channels: int, device: torch.device) -> PerceptualLoss | None:
     """The frozen perceptual network: the project's random conv features, the published networks from the
     configured files (local or any fsspec URL), or None."""
+    bf16 = weights.precision == "bf16" or (weights.precision == "auto" and native_bf16(device))
     if weights.network == "random-conv":
         return build_perceptual(
-            random_conv=(channels, weights.seed), random_conv_width=weights.width, device=device
+            random_conv=(channels, weights.seed), random_conv_width=weights.width, device=device, bf16=bf16
         )
     if not weights.given:
         return None
@@ -155,7 +157,7 @@ def load_perceptual(weights: PerceptualConfig, channels: int, device: torch.devi
                 fs, path = url_to_fs(url)
                 fs.get(path, str(local[name]))
         return build_perceptual(
-            local.get("vgg16"), local.get("lpips"), local.get("convnext_small"), device=device
+            local.get("vgg16"), local.get("lpips"), local.get("convnext_small"), device=device, bf16=bf16
         )
 
 

@@ -203,3 +203,26 @@ def test_random_conv_features_replace_weight_files_rather_than_mix_with_them(
         build_perceptual(convnext_path=perceptual_weight_files["convnext_path"], random_conv=(3, 1))
     status = perceptual_status(build_perceptual(random_conv=(3, 1)))
     assert status.startswith("perceptual loss ON: (random conv features, seed 1")
+
+
+@pytest.mark.parametrize("published", [False, True])
+def test_bf16_features_give_the_fp32_distance_to_bf16_rounding(published: bool) -> None:
+    def build(bf16: bool) -> PerceptualLoss:
+        if published:
+            torch.manual_seed(0)
+            return PerceptualLoss(LPIPS(), ConvNeXt(TINY_CONVNEXT), bf16=bf16)
+        perceptual = build_perceptual(random_conv=(3, 7), bf16=bf16)
+        assert perceptual is not None
+        return perceptual
+
+    fp32, bf16 = build(False), build(True)
+    assert "fp32" in fp32.describe() and "bf16" in bf16.describe()
+    a, b = pair(0, channels=3, size=32)
+    a.requires_grad_(True)
+    exact, rounded = fp32(a, b), bf16(a, b)
+    assert rounded.dtype == torch.float32  # the loss adds up in fp32
+    torch.testing.assert_close(rounded, exact, rtol=0.03, atol=1e-4)
+    (grad_exact,) = torch.autograd.grad(exact.sum(), a)
+    (grad_rounded,) = torch.autograd.grad(rounded.sum(), a)
+    cosine = torch.nn.functional.cosine_similarity(grad_exact.flatten(), grad_rounded.flatten(), dim=0)
+    assert cosine > 0.99

@@ -45,11 +45,16 @@ def test_perceptual_networks_load_from_s3_and_local_files(
 
     from orchestrator.config.schema import PerceptualConfig
     from orchestrator.train.worker import load_perceptual
+    from sphere_core.precision import native_bf16
 
     assert load_perceptual(PerceptualConfig(), 1, torch.device("cpu")) is None
     own = load_perceptual(PerceptualConfig(network="random-conv", seed=3, width=8), 1, torch.device("cpu"))
     assert own is not None and own.random_conv is not None
     assert (own.random_conv.seed, own.random_conv.width) == (3, 8)
+    cpu = torch.device("cpu")
+    for precision, bf16 in (("fp32", False), ("bf16", True), ("auto", native_bf16(cpu))):
+        chosen = load_perceptual(PerceptualConfig(network="random-conv", precision=precision), 1, cpu)
+        assert chosen is not None and chosen.bf16 == bf16
     fs = fsspec.filesystem("s3")
     for name in ("vgg_path", "lpips_path"):
         fs.put(str(perceptual_weight_files[name]), f"{s3_bucket}/weights/{name}.pth")
