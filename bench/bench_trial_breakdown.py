@@ -44,7 +44,7 @@ from orchestrator.config.loader import load_sweep, parse_set
 from orchestrator.config.schema import ExperimentConfig
 from orchestrator.evaluation.classifier import load_split
 from orchestrator.tracking.runs import TRIAL_TAG
-from sphere_core.perceptual import build_perceptual
+from orchestrator.train.worker import load_perceptual
 from sphere_core.train_step import make_train_state, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,11 +79,8 @@ def plain_images_per_s(cfg: ExperimentConfig, steps: int, threads: int) -> float
     """images/s of `steps` train steps of the config after WARMUP, on MNIST train batches in memory."""
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.run.seed)
-    perceptual = None
-    if cfg.perceptual.network == "random-conv" and (cfg.loss.recon_perc or cfg.loss.con_perc):
-        perceptual = build_perceptual(
-            random_conv=(cfg.model.channels, cfg.perceptual.seed), random_conv_width=cfg.perceptual.width
-        )
+    # The trial's own loader: the same network at the same precision (perceptual.precision).
+    perceptual = load_perceptual(cfg.perceptual, cfg.model.channels, torch.device("cpu"))
     sphere = cfg.sphere
     state = make_train_state(sphere, device="cpu", perceptual=perceptual)
     split = load_split("mnist", "train")
