@@ -47,6 +47,7 @@ from cluster_services import (
     Service,
     Settings,
     client_env,
+    http_ok,
     make_private,
     ray_auth_header,
     services,
@@ -88,14 +89,6 @@ def clear_dead(s: Settings, svc: Service) -> None:
         print(f"{svc.name}: its process died; stopping {len(left)} process(es) it left: {left}")
         stop_group(int(path.read_text()), timeout_s=10)
     path.unlink(missing_ok=True)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
 
 
 def port_taken(port: int) -> bool:

@@ -16,11 +16,13 @@ make_private() tightens what an older version left readable.
 """
 
 import hashlib
+import http.client
 import json
 import os
 import secrets
 import stat
 import sys
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +184,15 @@ def client_env(s: Settings) -> dict[str, str]:
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(ray_token_path(s)),
     }
+
+
+def http_ok(url: str) -> bool:
+    """Whether `url` answers 200; not when nothing, or something other than an HTTP server, has its port."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (OSError, http.client.HTTPException):
+        return False
 
 
 def services(s: Settings) -> list[Service]:

@@ -52,6 +52,7 @@ from cluster_services import (
     REPO_ROOT,
     Settings,
     client_env,
+    http_ok,
     ray_auth_header,
     ray_token_path,
     write_private,
@@ -255,15 +256,7 @@ def taken_ports(c: ImageCluster, nodes: int) -> list[int]:
 
 def local_cluster_up(c: ImageCluster) -> bool:
     s = c.local
-    checks = (f"http://{HOST}:{s.s3_port}/healthz", f"http://{HOST}:{s.mlflow_port}/health")
-    for url in checks:
-        try:
-            with urllib.request.urlopen(url, timeout=3) as resp:
-                if resp.status != 200:
-                    return False
-        except OSError:
-            return False
-    return True
+    return http_ok(f"http://{HOST}:{s.s3_port}/healthz") and http_ok(f"http://{HOST}:{s.mlflow_port}/health")
 
 
 def remove(c: ImageCluster, names: list[str]) -> None:
