@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from ray.job_submission import JobStatus
 
 from orchestrator.config.loader import load_sweep
 from orchestrator.config.sweep_spec import SweepSpec
+from sphere_core.precision import native_bf16
 from tests.fixtures.rgb_shapes import SHAPES, write_shape_folder
 from tests.integration.conftest import REPO, Jobs
 
@@ -96,7 +98,8 @@ def rgb_sweep(jobs: Jobs, given: dict[str, str], tmp_path_factory: pytest.TempPa
     job_id = jobs.submit(path, *sets)
     status = jobs.wait(job_id, timeout_s=420)
     assert status == JobStatus.SUCCEEDED, jobs.logs(job_id)[-6000:]
-    assert "perceptual loss ON: (LPIPS-VGG16 x1.0)" in jobs.logs(job_id)
+    precision = "bf16" if native_bf16(torch.device("cpu")) else "fp32"  # perceptual.precision: auto
+    assert f"perceptual loss ON: (LPIPS-VGG16 x1.0, {precision})" in jobs.logs(job_id)
     return load_sweep(path, {key: None if value == "null" else value for key, value in given.items()})
 
 
