@@ -30,6 +30,7 @@ from torch import nn
 from torch.func import functional_call
 
 from sphere_core.config import DiscriminatorConfig
+from sphere_core.optim import adamw
 
 ADAPTIVE_EPS = 1e-4  # VQGAN's: keeps lambda finite while the critic's gradient is ~0
 ADAPTIVE_MAX = 1e4
@@ -111,7 +112,7 @@ class Critic:
 def make_critic(channels: int, cfg: DiscriminatorConfig, *, device: torch.device | str) -> Critic:
     with torch.device(device):
         raw = PatchDiscriminator(channels, cfg)
-    optimizer = torch.optim.AdamW(
+    optimizer = adamw(
         [{"params": list(raw.parameters()), "name": "critic", "lr_scale": cfg.lr_scale}],
         lr=1e-4,  # set by the step (set_lr) before every update
         betas=cfg.betas,

@@ -61,7 +61,19 @@ def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
     """AdamW over `param_groups`; the step sets the real LR (`set_lr`) before every update."""
-    return torch.optim.AdamW(param_groups(model, optim), lr=optim.lr, betas=optim.betas)
+    return adamw(param_groups(model, optim), lr=optim.lr, betas=optim.betas)
+
+
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
+def adamw(groups: list[dict[str, Any]], **options: Any) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel where every parameter is on a CPU or CUDA device: one kernel over all
+    parameters instead of about ten small ones per tensor (nano's 127 tensors on one CPU thread: ~9 -> ~2 ms
+    an update), the same update to rounding. Elsewhere (meta, other accelerators) torch's default."""
+    devices = {p.device.type for group in groups for p in group["params"]}
+    fused = devices <= set(FUSED_ADAMW_DEVICES)
+    return torch.optim.AdamW(groups, fused=fused or None, **options)
 
 
 # --- schedule ------------------------------------------------------------------------------------

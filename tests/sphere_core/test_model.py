@@ -199,6 +199,20 @@ def test_rope_is_a_rotation() -> None:
     assert torch.allclose(rotated.unflatten(-1, (-1, 2)).norm(dim=-1), pair_norms, atol=1e-5)
 
 
+def test_rope_turns_each_pair_counterclockwise_by_its_angle() -> None:
+    """(x[2i], x[2i+1]) -> (x cos - y sin, x sin + y cos): the convention trained weights depend on, kept
+    when the rotation became a complex product; on a strided view of qkv, as the attention passes it."""
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(2, 36, 3 * 2 * 8, generator=g)
+    q = qkv.unflatten(-1, (3, 2, 8)).permute(2, 0, 3, 1, 4)[0]  # (B, H, N, head_dim), not contiguous
+    angles = rope_2d(6, 8, 10000.0)
+    x, y = q[..., 0::2], q[..., 1::2]
+    cos, sin = angles.cos(), angles.sin()
+    expected = torch.stack([x * cos - y * sin, x * sin + y * cos], dim=-1).flatten(-2)
+    assert torch.allclose(apply_rope(q, angles), expected, atol=1e-6)
+    assert apply_rope(q.bfloat16(), angles).dtype == torch.bfloat16
+
+
 def test_rope_scores_depend_only_on_2d_offsets() -> None:
     grid, head_dim = 6, 16
     g = torch.Generator().manual_seed(0)
