@@ -93,12 +93,14 @@ def test_rayjob_runs_an_existing_sweep_from_the_image_on_the_cluster() -> None:
     assert load_sweep(ROOT / match[1]).kind == "train"
 
 
-def test_tracking_server_pins_match_authenticates_and_publishes_on_loopback_by_default() -> None:
+def test_tracking_server_pins_match_authenticates_and_listens_on_loopback_by_default() -> None:
     pins = _pins()
     dockerfile = (INFRA / "mlflow" / "Dockerfile").read_text()
     assert f"'mlflow[auth]=={pins['mlflow']}'" in dockerfile and f"boto3=={pins['boto3']}" in dockerfile
-    server = _yaml(INFRA / "mlflow" / "docker-compose.yaml")["services"]["mlflow"]
-    assert "--backend-store-uri=postgresql://mlflow@postgres:5432/mlflow" in server["command"]
+    compose = _yaml(INFRA / "mlflow" / "docker-compose.yaml")["services"]
+    server, database = compose["mlflow"], compose["postgres"]
+    database_uri = "postgresql://mlflow@127.0.0.1:${POSTGRES_PORT:-5432}/mlflow"
+    assert f"--backend-store-uri={database_uri}" in server["command"]
     assert (
         "--app-name=basic-auth" in server["command"]
     )  # a server other machines reach takes no anonymous writes
@@ -107,7 +109,11 @@ def test_tracking_server_pins_match_authenticates_and_publishes_on_loopback_by_d
     assert server["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_AUTH_ADMIN_PASSWORD:?")
     assert server["environment"]["MLFLOW_S3_ENDPOINT_URL"] is None  # passed through only when set
     assert any(arg.startswith("--artifacts-destination=") for arg in server["command"])
-    assert all(port.startswith("${MLFLOW_BIND:-127.0.0.1}:") for port in server["ports"])
+    # Each listens on one address of the host's network: loopback unless MLFLOW_BIND names another.
+    assert server["network_mode"] == database["network_mode"] == "host" and "ports" not in server
+    assert "--host=${MLFLOW_BIND:-127.0.0.1}" in server["command"]
+    assert database["command"] == ["postgres", "-c", "listen_addresses=127.0.0.1"]
+    assert "0.0.0.0" not in (INFRA / "mlflow" / "docker-compose.yaml").read_text()
     # the Kubernetes server uses the same image, so the same pins, and the same auth app
     k8s = [
         d
