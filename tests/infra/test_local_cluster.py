@@ -6,6 +6,7 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -294,8 +295,18 @@ def nobody_home() -> Iterator[Path]:
         pytest.skip("needs setpriv (util-linux) to run a probe as user nobody")
     home = Path(tempfile.mkdtemp(prefix="nobody-", dir="/tmp"))
     os.chown(home, NOBODY, NOBODY)
-    yield home
-    shutil.rmtree(home, ignore_errors=True)
+    # The probes run this venv's Ray as nobody, who must be able to search the folders above it: a checkout
+    # made with `git clone . "$(mktemp -d)"` sits in a 0700 folder. Search only (o+x, no listing), restored.
+    closed = [p for p in Path(sys.prefix).parents if p != Path("/") and not p.stat().st_mode & stat.S_IXOTH]
+    modes = {p: p.stat().st_mode for p in closed}
+    for path, mode in modes.items():
+        path.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+    try:
+        yield home
+    finally:
+        for path, mode in modes.items():
+            path.chmod(stat.S_IMODE(mode))
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_another_user_reads_no_state_and_ray_refuses_their_jobs_and_drivers(
