@@ -12,9 +12,10 @@ start and stop of its workers (the run's wall less the worker's), and the worker
 reports them (orchestrator/train/loop.py): setup (model build, resume, step-0 eval), train steps, data waits,
 evals, checkpoints with their upload, metric sends and the rest. The plain loop is `sphere_core.train_step` on
 the same config (perceptual network and critic included) on in-memory batches of the same size, at the
-worker's torch threads; two plain loops run side by side for the two-trial case. Printed ratios: the trial's
-training- loop images/s (its loop wall less setup and evals) over the plain loop's, and the same over the
-whole trial. While each case runs, every process's CPU time is sampled once a second and summed by role (trial
+worker's torch threads and under its malloc (Ray's jemalloc with the workers' MALLOC_CONF:
+bench_allocator.py); two plain loops run side by side for the two-trial case. Printed ratios: the trial's
+training-loop images/s (its loop wall less setup and evals) over the plain loop's, and the same over the whole
+trial. While each case runs, every process's CPU time is sampled once a second and summed by role (trial
 workers, their data loaders, the trial's Ray control actors, the sweep driver, Ray's services, MLflow, the S3
 store), over the case's wall time: the cores each role took. The cluster's services are also measured idle,
 before anything runs.
@@ -37,6 +38,7 @@ from pathlib import Path
 import mlflow
 import torch
 import yaml
+from bench_allocator import TRIAL_WORKER_ALLOCATOR_ENV
 from bench_data import cpu_pressure
 
 from orchestrator.config import metric_names
@@ -106,8 +108,12 @@ def plain_side_by_side(cfg: ExperimentConfig, steps: int, threads: int, count: i
     procs = [
         context.Process(target=_plain_worker, args=(cfg.to_dict(), steps, threads, out)) for _ in range(count)
     ]
+    before = os.environ.copy()
+    os.environ.update(TRIAL_WORKER_ALLOCATOR_ENV)  # spawned with the trial workers' malloc, as they are
     for proc in procs:
         proc.start()
+    os.environ.clear()
+    os.environ.update(before)
     results = [out.get() for _ in procs]
     for proc in procs:
         proc.join()

@@ -284,6 +284,7 @@ def services(s: Settings) -> list[Service]:
         # files (forkserver sockets, model downloads) out of the system temp dir.
         {
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+            "RAY_LD_PRELOAD_ON_WORKERS": "1",  # Ray's jemalloc in its workers too (train/worker_env.py)
             "RAY_USAGE_STATS_ENABLED": "0",
             "TMPDIR": str(s.ray_temp_dir / "tmp"),
         },

@@ -37,6 +37,7 @@ from orchestrator.data.shards import merge_cursors
 from orchestrator.evaluation.proxy import ProxyEval, noise_angle_evaluation
 from orchestrator.tracking.sinks import make_sink
 from orchestrator.train.loop import run_loop
+from orchestrator.train.worker_env import ALLOCATOR_TAG, preloaded_allocator
 from sphere_core.checkpoint import CorruptCheckpoint, load_checkpoint, restore, save_checkpoint
 from sphere_core.perceptual import PerceptualLoss, build_perceptual, perceptual_status
 from sphere_core.precision import native_bf16
@@ -93,6 +94,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"})
     reporter = make_sink(rank, config["tracking_uri"], config["run_id"])
     reporter.restore(extra.get("unflushed", []))  # a kill may have come between checkpoint and flush
+    reporter.tag({ALLOCATOR_TAG: preloaded_allocator()})  # the step's speed depends on it (worker_env.py)
     if start_step == 0:
         reporter.log_eval(lambda: noise_angle_evaluation(cfg), step=0)
     run_loop(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.train.worker_env import ALLOCATOR_TAG
 from tests.fixtures.services import LocalCluster
 from tests.integration.conftest import REPO
 
@@ -164,6 +165,7 @@ def test_sweep_job_trains_on_the_worker_containers_and_registers(
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert sorted(c.data.params["noise.alpha_max_deg"] for c in children) == ["75.0", "85.0"]
     assert all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.tags[ALLOCATOR_TAG] for c in children} == {"jemalloc"}  # the image's Ray preloads it
     assert parents[0].data.tags["git.commit"] not in ("", "unknown")  # the commit baked into the image
     version = client.get_model_version_by_alias(experiment, "champion")
     assert version.tags["source.run_id"] in {c.info.run_id for c in children}

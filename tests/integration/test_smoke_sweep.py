@@ -21,6 +21,7 @@ from ray.job_submission import JobStatus
 
 from orchestrator.config.loader import load_sweep
 from orchestrator.config.sweep_spec import SweepSpec
+from orchestrator.train.worker_env import ALLOCATOR_TAG
 from tests.integration.conftest import REPO, Jobs
 
 pytestmark = pytest.mark.slow
@@ -57,6 +58,7 @@ def test_smoke_sweep_tracks_registers_and_generates(smoke_sweep: SweepSpec, tmp_
     assert f"runs/{best.info.run_id})" in parent.data.tags["mlflow.note.content"]
     for child in children:
         assert child.info.status == "FINISHED"
+        assert child.data.tags[ALLOCATOR_TAG] == "jemalloc"  # the cluster preloads Ray's into its workers
         assert {"loss", "recon_dist", "lr", "images_per_s", "data_wait_s", "skipped_samples"} <= set(
             child.data.metrics
         )

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from orchestrator import QUIET_ENV
-from orchestrator.train.worker_env import keep_credentials_out_of_trial_runtime_envs, worker_env
+from orchestrator.train.worker_env import (
+    TRAIN_WORKER_MALLOC_CONF,
+    keep_credentials_out_of_trial_runtime_envs,
+    preloaded_allocator,
+    worker_env,
+)
 from sphere_core.config import ConfigError
 
 
@@ -38,3 +45,13 @@ def test_tune_copies_no_credential_into_a_trial_actors_runtime_env(monkeypatch: 
     keep_credentials_out_of_trial_runtime_envs()
     class_cache._ActorClassCache().get(type("After", (), {}))
     assert "canary" not in str(captured["runtime_env"])
+
+
+def test_train_workers_keep_freed_pages_where_jemalloc_is_preloaded(tmp_path: Path) -> None:
+    assert worker_env("http://127.0.0.1:5000")["MALLOC_CONF"] == TRAIN_WORKER_MALLOC_CONF
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /opt/venv/lib/python3.11/site-packages/ray/core/libjemalloc.so")
+    assert preloaded_allocator(maps) == "jemalloc"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert preloaded_allocator(maps) == "system"
+    assert preloaded_allocator(tmp_path / "absent") == "unknown"
