@@ -93,6 +93,9 @@ def test_rayjob_runs_an_existing_sweep_from_the_image_on_the_cluster() -> None:
     assert load_sweep(ROOT / match[1]).kind == "train"
 
 
+POD_IP = {"fieldRef": {"fieldPath": "status.podIP"}}
+
+
 def test_tracking_server_pins_match_authenticates_and_listens_on_loopback_by_default() -> None:
     pins = _pins()
     dockerfile = (INFRA / "mlflow" / "Dockerfile").read_text()
@@ -122,6 +125,13 @@ def test_tracking_server_pins_match_authenticates_and_listens_on_loopback_by_def
     ]
     command = k8s[0]["spec"]["template"]["spec"]["containers"][0]["command"]
     assert "--app-name=basic-auth" in command and not any("PASSWORD" in arg for arg in command)
+    # In the pod: the server on the pod IP, port-forward's loopback relayed to it, no wildcard address.
+    server_k8s, loopback = k8s[0]["spec"]["template"]["spec"]["containers"]
+    assert "--host=$(POD_IP)" in command and {"name": "POD_IP", "valueFrom": POD_IP} in server_k8s["env"]
+    relay = ["socat", "TCP-LISTEN:5000,bind=127.0.0.1,fork,reuseaddr", "TCP:$(POD_IP):5000"]
+    assert loopback["command"] == relay
+    assert {"name": "POD_IP", "valueFrom": POD_IP} in loopback["env"] and "socat" in dockerfile
+    assert "0.0.0.0" not in (INFRA / "kuberay" / "mlflow.yaml").read_text()
     assert k8s[0]["spec"]["template"]["spec"]["containers"][0]["image"].endswith(
         f"sphere-mlflow:{pins['mlflow']}"
     )

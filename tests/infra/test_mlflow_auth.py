@@ -64,7 +64,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         f"{arg.split('=')[0]}={local[arg.split('=')[0]]}" if arg.split("=")[0] in local else arg
         for arg in container["command"][1:]
     ]
-    env = {item["name"]: item["value"] for item in container["env"]}
+    env = {item["name"]: item["value"] for item in container["env"] if "value" in item}  # not the pod IP
     env["MLFLOW_AUTH_CONFIG_PATH"] = str(state / "basic_auth.ini")  # the ConfigMap's mount, here
     secret = {
         "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
