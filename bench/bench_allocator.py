@@ -27,7 +27,7 @@ from pathlib import Path
 
 import ray
 from bench_core import cpu_pressure
-from bench_step_settings import recipe
+from bench_step_settings import make_state, recipe, stepper
 
 from orchestrator.train.worker_env import TRAIN_WORKER_MALLOC_CONF, preloaded_allocator
 
@@ -46,24 +46,16 @@ def child(preset: str, steps: int, threads: int, batch: int) -> None:
     """Print {"s_per_step", "allocator", "rss_mb"} for `steps` steps after WARMUP."""
     import torch
 
-    from sphere_core.config import RANDOM_CONV_SEED
-    from sphere_core.perceptual import build_perceptual
     from sphere_core.precision import native_bf16
-    from sphere_core.train_step import make_train_state, train_step
 
     torch.set_num_threads(threads)
     config = recipe(preset)
-    torch.manual_seed(0)
-    bf16 = native_bf16(torch.device("cpu"))
-    perceptual = build_perceptual(random_conv=(config.model.channels, RANDOM_CONV_SEED), bf16=bf16)
-    state = make_train_state(config, device="cpu", perceptual=perceptual)
-    generator = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, config.model.channels, config.model.image_size, config.model.image_size) * 2 - 1
-    y = torch.randint(0, config.model.num_classes, (batch,), generator=generator)
+    setting = "bf16-features" if native_bf16(torch.device("cpu")) else "eager"  # as `precision: auto` picks
+    step = stepper(make_state(config, setting), config, batch, setting)
     for i in range(WARMUP + steps):
         if i == WARMUP:
             started = time.perf_counter()
-        train_step(state, x, y, optim=config.optim, global_batch=batch, generator=generator)
+        step()
     seconds = (time.perf_counter() - started) / steps
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"s_per_step": seconds, "allocator": preloaded_allocator(), "rss_mb": rss_mb}))

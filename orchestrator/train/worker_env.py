@@ -7,9 +7,9 @@ credentials from their node (the local cluster's `ray start` env, an instance/po
 Their allocator: Ray preloads the jemalloc it ships into its own services, and into its workers where the
 node's Ray starts with RAY_LD_PRELOAD_ON_WORKERS=1 (the local cluster and the image do). A training step frees
 and allocates the same activation buffers every step; glibc's malloc and jemalloc's default purge hand those
-pages back to the kernel and fault them in again, which makes a CPU step ~1.12x slower
-(bench/bench_allocator.py). Trial workers keep them (TRAIN_WORKER_MALLOC_CONF): their memory stays at its
-peak, which a training process reaches every step anyway.
+pages back to the kernel and fault them in again: a CPU step alone 1.12x slower, a trial alone 1.10x
+(bench/bench_allocator.py, docs/benchmarks.md). Trial workers keep them (TRAIN_WORKER_MALLOC_CONF): their
+memory stays at its peak, which a training process reaches every step anyway.
 """
 
 from __future__ import annotations
