@@ -4,9 +4,14 @@ adaptive weight, as the VQGAN and Stable Diffusion autoencoders train their deco
 Why: pixel and feature distances reward the conditional mean, so a small decoder fed a far-from-data sphere
 point draws a blurry class template. A critic that judges image patches pushes the large-noise decodes (and,
 with `adversarial_on: large+prior`, decodes of random sphere points, the one-step samples themselves)
-toward images it cannot tell from real ones.
+toward images it cannot tell from real ones. An unconditional critic passes a well-drawn digit of the wrong
+class; the projection term also asks whether the image is of the class it was decoded for, which is what a
+one-step sample from a random sphere point has to learn from the label alone.
 
     D(x)            PatchDiscriminator: (B, C, H, W) in [-1, 1] -> (B, 1, h, w) patch logits
+    D(x, y)         with discriminator.conditional: D(x) + <e(y), mean_hw phi(x)>, the projection critic of
+                    Miyato & Koyama (2018), phi the features under the last conv, e a label embedding whose
+                    null class is 0 (label-dropped decodes are judged unconditionally)
     L_D             0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(sg[x_fake])))   (hinge, critic step)
     L_G             -mean D(x_fake)                                         (generator, critic frozen)
     lambda          ||grad_W L_rest|| / (||grad_W L_G|| + 1e-4), clamped to [0, 1e4], at the decoder's
@@ -46,7 +51,7 @@ class PatchDiscriminator(nn.Module):
     """pix2pix/VQGAN PatchGAN: `layers` 4x4 stride-2 convs (width doubling, capped at 8x), one 4x4 stride-1
     conv, then a 4x4 stride-1 conv to one logit per patch. At 32 px with 3 layers: 2 x 2 logits."""
 
-    def __init__(self, channels: int, cfg: DiscriminatorConfig) -> None:
+    def __init__(self, channels: int, cfg: DiscriminatorConfig, num_classes: int = 0) -> None:
         super().__init__()
         width = cfg.width
         blocks: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2)]
@@ -61,6 +66,12 @@ class PatchDiscriminator(nn.Module):
             ]
         blocks.append(nn.Conv2d(width * mult, 1, 4, 1, 1))
         self.net = nn.Sequential(*blocks)
+        # Row num_classes is the null label's: zero and never updated (padding_idx).
+        self.label_embed = (
+            nn.Embedding(num_classes + 1, width * mult, padding_idx=num_classes)
+            if cfg.conditional and num_classes > 0
+            else None
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -73,16 +84,25 @@ class PatchDiscriminator(nn.Module):
             elif isinstance(module, nn.GroupNorm):
                 nn.init.normal_(module.weight, 1.0, 0.02)
                 nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W); y: (B,) labels (num_classes = null) or None: judged unconditionally."""
+        if self.label_embed is None or y is None:
+            return self.net(x)
+        features = self.net[:-1](x)  # (B, F, h, w)
+        projection = (self.label_embed(y) * features.mean(dim=(2, 3))).sum(dim=1)  # (B,)
+        return self.net[-1](features) + projection[:, None, None, None]
 
 
-def frozen_logits(critic: PatchDiscriminator, x: torch.Tensor) -> torch.Tensor:
-    """D(x) with the critic's weights detached: gradients reach `x` (the generator) and never the critic,
+def frozen_logits(critic: PatchDiscriminator, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """D(x, y) with the critic's weights detached: gradients reach `x` (the generator) and never the critic,
     so the generator's backward leaves the critic's .grad untouched (and DDP never sees its parameters)."""
     params = {name: p.detach() for name, p in critic.named_parameters()}
-    return functional_call(critic, params, (x,))
+    return functional_call(critic, params, (x, y))
 
 
 def hinge_critic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -109,9 +129,11 @@ class Critic:
     optimizer: torch.optim.Optimizer
 
 
-def make_critic(channels: int, cfg: DiscriminatorConfig, *, device: torch.device | str) -> Critic:
+def make_critic(
+    channels: int, cfg: DiscriminatorConfig, *, num_classes: int = 0, device: torch.device | str
+) -> Critic:
     with torch.device(device):
-        raw = PatchDiscriminator(channels, cfg)
+        raw = PatchDiscriminator(channels, cfg, num_classes)
     optimizer = adamw(
         [{"params": list(raw.parameters()), "name": "critic", "lr_scale": cfg.lr_scale}],
         lr=1e-4,  # set by the step (set_lr) before every update

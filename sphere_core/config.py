@@ -252,6 +252,7 @@ class DiscriminatorConfig:
     layers: int = 3  # stride-2 convs (VQGAN's n_layers); 3 at 32 px leaves 2 x 2 patch logits
     lr_scale: float = 1.0  # x the generator's scheduled LR
     betas: tuple[float, float] = (0.5, 0.9)  # VQGAN's critic Adam
+    conditional: bool = False  # a projection critic that also judges the class (class-conditional models)
 
     def __post_init__(self) -> None:
         if self.width < 1:

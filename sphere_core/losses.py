@@ -56,6 +56,7 @@ class LossOutput:
     total: torch.Tensor  # weighted sum, the only tensor that carries gradients
     terms: dict[str, torch.Tensor]  # unweighted loss terms and diagnostics, detached scalars
     fakes: torch.Tensor | None = None  # detached decodes the critic step judges (adversarial term on)
+    fake_labels: torch.Tensor | None = None  # the labels they were decoded with (null where dropped)
 
 
 class SphereObjective(nn.Module):
@@ -126,8 +127,8 @@ class SphereObjective(nn.Module):
             latents.append(
                 spherify(randn(tuple(v.shape), generator=generator, device=v.device, dtype=v.dtype))
             )
-        y_all = None if y is None else torch.cat([y] * len(latents))
-        x_hat = model.decode(torch.cat(latents), drop(y_all))  # (2B or 3B, C, H, W)
+        y_decoded = drop(None if y is None else torch.cat([y] * len(latents)))
+        x_hat = model.decode(torch.cat(latents), y_decoded)  # (2B or 3B, C, H, W)
         # With the adaptive weight the pixel terms and the critic read the decodes through `cut`, a leaf with
         # their values: their gradients at the decodes are taken once, balanced, and sent on through the
         # decoder by the step's one backward (`_balanced`), instead of twice through the feature network and
@@ -156,10 +157,13 @@ class SphereObjective(nn.Module):
             latent_total, terms["latent_con"] = w.latent_con * latent, latent
             total = total + latent_total
 
-        fakes = None
+        fakes = fake_labels = None
         if critic is not None:
             fakes = torch.cat([x_hat_large, *x_hat_prior])
-            adv = generator_loss(frozen_logits(critic, fakes))
+            if y_decoded is not None:  # each decode is judged as the class it was decoded for
+                large_labels, _, *prior_labels = y_decoded.chunk(len(latents))
+                fake_labels = torch.cat([large_labels, *prior_labels])
+            adv = generator_loss(frozen_logits(critic, fakes, fake_labels))
             if balanced:
                 total, weight = self._balanced(x_hat, cut, pixel_total, latent_total, adv)
             else:
@@ -171,7 +175,8 @@ class SphereObjective(nn.Module):
             terms["angle_large_deg"] = angle_deg(noise.v_large, v).mean()
             terms["angle_small_deg"] = angle_deg(noise.v_small, v).mean()
             terms["z_rms"] = z.float().square().mean().sqrt()
-        return LossOutput(total=total, terms={k: t.detach() for k, t in terms.items()}, fakes=fakes)
+        terms = {k: t.detach() for k, t in terms.items()}
+        return LossOutput(total=total, terms=terms, fakes=fakes, fake_labels=fake_labels)
 
     def _balanced(
         self,

@@ -49,7 +49,9 @@ def make_train_state(
     model = build_model(config.model, device=device)
     critic = None
     if config.loss.adversarial > 0:
-        critic = make_critic(config.model.channels, config.discriminator, device=device)
+        critic = make_critic(
+            config.model.channels, config.discriminator, num_classes=config.model.num_classes, device=device
+        )
     objective = SphereObjective(model, config.loss, config.noise, perceptual, critic.raw if critic else None)
     return TrainState(
         objective=objective,
@@ -59,6 +61,9 @@ def make_train_state(
         critic=critic,
         adversarial_start_step=config.loss.adversarial_start_step,
     )
+
+
+LabelledImages = tuple[torch.Tensor, torch.Tensor | None]  # (B, C, H, W) images and their (B,) labels or None
 
 
 def train_step(
@@ -86,7 +91,7 @@ def train_step(
     ys = [None] * k if y is None else y.chunk(k)
     adversarial = state.critic is not None and state.step >= state.adversarial_start_step
     sums: dict[str, torch.Tensor] = {}
-    fakes: list[torch.Tensor] = []
+    fakes: list[LabelledImages] = []
     for i, (x_micro, y_micro) in enumerate(zip(x.chunk(k), ys, strict=True)):
         with _grad_sync(state.objective, i == k - 1):
             with bf16_autocast(x.device, optim.bf16_autocast):
@@ -97,14 +102,15 @@ def train_step(
         for name, value in {"loss": out.total.detach(), **out.terms}.items():
             sums[name] = sums.get(name, 0) + value.float() / k
         if out.fakes is not None:
-            fakes.append(out.fakes)
+            fakes.append((out.fakes, out.fake_labels))
     params = [p for p in state.model.parameters() if p.requires_grad]
     max_norm = optim.grad_clip if optim.grad_clip > 0 else math.inf  # <= 0 disables clipping
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     state.optimizer.step()
     update_ema(state.ema, state.model, optim.ema_decay)
     if state.critic is not None and fakes:
-        sums |= _critic_step(state.critic, x.chunk(k), fakes, lr=lr, bf16=optim.bf16_autocast)
+        reals = list(zip(x.chunk(k), ys, strict=True))
+        sums |= _critic_step(state.critic, reals, fakes, lr=lr, bf16=optim.bf16_autocast)
     state.step += 1
 
     names = ["loss", "grad_norm", *(n for n in sums if n != "loss")]
@@ -114,18 +120,19 @@ def train_step(
 
 
 def _critic_step(
-    critic: Critic, reals: tuple[torch.Tensor, ...], fakes: list[torch.Tensor], *, lr: float, bf16: bool
+    critic: Critic, reals: list[LabelledImages], fakes: list[LabelledImages], *, lr: float, bf16: bool
 ) -> dict[str, torch.Tensor]:
-    """One hinge step of the critic on the batch's real images and the decodes the generator step made;
-    returns its loss and mean logits (means over the micro-batches)."""
+    """One hinge step of the critic on the batch's real images and the decodes the generator step made,
+    per micro-batch; returns its loss and mean logits (means over the micro-batches)."""
     set_lr(critic.optimizer, lr)
     critic.optimizer.zero_grad(set_to_none=True)
     k = len(fakes)
     sums: dict[str, torch.Tensor] = {}
-    for i, (real, fake) in enumerate(zip(reals, fakes, strict=True)):
+    for i, ((real, real_labels), (fake, fake_labels)) in enumerate(zip(reals, fakes, strict=True)):
+        labels = None if real_labels is None or fake_labels is None else torch.cat([real_labels, fake_labels])
         with _grad_sync(critic.network, i == k - 1):
             with bf16_autocast(real.device, bf16):
-                logits = critic.network(torch.cat([real, fake])).float()
+                logits = critic.network(torch.cat([real, fake]), labels).float()
             real_logits, fake_logits = logits.split([real.shape[0], fake.shape[0]])
             loss = hinge_critic_loss(real_logits, fake_logits)
             (loss / k).backward()

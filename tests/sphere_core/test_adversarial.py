@@ -47,6 +47,38 @@ def test_frozen_logits_pass_gradients_to_the_images_and_never_to_the_critic() ->
     assert torch.allclose(frozen_logits(critic, x), critic(x))
 
 
+def test_the_projection_critic_judges_the_class_and_the_null_label_judges_none() -> None:
+    cfg = DiscriminatorConfig(width=8, layers=2, conditional=True)
+    critic = PatchDiscriminator(1, cfg, num_classes=10)
+    with torch.no_grad():
+        critic.label_embed.weight[:10].normal_()  # type: ignore[union-attr]
+    x = torch.randn(4, 1, 16, 16)
+    null = torch.full((4,), 10)
+    assert torch.equal(critic(x, null), critic(x))  # label-dropped decodes: the unconditional logits
+    assert not torch.allclose(
+        critic(x, torch.zeros(4, dtype=torch.long)), critic(x, torch.ones(4, dtype=torch.long))
+    )
+    y = torch.tensor([0, 3, 10, 9])
+    assert torch.allclose(frozen_logits(critic, x, y), critic(x, y))
+    unconditional = PatchDiscriminator(1, dataclasses.replace(cfg, conditional=False), num_classes=10)
+    assert unconditional.label_embed is None
+
+
+def test_the_projection_critic_learns_the_classes_and_never_the_null_row() -> None:
+    config = dataclasses.replace(
+        adversarial_config(on="large+prior"),
+        discriminator=DiscriminatorConfig(width=8, layers=2, conditional=True),
+    )
+    state = fresh_state(config)
+    assert state.critic is not None and state.critic.raw.label_embed is not None
+    table = state.critic.raw.label_embed.weight
+    before = table.detach().clone()
+    for seed in range(2):
+        assert all(math.isfinite(v) for v in step(state, seed=seed, config=config).values())
+    assert not torch.equal(table[:-1], before[:-1])
+    assert torch.count_nonzero(table[-1]) == 0
+
+
 def test_hinge_loss_is_zero_beyond_the_margins_and_one_at_zero() -> None:
     ones = torch.ones(4)
     assert hinge_critic_loss(2 * ones, -2 * ones).item() == 0.0
