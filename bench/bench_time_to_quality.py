@@ -3,6 +3,7 @@ real-vs-real floor, and until their class accuracy first reaches 0.85, for MNIST
 side in one run:
 - `preset`: mnist-32-nano as shipped (pixel, latent and random-conv perceptual terms, PatchGAN 0.5 on the
   large-noise decodes and random sphere points' decodes from a quarter of the run on);
+- `conditional-critic`: the preset with a projection critic that also judges each decode's class;
 - `narrow-features`: the preset with a random-conv perceptual net a quarter as wide (a cheaper step);
 - `bf16-features`: the preset with its random-conv perceptual net under bf16 autocast (a cheaper step where
   the CPU has AVX512-BF16 or AMX);
@@ -14,7 +15,7 @@ side in one run:
 - `before`: the recipe before issue #9.
 
     .venv/bin/python bench/bench_time_to_quality.py [--recipes pixel preset] [--budget-images 48000]
-        [--eval-every 8000] [--threads 1] [--seed 0]
+        [--eval-every 8000] [--threads 1] [--seed 0] [--set noise.hard_case_prob=0.3 ...]
 
 Every recipe trains the `mnist-32-nano` model with `sphere_core.train_step` on the built-in MNIST train split
 held in memory (no Ray, no shards: this measures the recipe, not the data plane), its LR schedule and critic
@@ -74,6 +75,7 @@ class Recipe:
 
 RECIPES = (
     "preset",
+    "conditional-critic",
     "narrow-features",
     "bf16-features",
     "pixel",
@@ -102,9 +104,13 @@ def recipes(names: list[str], budget_images: int) -> list[Recipe]:
         features: bool,
         width: int = RANDOM_CONV_WIDTH,
         bf16: bool = False,
+        conditional_critic: bool = False,
         **noise: Any,
     ) -> Recipe:
-        config = dataclasses.replace(preset, loss=loss, noise=dataclasses.replace(preset.noise, **noise))
+        critic = dataclasses.replace(preset.discriminator, conditional=conditional_critic)
+        config = dataclasses.replace(
+            preset, loss=loss, noise=dataclasses.replace(preset.noise, **noise), discriminator=critic
+        )
         seed = random_conv if features else None
         return Recipe(
             name, config, NEW_BATCH, random_conv_seed=seed, random_conv_width=width, features_bf16=bf16
@@ -115,6 +121,12 @@ def recipes(names: list[str], budget_images: int) -> list[Recipe]:
             f"preset (random-conv + PatchGAN on large+prior from step {loss.adversarial_start_step})",
             loss,
             features=True,
+        ),
+        "conditional-critic": recipe(
+            "preset with a projection critic (judges the class too)",
+            loss,
+            features=True,
+            conditional_critic=True,
         ),
         "narrow-features": recipe(
             f"preset with the random-conv net {NARROW_WIDTH} wide (8-16-16-32-32)",
@@ -164,6 +176,23 @@ def recipes(names: list[str], budget_images: int) -> list[Recipe]:
         optim = dataclasses.replace(chosen.config.optim, total_steps=max(budget_images // chosen.batch, 1))
         out.append(dataclasses.replace(chosen, config=dataclasses.replace(chosen.config, optim=optim)))
     return out
+
+
+def with_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """The recipe with `SECTION.FIELD=VALUE` overrides of its SphereConfig, each VALUE parsed as its field's
+    current type; named in the recipe's name so the printed table says what ran."""
+    config = recipe.config
+    for override in overrides:
+        path, _, text = override.partition("=")
+        section_name, _, name = path.partition(".")
+        section = getattr(config, section_name, None)
+        if section is None or not dataclasses.is_dataclass(section) or not hasattr(section, name):
+            raise SystemExit(f"--set {override}: expected SECTION.FIELD=VALUE of SphereConfig")
+        kind = type(getattr(section, name))
+        value: Any = text.lower() in ("1", "true") if kind is bool else kind(text)
+        config = dataclasses.replace(config, **{section_name: dataclasses.replace(section, **{name: value})})
+    name = " ".join([recipe.name, *overrides])
+    return dataclasses.replace(recipe, name=name, config=config)
 
 
 @dataclass
@@ -229,6 +258,13 @@ def main() -> None:
         metavar="CFG@POSITION",
         help="also score each recipe's final model under these guidances, e.g. 1.4@combo 2@dec",
     )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a field of every recipe's SphereConfig, e.g. noise.hard_case_prob=0.3 optim.lr=0.096",
+    )
     args = parser.parse_args()
     guidances = [parse_guidance(g) for g in args.guidance]
     torch.set_num_threads(args.threads)
@@ -244,7 +280,7 @@ def main() -> None:
     )
     print(f"cpu pressure: {Path('/proc/pressure/cpu').read_text().splitlines()[0]}")
     runs = []
-    for recipe in recipes(args.recipes, args.budget_images):
+    for recipe in (with_overrides(r, args.set) for r in recipes(args.recipes, args.budget_images)):
         torch.manual_seed(args.seed)
         channels = recipe.config.model.channels
         seed = recipe.random_conv_seed
