@@ -38,11 +38,13 @@ from typing import Any
 
 import torch
 
+from orchestrator.config.loader import parse_set
 from orchestrator.config.schema import PerceptualConfig
 from orchestrator.evaluation.classifier import load_split
 from orchestrator.evaluation.protocol import Protocol, evaluate_samples
 from sphere_core.config import (
     RANDOM_CONV_WIDTH,
+    ConfigError,
     LossWeights,
     NoiseConfig,
     OptimConfig,
@@ -179,17 +181,18 @@ def recipes(names: list[str], budget_images: int) -> list[Recipe]:
 
 
 def with_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
-    """The recipe with `SECTION.FIELD=VALUE` overrides of its SphereConfig, each VALUE parsed as its field's
-    current type; named in the recipe's name so the printed table says what ran."""
+    """The recipe with `SECTION.FIELD=VALUE` overrides of its SphereConfig, each VALUE read as the sweep CLI's
+    `--set` reads it (YAML); named in the recipe's name so the printed table says what ran."""
     config = recipe.config
     for override in overrides:
-        path, _, text = override.partition("=")
+        try:
+            path, value = parse_set(override)
+        except ConfigError as exc:
+            raise SystemExit(str(exc)) from None
         section_name, _, name = path.partition(".")
         section = getattr(config, section_name, None)
         if section is None or not dataclasses.is_dataclass(section) or not hasattr(section, name):
             raise SystemExit(f"--set {override}: expected SECTION.FIELD=VALUE of SphereConfig")
-        kind = type(getattr(section, name))
-        value: Any = text.lower() in ("1", "true") if kind is bool else kind(text)
         config = dataclasses.replace(config, **{section_name: dataclasses.replace(section, **{name: value})})
     name = " ".join([recipe.name, *overrides])
     return dataclasses.replace(recipe, name=name, config=config)
