@@ -82,18 +82,48 @@ class SphereObjective(nn.Module):
         self._critic = (critic,)
 
     def _pixel_term(
-        self, name: str, pred: torch.Tensor, target: torch.Tensor, w_dist: float, w_perc: float
+        self,
+        name: str,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        w_dist: float,
+        w_perc: float,
+        perc: torch.Tensor | None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """w_dist * Dist + w_perc * Perc on [0, 1] images; returns (weighted sum, unweighted terms)."""
+        """w_dist * Dist + w_perc * Perc on [0, 1] images, Perc(pred, target) given per sample as `perc`
+        (None: the perceptual term is off); returns (weighted sum, unweighted terms)."""
         total = pred.new_zeros(())
         terms: dict[str, torch.Tensor] = {}
         if w_dist > 0:
             d = distance(pred, target, self.weights.distance)
             total, terms[f"{name}_dist"] = total + w_dist * d, d
-        if w_perc > 0 and self.perceptual is not None:
-            p = self.perceptual(pred, target).mean()
+        if w_perc > 0 and perc is not None:
+            p = perc.mean()
             total, terms[f"{name}_perc"] = total + w_perc * p, p
         return total, terms
+
+    def _perceptual_distances(
+        self, x01: torch.Tensor, small01: torch.Tensor, large01: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Perc per sample for the reconstruction and the pixel-consistency terms (None where off). The
+        decodes go through the feature network in one pass; the small-noise decode's features, detached,
+        are the consistency target: the values a pass over sg[x_hat_small] gives, without that pass."""
+        w, perceptual = self.weights, self.perceptual
+        recon_on, con_on = w.recon_perc > 0, w.pixel_consistency and w.con_perc > 0
+        if perceptual is None or not (recon_on or con_on):
+            return None, None
+        # The first decode is the reconstruction's prediction (the large one without pixel consistency).
+        decodes = [small01, large01] if con_on else [small01 if w.pixel_consistency else large01]
+        features = perceptual.features(torch.cat(decodes))
+        split = [f.chunk(len(decodes)) for f in features]
+        first = [parts[0] for parts in split]
+        recon = perceptual.distance(first, perceptual.features(x01)) if recon_on else None
+        con = (
+            perceptual.distance([parts[1] for parts in split], [f.detach() for f in first])
+            if con_on
+            else None
+        )
+        return recon, con
 
     def forward(
         self,
@@ -141,10 +171,13 @@ class SphereObjective(nn.Module):
         # Reconstruction pairs with the small-noise decode; without pixel consistency the official
         # code pairs it with the large-noise decode instead.
         recon_pred = small01 if w.pixel_consistency else large01
-        total, terms = self._pixel_term("recon", recon_pred, x01, w.recon_dist, w.recon_perc)
+        recon_perc, con_perc = self._perceptual_distances(x01, small01, large01)
+        total, terms = self._pixel_term("recon", recon_pred, x01, w.recon_dist, w.recon_perc, recon_perc)
         if w.pixel_consistency:
             # sg[x_hat_small]: the large-noise decode is pulled toward the small-noise one ("bootstrap").
-            con, con_terms = self._pixel_term("con", large01, small01.detach(), w.con_dist, w.con_perc)
+            con, con_terms = self._pixel_term(
+                "con", large01, small01.detach(), w.con_dist, w.con_perc, con_perc
+            )
             total, terms = total + con, terms | con_terms
         pixel_total = total  # what VQGAN balances its critic against: its reconstruction + perceptual loss
         latent_total = total.new_zeros(())

@@ -38,6 +38,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LPIPS_WEIGHT, CONVNEXT_WEIGHT = 1.0, 0.1  # official spec string "lpips-convnext_s-1.0-0.1"
 
+Features = list[
+    torch.Tensor
+]  # one image batch's activations that a perceptual distance compares, (B, ...) each
+
 
 # --- LPIPS-VGG16 ---------------------------------------------------------------------------------
 
@@ -79,6 +83,8 @@ class LPIPS(nn.Module):
 
     def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Unit-normalised (over channels) activations at the 5 LPIPS layers. x: (B, 3, H, W) in [0, 1]."""
+        if min(x.shape[-2:]) < 16:
+            raise ValueError(f"LPIPS-VGG16 needs images of at least 16 px, got {tuple(x.shape[-2:])}")
         h = ((x * 2 - 1) - self.shift) / self.scale
         out = []
         for i, layer in enumerate(self.features):
@@ -87,14 +93,16 @@ class LPIPS(nn.Module):
                 out.append(h / (h.square().sum(dim=1, keepdim=True).sqrt() + 1e-10))
         return out
 
+    def distance(self, fa: list[torch.Tensor], fb: list[torch.Tensor]) -> torch.Tensor:
+        """Per-sample LPIPS distance (B,) between two images' `features`."""
+        dist = torch.zeros(fa[0].shape[0], device=fa[0].device, dtype=fa[0].dtype)
+        for lin, a, b in zip(self.lins, fa, fb, strict=True):
+            dist = dist + lin((a - b).square()).mean(dim=(1, 2, 3))  # spatial average
+        return dist
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Per-sample LPIPS distance (B,)."""
-        if min(a.shape[-2:]) < 16:
-            raise ValueError(f"LPIPS-VGG16 needs images of at least 16 px, got {tuple(a.shape[-2:])}")
-        dist = torch.zeros(a.shape[0], device=a.device, dtype=a.dtype)
-        for lin, fa, fb in zip(self.lins, self.taps(a), self.taps(b), strict=True):
-            dist = dist + lin((fa - fb).square()).mean(dim=(1, 2, 3))  # spatial average
-        return dist
+        return self.distance(self.taps(a), self.taps(b))
 
 
 def load_lpips(vgg_path: str | Path, lpips_path: str | Path) -> LPIPS:
@@ -221,10 +229,14 @@ class RandomConvFeatures(nn.Module):
                 out.append(h / (h.square().sum(dim=1, keepdim=True).sqrt() + 1e-10))
         return out
 
+    def distance(self, fa: list[torch.Tensor], fb: list[torch.Tensor]) -> torch.Tensor:
+        """(B,) between two images' `taps`."""
+        pairs = zip(fa, fb, strict=True)
+        return torch.stack([(a - b).square().sum(dim=1).mean(dim=(1, 2)) for a, b in pairs]).mean(dim=0)
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """a, b: (B, channels, H, W) in [0, 1] -> (B,)."""
-        pairs = zip(self.taps(a), self.taps(b), strict=True)
-        return torch.stack([(fa - fb).square().sum(dim=1).mean(dim=(1, 2)) for fa, fb in pairs]).mean(dim=0)
+        return self.distance(self.taps(a), self.taps(b))
 
 
 # --- the combined loss ---------------------------------------------------------------------------
@@ -281,22 +293,33 @@ class PerceptualLoss(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """a, b: (B, C, H, W) in [0, 1], C in {1, 3} -> (B,) in fp32."""
-        with bf16_autocast(a.device, self.bf16):
-            return self._distance(a, b).float()
+        return self.distance(self.features(a), self.features(b))
 
-    def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if self.random_conv is not None:
-            return self.random_conv(a, b)
-        if a.shape[1] == 1:
-            a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
-        total = torch.zeros(a.shape[0], device=a.device, dtype=a.dtype)
-        norm = 0.0
-        if self.lpips is not None:
-            total, norm = total + LPIPS_WEIGHT * self.lpips(a, b), norm + LPIPS_WEIGHT
-        if self.convnext is not None:
-            mse = (self.logits(a) - self.logits(b)).square().mean(dim=1)
-            total, norm = total + CONVNEXT_WEIGHT * mse, norm + CONVNEXT_WEIGHT
-        return total / norm
+    def features(self, x: torch.Tensor) -> Features:
+        """What `distance` compares, per image: computing them once lets one image be compared with several
+        others (the training objective's small-noise decode is a prediction and, detached, a target)."""
+        with bf16_autocast(x.device, self.bf16):
+            if self.random_conv is not None:
+                return self.random_conv.taps(x)
+            if x.shape[1] == 1:
+                x = x.expand(-1, 3, -1, -1)
+            taps = self.lpips.taps(x) if self.lpips is not None else []
+            return taps + ([self.logits(x)] if self.convnext is not None else [])
+
+    def distance(self, fa: Features, fb: Features) -> torch.Tensor:
+        """Perc per sample (B,) in fp32, between `features` of two batches of images."""
+        with bf16_autocast(fa[0].device, self.bf16):
+            if self.random_conv is not None:
+                return self.random_conv.distance(fa, fb).float()
+            total = torch.zeros(fa[0].shape[0], device=fa[0].device)
+            norm = 0.0
+            if self.lpips is not None:
+                taps = len(LPIPS_TAPS)
+                total, norm = total + LPIPS_WEIGHT * self.lpips.distance(fa[:taps], fb[:taps]), LPIPS_WEIGHT
+            if self.convnext is not None:
+                mse = (fa[-1] - fb[-1]).square().mean(dim=1)
+                total, norm = total + CONVNEXT_WEIGHT * mse, norm + CONVNEXT_WEIGHT
+            return (total / norm).float()
 
 
 def build_perceptual(

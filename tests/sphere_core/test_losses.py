@@ -270,6 +270,36 @@ def test_perceptual_terms_use_the_frozen_network_and_pass_gradient_to_images(net
     assert torch.allclose(out.total, out.terms["recon_perc"] + out.terms["con_perc"])
 
 
+@pytest.mark.parametrize("network", ["lpips", "random-conv"])
+def test_perceptual_terms_from_one_pass_equal_the_separate_distances_and_their_gradients(
+    network: str,
+) -> None:
+    # The objective sends both decodes through the feature network at once and reuses the small-noise
+    # decode's features as the detached consistency target: it must give Perc(x_hat_s, x) and
+    # Perc(x_hat_L, sg[x_hat_s]) as separate calls would, values and gradients at the decodes.
+    torch.manual_seed(0)
+    channels = tiny_model().cfg.channels
+    perceptual = (
+        PerceptualLoss(LPIPS(), None)
+        if network == "lpips"
+        else PerceptualLoss(None, None, RandomConvFeatures(channels, seed=1))
+    )
+    weights = LossWeights(recon_dist=0.0, recon_perc=1.0, con_dist=0.0, con_perc=0.5, latent_con=0.0)
+    obj = objective(weights, perceptual=perceptual)
+    with recorded_outputs(obj.model.decoder) as outs:
+        out = run(obj)
+    out.total.backward()
+    decodes = outs[0].detach().requires_grad_()  # [x_hat_L; x_hat_s], in [-1, 1]
+    large, small = (decodes * 0.5 + 0.5).chunk(2)
+    x01 = images(4, obj.model.cfg, 0) * 0.5 + 0.5
+    recon, con = perceptual(small, x01).mean(), perceptual(large, small.detach()).mean()
+    (recon + 0.5 * con).backward()
+    assert torch.allclose(out.terms["recon_perc"], recon, rtol=1e-5)
+    assert torch.allclose(out.terms["con_perc"], con, rtol=1e-5)
+    assert decodes.grad is not None and outs[0].grad is not None
+    assert torch.allclose(outs[0].grad, decodes.grad, rtol=1e-4, atol=1e-9)
+
+
 def test_without_perceptual_network_the_perceptual_weights_are_ignored() -> None:
     out = run(objective(LossWeights(recon_dist=1.0, recon_perc=1.0, con_dist=0.5, con_perc=0.5)))
     assert "recon_perc" not in out.terms and "con_perc" not in out.terms
