@@ -106,23 +106,20 @@ class SphereObjective(nn.Module):
         self, x01: torch.Tensor, small01: torch.Tensor, large01: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Perc per sample for the reconstruction and the pixel-consistency terms (None where off). The
-        decodes go through the feature network in one pass; the small-noise decode's features, detached,
-        are the consistency target: the values a pass over sg[x_hat_small] gives, without that pass."""
+        small-noise decode's features serve both terms: as the reconstruction's prediction and, detached, as
+        the consistency target, the values a pass over sg[x_hat_small] gives, without that pass."""
         w, perceptual = self.weights, self.perceptual
         recon_on, con_on = w.recon_perc > 0, w.pixel_consistency and w.con_perc > 0
         if perceptual is None or not (recon_on or con_on):
             return None, None
-        # The first decode is the reconstruction's prediction (the large one without pixel consistency).
-        decodes = [small01, large01] if con_on else [small01 if w.pixel_consistency else large01]
-        features = perceptual.features(torch.cat(decodes))
-        split = [f.chunk(len(decodes)) for f in features]
-        first = [parts[0] for parts in split]
-        recon = perceptual.distance(first, perceptual.features(x01)) if recon_on else None
-        con = (
-            perceptual.distance([parts[1] for parts in split], [f.detach() for f in first])
-            if con_on
-            else None
-        )
+        small = perceptual.features(small01) if w.pixel_consistency else None
+        recon = None
+        if recon_on:
+            prediction = small if small is not None else perceptual.features(large01)
+            recon = perceptual.distance(prediction, perceptual.features(x01))
+        con = None
+        if con_on and small is not None:
+            con = perceptual.distance(perceptual.features(large01), [f.detach() for f in small])
         return recon, con
 
     def forward(
