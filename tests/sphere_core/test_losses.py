@@ -271,12 +271,12 @@ def test_perceptual_terms_use_the_frozen_network_and_pass_gradient_to_images(net
 
 
 @pytest.mark.parametrize("network", ["lpips", "random-conv"])
-def test_perceptual_terms_from_one_pass_equal_the_separate_distances_and_their_gradients(
+def test_perceptual_terms_sharing_features_equal_the_separate_distances_and_their_gradients(
     network: str,
 ) -> None:
-    # The objective sends both decodes through the feature network at once and reuses the small-noise
-    # decode's features as the detached consistency target: it must give Perc(x_hat_s, x) and
-    # Perc(x_hat_L, sg[x_hat_s]) as separate calls would, values and gradients at the decodes.
+    # The objective reuses the small-noise decode's features as the detached consistency target: it must
+    # give Perc(x_hat_s, x) and Perc(x_hat_L, sg[x_hat_s]) as separate calls would, values and gradients at
+    # the decodes.
     torch.manual_seed(0)
     channels = tiny_model().cfg.channels
     perceptual = (
