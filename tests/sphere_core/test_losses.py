@@ -248,15 +248,17 @@ def test_label_drops_follow_the_generator() -> None:
     assert not any(bool((labels == null).any()) for labels in seen["encode"] + seen["decode"])
 
 
+def seeded_perceptual(network: str) -> PerceptualLoss:
+    """A frozen perceptual loss on LPIPS-VGG16 (random weights) or random-conv features, drawn from seed 0."""
+    torch.manual_seed(0)
+    if network == "lpips":
+        return PerceptualLoss(LPIPS(), None)
+    return PerceptualLoss(None, None, RandomConvFeatures(tiny_model().cfg.channels, seed=1))
+
+
 @pytest.mark.parametrize("network", ["lpips", "random-conv"])
 def test_perceptual_terms_use_the_frozen_network_and_pass_gradient_to_images(network: str) -> None:
-    torch.manual_seed(0)
-    channels = tiny_model().cfg.channels
-    perceptual = (
-        PerceptualLoss(LPIPS(), None)
-        if network == "lpips"
-        else PerceptualLoss(None, None, RandomConvFeatures(channels, seed=1))
-    )
+    perceptual = seeded_perceptual(network)
     weights = LossWeights(recon_dist=0.0, recon_perc=1.0, con_dist=0.0, con_perc=1.0, latent_con=0.0)
     obj = objective(weights, perceptual=perceptual)
     obj.train()
@@ -277,13 +279,7 @@ def test_perceptual_terms_sharing_features_equal_the_separate_distances_and_thei
     # The objective reuses the small-noise decode's features as the detached consistency target: it must
     # give Perc(x_hat_s, x) and Perc(x_hat_L, sg[x_hat_s]) as separate calls would, values and gradients at
     # the decodes.
-    torch.manual_seed(0)
-    channels = tiny_model().cfg.channels
-    perceptual = (
-        PerceptualLoss(LPIPS(), None)
-        if network == "lpips"
-        else PerceptualLoss(None, None, RandomConvFeatures(channels, seed=1))
-    )
+    perceptual = seeded_perceptual(network)
     weights = LossWeights(recon_dist=0.0, recon_perc=1.0, con_dist=0.0, con_perc=0.5, latent_con=0.0)
     obj = objective(weights, perceptual=perceptual)
     with recorded_outputs(obj.model.decoder) as outs:
