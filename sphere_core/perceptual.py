@@ -38,9 +38,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LPIPS_WEIGHT, CONVNEXT_WEIGHT = 1.0, 0.1  # official spec string "lpips-convnext_s-1.0-0.1"
 
-Features = list[
-    torch.Tensor
-]  # one image batch's activations that a perceptual distance compares, (B, ...) each
+# One image batch's activations that a perceptual distance compares, (B, ...) each.
+Features = list[torch.Tensor]
 
 
 # --- LPIPS-VGG16 ---------------------------------------------------------------------------------
@@ -93,8 +92,8 @@ class LPIPS(nn.Module):
                 out.append(h / (h.square().sum(dim=1, keepdim=True).sqrt() + 1e-10))
         return out
 
-    def distance(self, fa: list[torch.Tensor], fb: list[torch.Tensor]) -> torch.Tensor:
-        """Per-sample LPIPS distance (B,) between two images' `features`."""
+    def distance(self, fa: Features, fb: Features) -> torch.Tensor:
+        """Per-sample LPIPS distance (B,) between two batches' `taps`."""
         dist = torch.zeros(fa[0].shape[0], device=fa[0].device, dtype=fa[0].dtype)
         for lin, a, b in zip(self.lins, fa, fb, strict=True):
             dist = dist + lin((a - b).square()).mean(dim=(1, 2, 3))  # spatial average
@@ -229,8 +228,8 @@ class RandomConvFeatures(nn.Module):
                 out.append(h / (h.square().sum(dim=1, keepdim=True).sqrt() + 1e-10))
         return out
 
-    def distance(self, fa: list[torch.Tensor], fb: list[torch.Tensor]) -> torch.Tensor:
-        """(B,) between two images' `taps`."""
+    def distance(self, fa: Features, fb: Features) -> torch.Tensor:
+        """(B,) between two batches' `taps`."""
         pairs = zip(fa, fb, strict=True)
         return torch.stack([(a - b).square().sum(dim=1).mean(dim=(1, 2)) for a, b in pairs]).mean(dim=0)
 
