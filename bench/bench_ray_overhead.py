@@ -79,12 +79,15 @@ def under_ray(cfg: ExperimentConfig, steps: int, threads: int, storage: str) -> 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from orchestrator.train.process_group import NodeBoundTorchConfig
+
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # else a local Ray writes ~/.ray/auth_token, which
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # later `ray start`s pick up; loopback
     ray.init(num_cpus=max(2, threads), include_dashboard=False, log_to_driver=False)
     trainer = TorchTrainer(
         ray_worker,
         train_loop_config={"experiment": cfg.to_dict(), "steps": steps, "threads": threads},
+        torch_config=NodeBoundTorchConfig(),  # as a trial runs
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": threads}),
         run_config=RunConfig(name=f"bench-{time.time_ns()}", storage_path=storage),
     )

@@ -34,6 +34,7 @@ from orchestrator.config.sweep_spec import SearchDist, SweepSpec
 from orchestrator.tracking import registry, reports, runs
 from orchestrator.tracking.run_end import ended_with_the_sweep
 from orchestrator.train.checkpoint_storage import ray_storage
+from orchestrator.train.process_group import NodeBoundTorchConfig
 from orchestrator.train.worker import train_fn_per_worker
 from orchestrator.train.worker_env import keep_credentials_out_of_trial_runtime_envs, worker_env
 from sphere_core.checkpoint import CorruptCheckpoint
@@ -84,6 +85,7 @@ def train_driver_fn(params: dict[str, Any], context: TrialContext) -> None:
             "tracking_uri": context.tracking_uri,
             "run_id": run_id,
         },
+        torch_config=NodeBoundTorchConfig(),  # Ray's own store would listen on every interface
         scaling_config=ScalingConfig(
             num_workers=scaling.workers_per_trial,
             use_gpu=scaling.use_gpu,

@@ -19,7 +19,13 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.services import LocalCluster, free_ports, start_local_cluster, stop_local_cluster
+from tests.fixtures.services import (
+    LOOPBACK_LISTEN_ADDRESSES,
+    LocalCluster,
+    free_ports,
+    start_local_cluster,
+    stop_local_cluster,
+)
 
 pytestmark = pytest.mark.slow  # starts a Ray head, an MLflow server and SeaweedFS: ~15 s each time
 
@@ -63,25 +69,12 @@ def test_every_listener_of_the_cluster_is_loopback(local_cluster: LocalCluster) 
     configured = local_cluster.ports
     deadline = time.monotonic() + 30
     while True:  # Ray's agents may be mid-restart on a loaded machine: rescan until every service is seen
-        listeners = cluster_listeners(local_cluster)
-        if configured <= {port for _, port in listeners} or time.monotonic() > deadline:
+        listeners = local_cluster.listeners()
+        if configured <= {listener.port for listener in listeners} or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert configured <= {port for _, port in listeners}  # the scan saw the services, so it can fail
-    assert {address for address, _ in listeners} <= {"127.0.0.1", "[::ffff:127.0.0.1]"}, listeners
-
-
-def cluster_listeners(cluster: LocalCluster) -> list[tuple[str, int]]:
-    """(address, port) of every listening TCP socket held by a process of the cluster."""
-    pids = set(cluster.pids())
-    listeners = []
-    ss = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True)
-    for line in ss.stdout.splitlines():
-        owners = {int(pid) for pid in re.findall(r"pid=(\d+)", line)}
-        if owners & pids:
-            address, _, port = line.split()[3].rpartition(":")
-            listeners.append((address, int(port)))
-    return listeners
+    assert configured <= {listener.port for listener in listeners}  # the scan saw the services: it can fail
+    assert {listener.address for listener in listeners} <= LOOPBACK_LISTEN_ADDRESSES, listeners
 
 
 def test_bucket_exists_and_mlflow_artifacts_land_in_it(local_cluster: LocalCluster) -> None:

@@ -22,6 +22,7 @@ from ray.job_submission import JobStatus
 from orchestrator.config.loader import load_sweep
 from orchestrator.config.sweep_spec import SweepSpec
 from orchestrator.train.worker_env import ALLOCATOR_TAG
+from tests.fixtures.services import LOOPBACK_LISTEN_ADDRESSES, Listener
 from tests.integration.conftest import REPO, Jobs
 
 pytestmark = pytest.mark.slow
@@ -29,10 +30,21 @@ SMOKE = REPO / "sweeps" / "smoke.yaml"
 
 
 @pytest.fixture(scope="module")
-def smoke_sweep(jobs: Jobs, mnist_shards: str) -> SweepSpec:
+def listeners_during_smoke_sweep() -> set[Listener]:
+    """Every listening socket the cluster's processes held while the smoke sweep ran (sampled each second)."""
+    return set()
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(jobs: Jobs, mnist_shards: str, listeners_during_smoke_sweep: set[Listener]) -> SweepSpec:
     """The shipped smoke sweep, run once as a Ray job (it registers the model the other tests sample)."""
+
+    def record_listeners() -> bool:
+        listeners_during_smoke_sweep.update(jobs.cluster.listeners())
+        return False
+
     job_id = jobs.submit("sweeps/smoke.yaml")
-    status = jobs.wait(job_id, timeout_s=420)
+    status = jobs.wait(job_id, timeout_s=420, until=record_listeners)
     assert status == JobStatus.SUCCEEDED, jobs.logs(job_id)[-6000:]
     return load_sweep(SMOKE)
 
@@ -231,6 +243,18 @@ def test_the_ui_shows_pareto_summaries_and_comparable_children(
     if "fd_clf_1step" in _metric_keys(trials[0]) and "train_images" in _metric_keys(trials[0]):
         expected |= {f"pareto_fd_clf_1step.{ext}" for ext in ("md", "csv", "png")}  # FD vs training compute
     assert _artifacts(parent["info"]["run_id"]) >= expected
+
+
+def test_the_trials_process_groups_listen_on_loopback_only(
+    smoke_sweep: SweepSpec, listeners_during_smoke_sweep: set[Listener]
+) -> None:
+    """The smoke trials' two DDP workers each hold torch.distributed listeners (the TCPStore on rank 0, Gloo's
+    pairs): on a 127.0.0.1 cluster none may listen beyond loopback (torch's store binds `*` by default)."""
+    assert smoke_sweep.experiment.scaling.workers_per_trial == 2
+    workers = {item for item in listeners_during_smoke_sweep if "ray::RayTrainWo" in item.programs}
+    assert len(workers) >= 4, listeners_during_smoke_sweep  # the scan saw the trials' workers: it can fail
+    exposed = {item for item in listeners_during_smoke_sweep if item.address not in LOOPBACK_LISTEN_ADDRESSES}
+    assert exposed == set()
 
 
 def test_no_secret_reaches_a_log_job_or_mlflow_record(
