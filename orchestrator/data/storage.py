@@ -9,6 +9,7 @@ shard is the data pipeline's business.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -153,3 +154,24 @@ def storage_problem(exc: BaseException, url: str) -> str | None:
 
 def _where(url: str, flag: str) -> str:
     return f"{flag} {url}" if flag else url
+
+
+# --- across a fork -----------------------------------------------------------------------------------
+# A forked child (a DataLoader worker) inherits this process's cached filesystems, and fsspec drops its
+# instance cache there. An s3fs instance then collected in the child closes the parent's aiohttp session from
+# the child's own event loop, and asyncio prints "Task exception was never retrieved ... attached to a
+# different loop" with its traceback. Holding every cached instance across the fork keeps them alive in the
+# child, which ends with os._exit (a DataLoader worker does) and so never collects them; the parent lets go.
+_held_across_fork: list[fsspec.AbstractFileSystem] = []
+
+
+def _hold_cached_filesystems() -> None:
+    classes, seen = [fsspec.AbstractFileSystem], []
+    while classes:
+        cls = classes.pop()
+        seen.append(cls)
+        classes.extend(cls.__subclasses__())
+    _held_across_fork[:] = [fs for cls in seen for fs in cls.__dict__.get("_cache", {}).values()]
+
+
+os.register_at_fork(before=_hold_cached_filesystems, after_in_parent=_held_across_fork.clear)
