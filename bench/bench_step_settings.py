@@ -1,9 +1,10 @@
 """The training step under the settings a CPU user could turn on, side by side in one run: eager (all fp32),
 the random-conv perceptual net under bf16 autocast (`perceptual.precision`: what `auto` picks on a CPU with
-AVX512-BF16 or AMX), channels-last memory for the conv networks (pixel head, random-conv perceptual net,
-PatchGAN), and `torch.compile` of the model, the perceptual net and the critic; at 1 and 2 torch threads; for
-the nano and micro presets with their full CPU recipe (perceptual and adversarial terms on). Also the step's
-FLOP/s as a fraction of this CPU's measured fp32 matmul peak at the same threads.
+AVX512-BF16 or AMX), the whole step under bf16 autocast as well (`optim.bf16_autocast`), channels-last memory
+for the conv networks (pixel head, random-conv perceptual net, PatchGAN), and `torch.compile` of the model,
+the perceptual net and the critic; at 1 and 2 torch threads; for the nano and micro presets with their full
+CPU recipe (perceptual and adversarial terms on). Also the step's FLOP/s as a fraction of this CPU's
+measured fp32 matmul peak at the same threads.
 
     .venv/bin/python bench/bench_step_settings.py [--presets mnist-32-nano mnist-32-micro] [--batch 16]
         [--steps 8] [--rounds 3] [--threads 1 2]
@@ -30,7 +31,7 @@ from sphere_core.perceptual import build_perceptual
 from sphere_core.presets import get_preset
 from sphere_core.train_step import TrainState, make_train_state, train_step
 
-SETTINGS = ("eager", "bf16-features", "channels-last", "compile")
+SETTINGS = ("eager", "bf16-features", "bf16-all", "channels-last", "compile")
 
 
 def recipe(preset: str) -> SphereConfig:
@@ -41,7 +42,7 @@ def recipe(preset: str) -> SphereConfig:
 
 def make_state(config: SphereConfig, setting: str) -> TrainState:
     torch.manual_seed(0)
-    bf16 = setting == "bf16-features"
+    bf16 = setting in ("bf16-features", "bf16-all")
     perceptual = build_perceptual(random_conv=(config.model.channels, RANDOM_CONV_SEED), bf16=bf16)
     state = make_train_state(config, device="cpu", perceptual=perceptual)
     assert perceptual is not None and perceptual.random_conv is not None and state.critic is not None
@@ -69,8 +70,10 @@ def stepper(state: TrainState, config: SphereConfig, batch: int, setting: str) -
         images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(config.model.num_classes, (batch,), generator=generator)
 
+    optim = dataclasses.replace(config.optim, bf16_autocast=setting == "bf16-all")
+
     def step() -> None:
-        train_step(state, images, labels, optim=config.optim, global_batch=batch, generator=generator)
+        train_step(state, images, labels, optim=optim, global_batch=batch, generator=generator)
 
     return step
 
