@@ -4,8 +4,11 @@ storage."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -224,3 +227,51 @@ def test_connect_ray_disables_token_auth_only_for_a_local_ray_with_no_mode_set(
     monkeypatch.setattr(preflight, "cluster_preflight", lambda *args: "checked")
     preflight.connect_ray(ScalingConfig(), "/tmp/x")
     assert seen["address"] == address and seen["mode"] == expected
+
+
+LOCAL_RAY_LISTENERS = """
+import os, subprocess
+from orchestrator.cluster.preflight import connect_ray
+from orchestrator.config.schema import ScalingConfig
+
+def listening():
+    shown = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True)
+    return set(shown.stdout.splitlines())
+
+before = listening()
+connect_ray(ScalingConfig(workers_per_trial=1, cpus_per_worker=0.99), "/tmp/sphere-preflight-probe")
+import ray
+print("NODE", ray.util.get_node_ip_address())
+for line in sorted(listening()):
+    if line.split()[3] not in {old.split()[3] for old in before}:
+        print("LISTEN", line.split()[3], line.split()[-1])
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs `ss` (iproute2) to list listening sockets")
+def test_a_ray_started_by_the_sweep_itself_listens_on_loopback_only() -> None:
+    """Without RAY_ADDRESS (`python -m orchestrator.sweep` with no cluster) connect_ray starts a Ray of its
+    own: by Ray's default on the routable address, with GCS, raylet and agents on every interface (the switch
+    that keeps it on loopback is set when the orchestrator package is imported)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    temp_dir = tempfile.mkdtemp(prefix="rp-", dir="/tmp")  # short (Ray's socket paths), no other Ray's
+    try:
+        ran = subprocess.run(
+            [sys.executable, "-c", LOCAL_RAY_LISTENERS],
+            env=env | {"RAY_TMPDIR": temp_dir},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    lines = ran.stdout.splitlines()
+    assert "NODE 127.0.0.1" in lines
+    opened = [line.split()[1] for line in lines if line.startswith("LISTEN")]
+    assert any("gcs_server" in line for line in lines), lines  # the scan saw the new Ray: it can fail
+    loopback = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
+    exposed = [addr for addr in opened if not addr.startswith(loopback)]
+    assert exposed == [], lines
