@@ -91,9 +91,9 @@ def join_process_group(
     else:
         store = dist.TCPStore(store_address, store_port, world_size, is_master=False, timeout=timeout)
     interface = interface_of(ray.util.get_node_ip_address())
-    for name in SOCKET_IFNAME_ENV:
-        if interface is not None and name not in os.environ:
-            os.environ[name] = interface
+    if interface is not None:
+        for name in SOCKET_IFNAME_ENV:
+            os.environ.setdefault(name, interface)
     dist.init_process_group(
         backend=backend, store=store, rank=world_rank, world_size=world_size, timeout=timeout
     )
