@@ -13,6 +13,9 @@ one-step sample from a random sphere point has to learn from the label alone.
                     Miyato & Koyama (2018), phi the features under the last conv, e a label embedding whose
                     null class is 0 (label-dropped decodes are judged unconditionally)
     L_D             0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(sg[x_fake])))   (hinge, critic step)
+                    + discriminator.r1_gamma / 2 * mean ||grad_x D(x)||^2 over real x (R1, Mescheder et
+                    al. 2018): keeps the critic flat on the data, so it cannot win outright and leave the
+                    generator a saturated, uninformative gradient (off at 0)
     L_G             -mean D(x_fake)                                         (generator, critic frozen)
     lambda          ||grad_W L_rest|| / (||grad_W L_G|| + 1e-4), clamped to [0, 1e4], at the decoder's
                     last layer W (VQGAN's adaptive weight; 1 when loss.adversarial_adaptive is false).
@@ -113,6 +116,13 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.float().mean()
 
 
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """mean over images of ||d sum(D(x)) / dx||^2 at the real images `real` (requires_grad), differentiable
+    in the critic's weights (create_graph)."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
+
+
 def adaptive_weight(rest_grad: torch.Tensor, adversarial_grad: torch.Tensor) -> torch.Tensor:
     """VQGAN's lambda from the two terms' gradients at the decoder's last layer; detached, in [0, 1e4]."""
     weight = rest_grad.float().norm() / (adversarial_grad.float().norm() + ADAPTIVE_EPS)
@@ -127,6 +137,7 @@ class Critic:
     network: nn.Module
     raw: PatchDiscriminator
     optimizer: torch.optim.Optimizer
+    r1_gamma: float = 0.0  # discriminator.r1_gamma
 
 
 def make_critic(
@@ -140,4 +151,4 @@ def make_critic(
         betas=cfg.betas,
         weight_decay=0.0,
     )
-    return Critic(network=raw, raw=raw, optimizer=optimizer)
+    return Critic(network=raw, raw=raw, optimizer=optimizer, r1_gamma=cfg.r1_gamma)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from sphere_core.adversarial import Critic, hinge_critic_loss, make_critic
+from sphere_core.adversarial import Critic, hinge_critic_loss, make_critic, r1_penalty
 from sphere_core.config import OptimConfig, SphereConfig
 from sphere_core.losses import LossOutput, SphereObjective
 from sphere_core.model import SphereEncoder
@@ -130,17 +130,19 @@ def _critic_step(
     sums: dict[str, torch.Tensor] = {}
     for i, ((real, real_labels), (fake, fake_labels)) in enumerate(zip(reals, fakes, strict=True)):
         labels = None if real_labels is None or fake_labels is None else torch.cat([real_labels, fake_labels])
+        if critic.r1_gamma > 0:
+            real = real.detach().requires_grad_(True)
         with _grad_sync(critic.network, i == k - 1):
             with bf16_autocast(real.device, bf16):
                 logits = critic.network(torch.cat([real, fake]), labels).float()
             real_logits, fake_logits = logits.split([real.shape[0], fake.shape[0]])
             loss = hinge_critic_loss(real_logits, fake_logits)
+            terms = {"adv_real_logit": real_logits.mean(), "adv_fake_logit": fake_logits.mean()}
+            if critic.r1_gamma > 0:
+                terms["adv_r1"] = r1_penalty(real_logits, real)
+                loss = loss + 0.5 * critic.r1_gamma * terms["adv_r1"]
             (loss / k).backward()
-        for name, value in (
-            ("adv_d", loss),
-            ("adv_real_logit", real_logits.mean()),
-            ("adv_fake_logit", fake_logits.mean()),
-        ):
+        for name, value in {"adv_d": loss, **terms}.items():
             sums[name] = sums.get(name, 0) + value.detach() / k
     critic.optimizer.step()
     return sums
