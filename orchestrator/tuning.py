@@ -56,6 +56,8 @@ class TrialContext:
     parent_run_id: str
     dataset: dict[str, Any]  # the manifest summary logged as each trial's input
     worker_env: dict[str, str]
+    metric: str  # tune.metric: ranks the trials and each trial's checkpoints
+    mode: str  # tune.mode
 
 
 # --- the trial driver ------------------------------------------------------------------------------
@@ -84,6 +86,7 @@ def train_driver_fn(params: dict[str, Any], context: TrialContext) -> None:
             "experiment": cfg.to_dict(),
             "tracking_uri": context.tracking_uri,
             "run_id": run_id,
+            "score_metric": context.metric,
         },
         torch_config=NodeBoundTorchConfig(),  # Ray's own store would listen on every interface
         scaling_config=ScalingConfig(
@@ -96,7 +99,13 @@ def train_driver_fn(params: dict[str, Any], context: TrialContext) -> None:
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            # The best evaluated checkpoints are kept (and the latest, to resume from): the sweep registers
+            # a trial's best, not its last.
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.run.keep_checkpoints,
+                checkpoint_score_attribute=metric_names.CHECKPOINT_SCORE,
+                checkpoint_score_order=context.mode,
+            ),
             callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # mypy sees V1's RunConfig
             worker_runtime_env={"env_vars": context.worker_env},  # Train V2 (the default in Ray 2.60)
         ),  # type: ignore[call-arg]
@@ -142,6 +151,8 @@ def train_sweep_under_lock(spec: SweepSpec, uri: str, dataset: dict[str, Any]) -
         parent_run_id=parent_id,
         dataset=dataset,
         worker_env=worker_env(uri),
+        metric=spec.tune.metric,
+        mode=spec.tune.mode,
     )
     with ended_with_the_sweep(client, parent_id):
         results = fit_tuner(spec, context)

@@ -78,6 +78,10 @@ LOOP = (
 )
 EVAL_SECONDS = "eval_s"
 EVAL_STEP = "eval_step"  # the step whose eval a report carries
+# Sent to Ray with each checkpoint, never to MLflow: the sweep's metric where the checkpoint's own step was
+# evaluated, NaN where it carries an earlier eval forward. Train keeps the best checkpoints by it (NaN ranks
+# last; the latest is kept regardless), so an unevaluated checkpoint never passes for the one evaluated.
+CHECKPOINT_SCORE = "checkpoint_score"
 
 
 def in_space(score: str, tag: str) -> str:

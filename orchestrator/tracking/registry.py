@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from mlflow.exceptions import MlflowException
 from ray.train import Checkpoint
 
+from orchestrator.config import metric_names
 from orchestrator.config.schema import TrackingConfig
 from orchestrator.config.sweep_spec import SweepSpec
 from orchestrator.tracking.mlflow_model import save_pyfunc
@@ -173,7 +174,7 @@ def register_best(
     results: Sequence[Any],
     data_digest: str,
 ) -> ModelVersion | None:
-    """The best trial's last checkpoint (fetched from Ray storage) registered with lineage tags, or None."""
+    """The best trial's best checkpoint (fetched from Ray storage) registered with lineage tags, or None."""
     metric = spec.tune.metric
     best = best_row(rows, metric, spec.tune.mode)
     if best is None:
@@ -183,6 +184,7 @@ def register_best(
     source_run = find_run(client, exp_id, {TRIAL_TAG: best["trial"]}) or ""
     lineage = {
         "sweep.trial": best["trial"],
+        "sweep.checkpoint_step": f"{best[metric_names.STEP]:.0f}",
         "source.run_id": source_run,
         "data.digest": data_digest,
         metric: f"{best[metric]:.6g}",

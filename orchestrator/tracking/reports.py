@@ -23,10 +23,12 @@ TRAIN_COMPUTE = metric_names.TRAIN_IMAGES  # the training-compute axis
 
 
 def result_rows(spec: SweepSpec, results: Sequence[Any]) -> list[dict[str, Any]]:
-    """One plain row per Tune result: trial name, status, varied params, last reported metrics."""
+    """One plain row per Tune result: trial name, status, varied params, and the metric, step and path of
+    its best evaluated checkpoint (its last report where it has none)."""
     rows = []
     for result in results:
         metrics = result.metrics or {}
+        best = best_checkpoint_report(result, spec.tune.metric, spec.tune.mode) or metrics
         params = {path: result.config.get(path) for path in spec.search}
         name = trial_name(spec.experiment_name, metrics["trial_id"], params) if "trial_id" in metrics else ""
         rows.append(
@@ -34,12 +36,42 @@ def result_rows(spec: SweepSpec, results: Sequence[Any]) -> list[dict[str, Any]]
                 "trial": name,
                 "status": "error" if result.error else "ok",
                 **params,
-                spec.tune.metric: metrics.get(spec.tune.metric),
-                metric_names.STEP: metrics.get(metric_names.STEP),
-                "checkpoint_path": metrics.get("checkpoint_path"),
+                spec.tune.metric: best.get(spec.tune.metric),
+                metric_names.STEP: best.get(metric_names.STEP),
+                "checkpoint_path": best.get("checkpoint_path"),
             }
         )
     return rows
+
+
+def evaluated_reports(result: Any) -> list[dict[str, Any]]:
+    """A trial's reports whose metrics were measured at their own step, oldest first. A report that carries
+    an earlier eval forward (eval_step < step) pairs that eval with a later model."""
+    history = result.metrics_dataframe
+    reports = history.to_dict("records") if history is not None else [result.metrics or {}]
+    return [
+        report
+        for report in reports
+        if report.get(metric_names.EVAL_STEP, report.get(metric_names.STEP)) == report.get(metric_names.STEP)
+    ]
+
+
+def best_checkpoint_report(result: Any, metric: str, mode: str) -> dict[str, Any] | None:
+    """The report whose checkpoint Train ranks best (orchestrator/tuning.py keeps it): the best finite
+    CHECKPOINT_SCORE, the later on a tie; None where no checkpoint was scored. Its `metric` is that score."""
+    history = result.metrics_dataframe
+    reports = history.to_dict("records") if history is not None else [result.metrics or {}]
+    scored = [
+        report
+        for report in reports
+        if _finite(report.get(metric_names.CHECKPOINT_SCORE))
+        and isinstance(report.get("checkpoint_path"), str)
+    ]
+    if not scored:
+        return None
+    sign = 1.0 if mode == "min" else -1.0
+    best = min(reversed(scored), key=lambda report: sign * float(report[metric_names.CHECKPOINT_SCORE]))
+    return {**best, metric: best[metric_names.CHECKPOINT_SCORE]}
 
 
 def best_row(
@@ -118,19 +150,13 @@ def log_evaluation_plots(
 
 
 def training_rows(spec: SweepSpec, results: Sequence[Any]) -> list[dict[str, Any]]:
-    """One row per (trial, evaluation): the reports whose metrics were measured at their own step, with
-    the training compute spent by then. A report that carries an earlier eval forward (eval_step < step)
-    would pair that FD with a later, larger train_images, so it is left out."""
+    """One row per (trial, evaluation) with the training compute spent by then (evaluated_reports)."""
     rows = []
     for result, row in zip(results, result_rows(spec, results), strict=True):
-        history = result.metrics_dataframe
-        reports = history.to_dict("records") if history is not None else [result.metrics or {}]
         rows += [
             {"trial": row["trial"], **{p: row[p] for p in spec.search}, **report}
-            for report in reports
+            for report in evaluated_reports(result)
             if _finite(report.get(TRAIN_COMPUTE))
-            and report.get(metric_names.EVAL_STEP, report.get(metric_names.STEP))
-            == report.get(metric_names.STEP)
         ]
     return rows
 

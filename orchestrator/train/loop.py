@@ -50,7 +50,9 @@ class Reporter(Protocol):
 
 
 class Checkpointer(Protocol):
-    def save(self, step: int, metrics: Mapping[str, float]) -> None: ...
+    def save(self, step: int, metrics: Mapping[str, float], carried: frozenset[str]) -> None:
+        """`carried`: the keys of `metrics` that an earlier step's eval measured, not this checkpoint."""
+        ...
 
 
 @dataclass
@@ -161,8 +163,9 @@ def run_loop(
             window = _Window()  # restarted after the eval, whose time is not training throughput
         if checkpoint:
             latest = {**latest, **evaluated}
+            carried = frozenset() if evaluating else frozenset(evaluated)
             with clock.timing("checkpoint"):
-                checkpointer.save(step, latest)
+                checkpointer.save(step, latest, carried)
             with clock.timing("report"):
                 reporter.flush(final=False)
     # The last step's eval and checkpoint came after its log line: the totals follow them, in the final flush

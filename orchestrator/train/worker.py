@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -54,7 +55,8 @@ def noise_seed(run_seed: int, world_size: int, rank: int, start_step: int) -> in
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
-    """config: {"experiment": ExperimentConfig.to_dict(), "tracking_uri": str, "run_id": str}."""
+    """config: {"experiment": ExperimentConfig.to_dict(), "tracking_uri": str, "run_id": str,
+    "score_metric": the sweep's metric, which ranks this trial's checkpoints}."""
     started = time.perf_counter()  # the loop reports the time before it (build, resume, step-0 eval) as setup
     # DDP compares a gradient's strides with its bucket's, including those of a size-1 dimension: a 1-channel
     # pixel head's ConvTranspose weight differs only there (tests/orchestrator/train/test_worker.py), so the
@@ -103,7 +105,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         run=cfg.run,
         start_step=start_step,
         reporter=reporter,
-        checkpointer=RayCheckpointer(state, cfg, stream, rank, unflushed=reporter.unflushed),
+        checkpointer=RayCheckpointer(
+            state, cfg, stream, rank, unflushed=reporter.unflushed, score_metric=config["score_metric"]
+        ),
         sample_fn=lambda: sample_grids(state, cfg),
         eval_fn=ProxyEval(state, cfg),
         global_batch=global_batch,
@@ -113,6 +117,13 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     skipped = skipped_per_shard(stream)  # every rank takes part: a collective
     if skipped:
         reporter.tag(read_tags(stream.manifest.digest, skipped))
+
+
+def checkpoint_score(metrics: Mapping[str, float], carried: frozenset[str], score_metric: str) -> float:
+    """The checkpoint's own `score_metric`, or NaN where an earlier step measured it (CHECKPOINT_SCORE)."""
+    if score_metric in carried or score_metric not in metrics:
+        return math.nan
+    return float(metrics[score_metric])
 
 
 def skipped_per_shard(stream: ShardStream) -> dict[str, int]:
@@ -235,11 +246,12 @@ class RayCheckpointer:
         stream: ShardStream,
         rank: int,
         unflushed: Callable[[], list[dict[str, Any]]],
+        score_metric: str,
     ) -> None:
         self.state, self.cfg, self.stream, self.rank = state, cfg, stream, rank
-        self.unflushed = unflushed
+        self.unflushed, self.score_metric = unflushed, score_metric
 
-    def save(self, step: int, metrics: Mapping[str, float]) -> None:
+    def save(self, step: int, metrics: Mapping[str, float], carried: frozenset[str]) -> None:
         cursor = self._merged_cursor()
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -253,7 +265,13 @@ class RayCheckpointer:
                     extra={"cursor": cursor, "metrics": dict(metrics), "unflushed": self.unflushed()},
                 )
                 checkpoint = ray.train.Checkpoint.from_directory(str(directory))
-            ray.train.report(dict(metrics), checkpoint=checkpoint)
+            ray.train.report(
+                {
+                    **metrics,
+                    metric_names.CHECKPOINT_SCORE: checkpoint_score(metrics, carried, self.score_metric),
+                },
+                checkpoint=checkpoint,
+            )
 
     def _merged_cursor(self) -> dict[str, Any]:
         """Each rank's cursor covers only its shards; all ranks must resume from their union."""

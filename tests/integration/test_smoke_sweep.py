@@ -24,9 +24,26 @@ from orchestrator.config.sweep_spec import SweepSpec
 from orchestrator.train.worker_env import ALLOCATOR_TAG
 from tests.fixtures.services import LOOPBACK_LISTEN_ADDRESSES, Listener
 from tests.integration.conftest import REPO, Jobs
+from tests.integration.test_faults import bucket_keys
 
 pytestmark = pytest.mark.slow
 SMOKE = REPO / "sweeps" / "smoke.yaml"
+# Evaluated and checkpointed at steps 10 and 20, one checkpoint kept: the trial's best eval names the checkpoint
+# Train keeps beside the latest and the sweep registers, whether or not it is the last.
+SMOKE_SETS = {"run.eval_every": 10, "run.checkpoint_every": 10, "run.keep_checkpoints": 1}
+
+
+def kept_checkpoint_steps(spec: SweepSpec, trial: str) -> set[int]:
+    """The steps of the checkpoints a trial's Train run still holds in the bucket (each one's step.json)."""
+    import boto3
+
+    storage = spec.experiment.run.storage_path.removeprefix("s3://sphere/").rstrip("/")
+    s3 = boto3.client("s3")
+    return {
+        json.loads(s3.get_object(Bucket="sphere", Key=key)["Body"].read())["step"]
+        for key in bucket_keys(f"{storage}/{trial}/checkpoint_")
+        if key.endswith("/step.json")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +60,11 @@ def smoke_sweep(jobs: Jobs, mnist_shards: str, listeners_during_smoke_sweep: set
         listeners_during_smoke_sweep.update(jobs.cluster.listeners())
         return False
 
-    job_id = jobs.submit("sweeps/smoke.yaml")
+    sets = [arg for path, value in SMOKE_SETS.items() for arg in ("--set", f"{path}={value}")]
+    job_id = jobs.submit("sweeps/smoke.yaml", *sets)
     status = jobs.wait(job_id, timeout_s=420, until=record_listeners)
     assert status == JobStatus.SUCCEEDED, jobs.logs(job_id)[-6000:]
-    return load_sweep(SMOKE)
+    return load_sweep(SMOKE, SMOKE_SETS)
 
 
 def test_smoke_sweep_tracks_registers_and_generates(smoke_sweep: SweepSpec, tmp_path: Path) -> None:
@@ -66,7 +84,11 @@ def test_smoke_sweep_tracks_registers_and_generates(smoke_sweep: SweepSpec, tmp_
     assert len({frozenset(c.data.params) for c in children}) == 1  # the whole config, field by field
     best = next(c for c in children if c.data.tags["sweep.trial"] == parent.data.tags["best.trial"])
     metric = spec.tune.metric
-    assert parent.data.metrics[f"best.{metric}"] == pytest.approx(best.data.metrics[metric])
+    # SMOKE_SETS: the best of the two evals (a tie goes to the later, as Train ranks them)
+    evals = {int(m.step): m.value for m in client.get_metric_history(best.info.run_id, metric)}
+    assert sorted(evals) == [10, 20]
+    best_step = min(sorted(evals, reverse=True), key=evals.__getitem__)
+    assert parent.data.metrics[f"best.{metric}"] == pytest.approx(evals[best_step])
     assert f"runs/{best.info.run_id})" in parent.data.tags["mlflow.note.content"]
     for child in children:
         assert child.info.status == "FINISHED"
@@ -77,7 +99,7 @@ def test_smoke_sweep_tracks_registers_and_generates(smoke_sweep: SweepSpec, tmp_
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "loss")]
         assert steps == [5, 10, 15, 20]  # log_every 5 over 20 steps, each step logged once (rank 0 only)
         pngs = {a.path for a in client.list_artifacts(child.info.run_id, "samples")}
-        assert pngs == {"samples/samples_1step_step000020.png", "samples/samples_4step_step000020.png"}
+        assert pngs == {f"samples/samples_{t}step_step0000{s}.png" for t in (1, 4) for s in (10, 20)}
         assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"config.yaml", "samples"}
         assert child.inputs is not None
         (dataset,) = child.inputs.dataset_inputs
@@ -91,7 +113,12 @@ def test_smoke_sweep_tracks_registers_and_generates(smoke_sweep: SweepSpec, tmp_
     tracked = spec.experiment.tracking
     version = client.get_model_version_by_alias(tracked.registered_model, tracked.alias)
     assert version.tags["sweep.digest"] == spec.digest
-    assert version.tags["source.run_id"] in {c.info.run_id for c in children}
+    assert version.tags["source.run_id"] == best.info.run_id
+    assert version.tags["sweep.checkpoint_step"] == str(best_step)
+    for child in children:  # keep_checkpoints 1: Train kept the best evaluated one and the latest (step 20)
+        evals = {int(m.step): m.value for m in client.get_metric_history(child.info.run_id, metric)}
+        kept = kept_checkpoint_steps(spec, child.data.tags["sweep.trial"])
+        assert kept == {min(sorted(evals, reverse=True), key=evals.__getitem__), 20}, (kept, evals)
     assert version.tags["data.digest"] and version.current_stage == "None"
 
     out = tmp_path / "grid.png"

@@ -45,9 +45,10 @@ class FakeReporter:
 class FakeCheckpointer:
     def __init__(self) -> None:
         self.saved: dict[int, dict[str, float]] = {}
+        self.carried: dict[int, frozenset[str]] = {}
 
-    def save(self, step: int, metrics: Mapping[str, float]) -> None:
-        self.saved[step] = dict(metrics)
+    def save(self, step: int, metrics: Mapping[str, float], carried: frozenset[str]) -> None:
+        self.saved[step], self.carried[step] = dict(metrics), carried
 
 
 class Counter:
@@ -111,6 +112,8 @@ def test_cadence_logs_samples_and_checkpoints_on_schedule() -> None:
     assert checkpointer.saved[5]["fd_clf_1step"] == 100.0
     assert checkpointer.saved[10]["fd_clf_1step"] == 100.0 / 3  # the final step's own eval
     assert checkpointer.saved[10]["eval_step"] == 10.0
+    assert "fd_clf_1step" in checkpointer.carried[5] and "loss" not in checkpointer.carried[5]
+    assert checkpointer.carried[10] == frozenset()  # measured at the checkpoint's own step
     assert final == checkpointer.saved[10] and final["step"] == 10.0
     for step, metrics in reporter.logged.items():
         assert set(metric_names.LOOP) <= set(metrics) and metrics["skipped_samples"] == 7.0

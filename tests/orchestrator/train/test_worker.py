@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 from orchestrator.config.loader import load_sweep
 from orchestrator.config.schema import EvalConfig, ExperimentConfig
 from orchestrator.evaluation.proxy import ProxyEval
-from orchestrator.train.worker import SAMPLE_GRID, noise_seed, sample_grids
+from orchestrator.train.worker import SAMPLE_GRID, checkpoint_score, noise_seed, sample_grids
 from sphere_core.train_step import make_train_state
 
 SMOKE = Path(__file__).resolve().parents[3] / "sweeps" / "smoke.yaml"
@@ -156,3 +157,12 @@ def test_gradients_share_their_parameters_layout_but_for_size_one_dims() -> None
 
     params = [p for p in state.model.parameters() if p.grad is not None]
     assert params and all(data_strides(p.grad) == data_strides(p) for p in params if p.grad is not None)
+
+
+def test_a_checkpoint_scores_only_what_was_measured_at_its_own_step() -> None:
+    metrics = {"fd_clf_1step": 41.5, "eval_step": 200.0, "loss": 0.3}
+    assert checkpoint_score(metrics, frozenset(), "fd_clf_1step") == 41.5
+    carried = frozenset({"fd_clf_1step", "eval_step"})  # a later checkpoint carrying step 200's eval
+    assert math.isnan(checkpoint_score(metrics, carried, "fd_clf_1step"))
+    assert checkpoint_score(metrics, carried, "loss") == 0.3  # the window's: this checkpoint's own
+    assert math.isnan(checkpoint_score(metrics, frozenset(), "recall_clf_1step"))  # never measured
