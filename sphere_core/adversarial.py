@@ -15,7 +15,9 @@ one-step sample from a random sphere point has to learn from the label alone.
     L_D             0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(sg[x_fake])))   (hinge, critic step)
                     + discriminator.r1_gamma / 2 * mean ||grad_x D(x)||^2 over real x (R1, Mescheder et
                     al. 2018): keeps the critic flat on the data, so it cannot win outright and leave the
-                    generator a saturated, uninformative gradient (off at 0)
+                    generator a saturated, uninformative gradient (off at 0); with r1_every = k > 1,
+                    k x the penalty on every k-th critic step (StyleGAN2's lazy regularisation: its double
+                    backward costs ~10 % of a nano step when taken every step)
     L_G             -mean D(x_fake)                                         (generator, critic frozen)
     lambda          ||grad_W L_rest|| / (||grad_W L_G|| + 1e-4), clamped to [0, 1e4], at the decoder's
                     last layer W (VQGAN's adaptive weight; 1 when loss.adversarial_adaptive is false).
@@ -138,6 +140,7 @@ class Critic:
     raw: PatchDiscriminator
     optimizer: torch.optim.Optimizer
     r1_gamma: float = 0.0  # discriminator.r1_gamma
+    r1_every: int = 1  # discriminator.r1_every
 
 
 def make_critic(
@@ -151,4 +154,4 @@ def make_critic(
         betas=cfg.betas,
         weight_decay=0.0,
     )
-    return Critic(network=raw, raw=raw, optimizer=optimizer, r1_gamma=cfg.r1_gamma)
+    return Critic(network=raw, raw=raw, optimizer=optimizer, r1_gamma=cfg.r1_gamma, r1_every=cfg.r1_every)

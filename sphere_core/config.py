@@ -254,10 +254,13 @@ class DiscriminatorConfig:
     betas: tuple[float, float] = (0.5, 0.9)  # VQGAN's critic Adam
     conditional: bool = False  # a projection critic that also judges the class (class-conditional models)
     r1_gamma: float = 0.0  # R1 gradient penalty on real images (sphere_core/adversarial.py); 0 = off
+    r1_every: int = 1  # lazy R1 (StyleGAN2): the penalty x r1_every on every r1_every-th critic step
 
     def __post_init__(self) -> None:
         if self.r1_gamma < 0:
             raise ConfigError("discriminator.r1_gamma: must be >= 0 (0 = no R1 penalty)")
+        if self.r1_every < 1:
+            raise ConfigError("discriminator.r1_every: must be >= 1 (1 = the penalty on every critic step)")
         if self.width < 1:
             raise ConfigError("discriminator.width: must be >= 1")
         if not 1 <= self.layers <= 6:

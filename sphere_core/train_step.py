@@ -110,7 +110,7 @@ def train_step(
     update_ema(state.ema, state.model, optim.ema_decay)
     if state.critic is not None and fakes:
         reals = list(zip(x.chunk(k), ys, strict=True))
-        sums |= _critic_step(state.critic, reals, fakes, lr=lr, bf16=optim.bf16_autocast)
+        sums |= _critic_step(state.critic, reals, fakes, lr=lr, bf16=optim.bf16_autocast, step=state.step)
     state.step += 1
 
     names = ["loss", "grad_norm", *(n for n in sums if n != "loss")]
@@ -120,17 +120,25 @@ def train_step(
 
 
 def _critic_step(
-    critic: Critic, reals: list[LabelledImages], fakes: list[LabelledImages], *, lr: float, bf16: bool
+    critic: Critic,
+    reals: list[LabelledImages],
+    fakes: list[LabelledImages],
+    *,
+    lr: float,
+    bf16: bool,
+    step: int,
 ) -> dict[str, torch.Tensor]:
     """One hinge step of the critic on the batch's real images and the decodes the generator step made,
-    per micro-batch; returns its loss and mean logits (means over the micro-batches)."""
+    per micro-batch, with R1 on the steps `step` says (lazy R1); returns its loss and mean logits (means over
+    the micro-batches)."""
+    r1_weight = 0.5 * critic.r1_gamma * critic.r1_every if step % critic.r1_every == 0 else 0.0
     set_lr(critic.optimizer, lr)
     critic.optimizer.zero_grad(set_to_none=True)
     k = len(fakes)
     sums: dict[str, torch.Tensor] = {}
     for i, ((real, real_labels), (fake, fake_labels)) in enumerate(zip(reals, fakes, strict=True)):
         labels = None if real_labels is None or fake_labels is None else torch.cat([real_labels, fake_labels])
-        if critic.r1_gamma > 0:
+        if r1_weight > 0:
             real = real.detach().requires_grad_(True)
         with _grad_sync(critic.network, i == k - 1):
             with bf16_autocast(real.device, bf16):
@@ -138,9 +146,9 @@ def _critic_step(
             real_logits, fake_logits = logits.split([real.shape[0], fake.shape[0]])
             loss = hinge_critic_loss(real_logits, fake_logits)
             terms = {"adv_real_logit": real_logits.mean(), "adv_fake_logit": fake_logits.mean()}
-            if critic.r1_gamma > 0:
+            if r1_weight > 0:
                 terms["adv_r1"] = r1_penalty(real_logits, real)
-                loss = loss + 0.5 * critic.r1_gamma * terms["adv_r1"]
+                loss = loss + r1_weight * terms["adv_r1"]
             (loss / k).backward()
         for name, value in {"adv_d": loss, **terms}.items():
             sums[name] = sums.get(name, 0) + value.detach() / k

@@ -116,6 +116,22 @@ def test_r1_flattens_the_critic_at_the_real_images() -> None:
     assert flat < free / 3
 
 
+def test_lazy_r1_adds_k_times_the_penalty_on_every_kth_critic_step() -> None:
+    def critic_config(r1_every: int) -> SphereConfig:
+        disc = DiscriminatorConfig(width=8, layers=2, r1_gamma=2.0, r1_every=r1_every)
+        return dataclasses.replace(adversarial_config(), discriminator=disc)
+
+    lazy = critic_config(3)
+    state = fresh_state(lazy)
+    assert ["adv_r1" in step(state, seed=i, config=lazy) for i in range(4)] == [True, False, False, True]
+    # The same first step (same weights, batch and noise) with the penalty every step and every 3rd: the
+    # loss differs by (3 - 1) x gamma / 2 x R1.
+    every = step(fresh_state(critic_config(1)), seed=0, config=critic_config(1))
+    third = step(fresh_state(lazy), seed=0, config=lazy)
+    assert third["adv_r1"] == pytest.approx(every["adv_r1"], rel=1e-5)
+    assert third["adv_d"] - every["adv_d"] == pytest.approx(2 * 0.5 * 2.0 * every["adv_r1"], rel=1e-4)
+
+
 def test_adaptive_weight_is_the_ratio_of_the_two_gradient_norms_at_the_layer() -> None:
     rest, adv = torch.full((5,), 3.0), torch.full((5,), 0.5)
     assert adaptive_weight(rest, adv).item() == pytest.approx(3 / (0.5 + 1e-4 / math.sqrt(5)), rel=1e-3)
