@@ -28,8 +28,8 @@ from tests.integration.test_faults import bucket_keys
 
 pytestmark = pytest.mark.slow
 SMOKE = REPO / "sweeps" / "smoke.yaml"
-# Evaluated and checkpointed at steps 10 and 20, one checkpoint kept: the trial's best eval names the checkpoint
-# Train keeps beside the latest and the sweep registers, whether or not it is the last.
+# Evaluated and checkpointed at steps 10 and 20, one checkpoint kept: the trial's best eval names the
+# checkpoint Train keeps beside the latest and the sweep registers, whether or not it is the last.
 SMOKE_SETS = {"run.eval_every": 10, "run.checkpoint_every": 10, "run.keep_checkpoints": 1}
 
 
