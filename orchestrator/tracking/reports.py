@@ -44,14 +44,18 @@ def result_rows(spec: SweepSpec, results: Sequence[Any]) -> list[dict[str, Any]]
     return rows
 
 
+def all_reports(result: Any) -> list[dict[str, Any]]:
+    """Every report of a trial, oldest first (its last alone where Tune kept no history)."""
+    history = result.metrics_dataframe
+    return history.to_dict("records") if history is not None else [result.metrics or {}]
+
+
 def evaluated_reports(result: Any) -> list[dict[str, Any]]:
     """A trial's reports whose metrics were measured at their own step, oldest first. A report that carries
     an earlier eval forward (eval_step < step) pairs that eval with a later model."""
-    history = result.metrics_dataframe
-    reports = history.to_dict("records") if history is not None else [result.metrics or {}]
     return [
         report
-        for report in reports
+        for report in all_reports(result)
         if report.get(metric_names.EVAL_STEP, report.get(metric_names.STEP)) == report.get(metric_names.STEP)
     ]
 
@@ -59,11 +63,9 @@ def evaluated_reports(result: Any) -> list[dict[str, Any]]:
 def best_checkpoint_report(result: Any, metric: str, mode: str) -> dict[str, Any] | None:
     """The report whose checkpoint Train ranks best (orchestrator/tuning.py keeps it): the best finite
     CHECKPOINT_SCORE, the later on a tie; None where no checkpoint was scored. Its `metric` is that score."""
-    history = result.metrics_dataframe
-    reports = history.to_dict("records") if history is not None else [result.metrics or {}]
     scored = [
         report
-        for report in reports
+        for report in all_reports(result)
         if _finite(report.get(metric_names.CHECKPOINT_SCORE))
         and isinstance(report.get("checkpoint_path"), str)
     ]
