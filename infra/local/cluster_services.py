@@ -202,6 +202,7 @@ def services(s: Settings) -> list[Service]:
         "s3",
         [
             f"{bin_}/weed",
+            "-logtostderr",  # into the cluster's s3.log only; glog's default also writes files into /tmp
             "mini",
             f"-dir={s.s3_data_dir}",
             f"-ip={HOST}",
@@ -221,6 +222,7 @@ def services(s: Settings) -> list[Service]:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=64",  # volumes are preallocated files: keep the footprint small
+            "-master.telemetry=false",  # on by default: it would report cluster statistics to seaweedfs.com
         ],
         {},  # its admin identity: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY of the client env
         f"http://{HOST}:{s.s3_port}",

@@ -77,6 +77,15 @@ def test_every_listener_of_the_cluster_is_loopback(local_cluster: LocalCluster) 
     assert {listener.address for listener in listeners} <= LOOPBACK_LISTEN_ADDRESSES, listeners
 
 
+def test_the_store_reports_nowhere_and_logs_only_into_the_cluster(local_cluster: LocalCluster) -> None:
+    s3_log = (local_cluster.state_dir / "logs" / "s3.log").read_text()
+    assert "Starting SeaweedFS Mini" in s3_log  # the log is the store's: the checks below can fail
+    assert "Reporting anonymous cluster statistics" not in s3_log  # SeaweedFS's telemetry is on by default
+    store_pid = _service_pids(local_cluster)["s3"]
+    # glog's default writes weed.<host>.<user>.log.<level>.<date>.<pid> files into the temp dir as well
+    assert not list(Path(tempfile.gettempdir()).glob(f"weed.*.{store_pid}"))
+
+
 def test_bucket_exists_and_mlflow_artifacts_land_in_it(local_cluster: LocalCluster) -> None:
     import boto3
     import mlflow
